@@ -1,0 +1,127 @@
+/**
+ * Every setting of a node comes from the environment (CONTRACT.md "Running it").
+ * Read at call time, not import time, so a test can set the environment first.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+
+export const ALL_SERVICES = ["api", "users"] as const;
+
+function intEnv(name: string, fallback: number, min = 0): number {
+	const raw = process.env[name];
+	if (raw == null || raw.trim() === "") return fallback;
+	const value = Number(raw);
+	if (!Number.isFinite(value) || value < min) {
+		throw new Error(`Environment variable ${name} must be a number >= ${min}, got "${raw}"`);
+	}
+	return Math.floor(value);
+}
+
+function listEnv(name: string, fallback: string[]): string[] {
+	const raw = process.env[name];
+	if (raw == null || raw.trim() === "") return fallback;
+	return raw
+		.split(",")
+		.map(s => s.trim())
+		.filter(Boolean);
+}
+
+export function dataDir(): string {
+	return path.resolve(process.env.DATA_DIR || "./data");
+}
+
+export function isProduction(): boolean {
+	return process.env.NODE_ENV === "production";
+}
+
+export const config = {
+	get port() {
+		return intEnv("PORT", 3000);
+	},
+	get services() {
+		return listEnv("SERVICES", [...ALL_SERVICES]);
+	},
+	get transporter() {
+		return process.env.TRANSPORTER || null;
+	},
+	get databaseUrl() {
+		return process.env.DATABASE_URL || null;
+	},
+	get mongoUrl() {
+		return process.env.MONGO_URL || null;
+	},
+	get dataDir() {
+		return dataDir();
+	},
+	get namespace() {
+		return process.env.NAMESPACE || "";
+	},
+	get corsOrigins() {
+		return listEnv("CORS_ORIGINS", ["http://localhost:3000", "http://localhost:5173"]);
+	},
+	/** Requests a second per user (REST) and per socket (events); 0 = off. */
+	get rateLimit() {
+		return intEnv("RATE_LIMIT", 20);
+	},
+	/** Requests a second per client address on the unauthenticated /auth routes; 0 = off. */
+	get rateLimitAuth() {
+		return intEnv("RATE_LIMIT_AUTH", 10);
+	},
+	get accessTokenTtlSeconds() {
+		return intEnv("ACCESS_TOKEN_TTL", 15 * 60, 1);
+	},
+	get refreshTokenTtlSeconds() {
+		return intEnv("REFRESH_TOKEN_TTL", 30 * 24 * 3600, 1);
+	},
+	get bcryptRounds() {
+		return intEnv("BCRYPT_ROUNDS", 10, 4);
+	},
+	get trustProxy() {
+		return process.env.TRUST_PROXY === "true" || process.env.TRUST_PROXY === "1";
+	},
+	get logLevel() {
+		return process.env.LOG_LEVEL || "info";
+	},
+	get adminEmail() {
+		return process.env.ADMIN_EMAIL || null;
+	},
+	get adminPassword() {
+		return process.env.ADMIN_PASSWORD || null;
+	},
+	get adminUsername() {
+		return process.env.ADMIN_USERNAME || "admin";
+	},
+};
+
+let cachedSecret: { dir: string; env: string | undefined; key: crypto.KeyObject } | null = null;
+
+/**
+ * The HMAC key for access tokens. JWT_SECRET wins; in production it is required.
+ * Otherwise one is generated once and kept in DATA_DIR, so tokens survive a restart.
+ * Returned as a KeyObject: jsonwebtoken with a string secret first tries createPublicKey
+ * on it and throws, which costs ~0.5 ms a verify (DESIGN.md, performance traps).
+ */
+export function jwtSecret(): crypto.KeyObject {
+	const env = process.env.JWT_SECRET;
+	const dir = dataDir();
+	if (cachedSecret && cachedSecret.dir === dir && cachedSecret.env === env) return cachedSecret.key;
+	let secret: string;
+	if (env) {
+		if (env.length < 16) throw new Error("JWT_SECRET must be at least 16 characters long");
+		secret = env;
+	} else {
+		if (isProduction()) throw new Error("JWT_SECRET is required when NODE_ENV=production");
+		const file = path.join(dir, "jwt-secret");
+		fs.mkdirSync(dir, { recursive: true });
+		try {
+			fs.writeFileSync(file, crypto.randomBytes(48).toString("base64url"), { flag: "wx", mode: 0o600 });
+		} catch (err) {
+			if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+		}
+		secret = fs.readFileSync(file, "utf8").trim();
+	}
+	const key = crypto.createSecretKey(Buffer.from(secret, "utf8"));
+	cachedSecret = { dir, env, key };
+	return key;
+}

@@ -1,0 +1,15 @@
+/** Names shared by several services: roles, and the broker events one service emits for others. */
+export const ROLES = ["admin", "moderator", "user"] as const;
+export type RoleName = (typeof ROLES)[number];
+
+/** The most privileged role first: a user's `role` is the first of these it holds. */
+export function primaryRole(roles: readonly string[]): RoleName {
+	return ROLES.find(r => roles.includes(r)) ?? "user";
+}
+
+export const isAdmin = (user: { roles: readonly string[] } | null | undefined) => !!user && user.roles.includes("admin");
+
+export const EVENTS = {
+	userDeleted: "users.user.deleted",
+	userUpdated: "users.user.updated",
+} as const;

@@ -1,0 +1,15 @@
+/** What the gateway puts in ctx.meta for every call (kept small: it crosses the transporter). */
+import type { AuthUser } from "./tokens";
+
+export interface CallMeta {
+	user?: AuthUser | null;
+	/** The request's X-Trace-Id, also the context's requestID. */
+	traceId?: string;
+	clientIp?: string;
+	userAgent?: string;
+	/** Only on /auth routes: the refresh token cookie. */
+	refreshCookie?: string;
+	$statusCode?: number;
+	$location?: string;
+	$responseHeaders?: Record<string, string | string[]>;
+}

@@ -1,0 +1,52 @@
+/**
+ * Broker options, all from the environment (CONTRACT.md "Running it").
+ * With no TRANSPORTER the node is the whole system in one process.
+ */
+import os from "node:os";
+import type { BrokerOptions } from "moleculer";
+import { config, isProduction } from "./lib/config";
+
+function transporter(): BrokerOptions["transporter"] {
+	const url = config.transporter;
+	if (!url) return null;
+	if (/^amqps?:\/\//i.test(url)) {
+		return {
+			type: "AMQP",
+			options: {
+				url,
+				// Transporter defaults stall every call ~44 ms (Nagle on, prefetch 1): DESIGN.md, performance traps.
+				socketOptions: { noDelay: true },
+				prefetch: 100,
+				autoDeleteQueues: 60_000,
+			},
+		};
+	}
+	return url;
+}
+
+const brokerConfig: BrokerOptions = {
+	namespace: config.namespace,
+	nodeID: process.env.NODE_ID || `${os.hostname().toLowerCase()}-${process.pid}`,
+	transporter: transporter(),
+	logger: {
+		type: "Console",
+		options: {
+			level: config.logLevel,
+			formatter: isProduction() ? "json" : "short",
+			colors: !isProduction(),
+			moduleColors: false,
+		},
+	},
+	logLevel: config.logLevel as BrokerOptions["logLevel"],
+	requestTimeout: 15_000,
+	retryPolicy: { enabled: false },
+	// Stop waits for calls in flight (SIGTERM: finish what was accepted, then leave).
+	tracking: { enabled: true, shutdownTimeout: 15_000 },
+	registry: { strategy: "RoundRobin", preferLocal: true },
+	circuitBreaker: { enabled: false },
+	validator: true,
+	metrics: { enabled: false },
+	tracing: { enabled: false },
+};
+
+export default brokerConfig;

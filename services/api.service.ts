@@ -1,0 +1,353 @@
+/**
+ * api: the gateway. REST through moleculer-web and Socket.IO through moleculer-io on the
+ * same HTTP server. It authenticates, limits, routes and shapes errors; it holds no
+ * domain logic (every alias is a call to the service that owns the data).
+ */
+import crypto from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import path from "node:path";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import ApiGateway from "moleculer-web";
+import SocketIOService from "moleculer-io";
+import serveStatic from "serve-static";
+import type { Socket } from "socket.io";
+import { config } from "../lib/config";
+import { forbidden, rateLimited, toEnvelope, unauthorized } from "../lib/errors";
+import type { CallMeta } from "../lib/meta";
+import { openApiDocument } from "../lib/openapi";
+import { RateLimiter } from "../lib/rate-limiter";
+import { type AuthUser, extractBearer, verifyAccessToken } from "../lib/tokens";
+
+const MiB = 1024 * 1024;
+const REFRESH_COOKIE = "refreshToken";
+
+interface GatewayRequest extends IncomingMessage {
+	$ctx: Context<unknown, CallMeta>;
+	$route?: { cors?: unknown; opts: { name?: string } };
+	$action?: { name: string; roles?: string[] };
+	$params?: Record<string, unknown>;
+	traceId?: string;
+}
+
+interface ApiThis extends Service {
+	userLimiter: RateLimiter;
+	authLimiter: RateLimiter;
+	clientIp(req: IncomingMessage): string;
+	setCallMeta(ctx: Context<unknown, CallMeta>, req: GatewayRequest): void;
+	writeCorsHeaders(route: unknown, req: IncomingMessage, res: ServerResponse, preflight: boolean): void;
+	io: import("socket.io").Server;
+}
+
+/** A trace id from the client is kept if it is a sane token; otherwise a new one is made. */
+function traceIdOf(req: IncomingMessage): string {
+	const given = req.headers["x-trace-id"];
+	if (typeof given === "string" && /^[A-Za-z0-9._:-]{1,128}$/.test(given)) return given;
+	return crypto.randomUUID();
+}
+
+function parseCookies(header: string | undefined): Record<string, string> {
+	const out: Record<string, string> = {};
+	if (!header) return out;
+	for (const part of header.split(";")) {
+		const eq = part.indexOf("=");
+		if (eq < 0) continue;
+		const key = part.slice(0, eq).trim();
+		const value = part.slice(eq + 1).trim();
+		try {
+			out[key] = decodeURIComponent(value);
+		} catch {
+			out[key] = value;
+		}
+	}
+	return out;
+}
+
+function refreshCookie(token: string | null, secure: boolean): string {
+	const parts = [
+		`${REFRESH_COOKIE}=${token ? encodeURIComponent(token) : ""}`,
+		"Path=/auth",
+		"HttpOnly",
+		"SameSite=Lax",
+		token ? `Max-Age=${config.refreshTokenTtlSeconds}` : "Max-Age=0",
+	];
+	if (secure) parts.push("Secure");
+	return parts.join("; ");
+}
+
+const bodyParsers = { json: { limit: MiB, strict: true }, urlencoded: false };
+
+/** The documentation page: Swagger UI from the swagger-ui-dist package, served locally (no CDN). */
+const DOCS_HTML = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Parley API</title>
+<link rel="stylesheet" href="/docs/ui/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/ui/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({ url: "/docs/openapi.json", dom_id: "#swagger-ui" });</script>
+</body></html>`;
+
+const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
+	name: "api",
+	mixins: [ApiGateway as Partial<ServiceSchema>, SocketIOService as unknown as Partial<ServiceSchema>],
+
+	settings: {
+		port: config.port,
+		ip: process.env.HOST || "0.0.0.0",
+
+		// Every response, routed or not, gets X-Trace-Id; it becomes the context's requestID,
+		// which Moleculer carries to every call on every node.
+		rootCallOptions(this: ApiThis, options: { requestID?: string }, req: GatewayRequest, res: ServerResponse) {
+			const traceId = traceIdOf(req);
+			req.traceId = traceId;
+			options.requestID = traceId;
+			res.setHeader("X-Trace-Id", traceId);
+		},
+
+		cors: {
+			origin: config.corsOrigins,
+			credentials: true,
+			methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+			allowedHeaders: ["Authorization", "Content-Type", "X-Trace-Id"],
+			exposedHeaders: ["X-Trace-Id", "X-Next-Cursor", "Retry-After"],
+			maxAge: 600,
+		},
+
+		// Answers of unhandled errors are shaped by sendError below; keep logs for 5xx only.
+		log4XXResponses: false,
+		logRequest: "debug",
+		logResponse: "debug",
+		logRequestParams: null,
+		logResponseData: null,
+
+		// Socket.IO: websocket alone works; frames up to 2 MiB (CONTRACT.md "Sizes").
+		io: {
+			options: {
+				maxHttpBufferSize: 2 * MiB,
+				cors: { origin: config.corsOrigins, credentials: true, allowedHeaders: ["Authorization", "Content-Type", "X-Trace-Id"] },
+			},
+			namespaces: {
+				"/chat": { authorization: true, events: {} },
+				"/notifications": { authorization: true, events: {} },
+			},
+		},
+
+		routes: [
+			{
+				name: "public",
+				path: "/",
+				mappingPolicy: "restrict",
+				authentication: false,
+				authorization: false,
+				bodyParsers: false,
+				aliases: {
+					"GET health": "api.health",
+					"GET docs/openapi.json": "api.openapi",
+					"GET docs"(_req: IncomingMessage, res: ServerResponse) {
+						res.setHeader("Content-Type", "text/html; charset=utf-8");
+						res.end(DOCS_HTML);
+					},
+				},
+			},
+			{
+				name: "docs-assets",
+				path: "/docs/ui",
+				mappingPolicy: "restrict",
+				authentication: false,
+				bodyParsers: false,
+				use: [serveStatic(path.join(require("swagger-ui-dist").getAbsoluteFSPath()), { index: false, fallthrough: false })],
+				aliases: {},
+			},
+			{
+				name: "auth",
+				path: "/auth",
+				mappingPolicy: "restrict",
+				authentication: false,
+				authorization: false,
+				bodyParsers,
+				aliases: {
+					"POST register": "users.register",
+					"POST login": "users.login",
+					"POST refresh": "users.refresh",
+					"POST logout": "users.logout",
+				},
+				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
+					const limit = this.authLimiter.take(this.clientIp(req));
+					if (!limit.ok) throw rateLimited(limit.retryAfter);
+					this.setCallMeta(ctx, req);
+					const cookie = parseCookies(req.headers.cookie)[REFRESH_COOKIE];
+					if (cookie) ctx.meta.refreshCookie = cookie;
+				},
+				onAfterCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest, res: ServerResponse, data: unknown) {
+					const secure = (req.socket as { encrypted?: boolean }).encrypted === true || process.env.NODE_ENV === "production";
+					const issued = (data as { refreshToken?: string } | null)?.refreshToken;
+					if (issued) res.setHeader("Set-Cookie", refreshCookie(issued, secure));
+					else if (req.$action?.name === "users.logout") res.setHeader("Set-Cookie", refreshCookie(null, secure));
+					return data;
+				},
+			},
+			{
+				name: "rest",
+				path: "/",
+				mappingPolicy: "restrict",
+				authentication: true,
+				authorization: true,
+				bodyParsers,
+				aliases: {
+					"GET users/me": "users.me",
+					"GET users/search": "users.search",
+					"POST users/batch": "users.batch",
+					"POST users/change-password": "users.changePassword",
+					"GET users": "users.list",
+					"GET users/:id": "users.get",
+					"PUT users/:id": "users.update",
+					"PATCH users/:id": "users.update",
+					"DELETE users/:id": "users.remove",
+					"PUT users/:id/roles": "users.setRoles",
+					"GET roles": "users.roles",
+				},
+				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
+					this.setCallMeta(ctx, req);
+				},
+			},
+		],
+	},
+
+	actions: {
+		health: {
+			handler(this: ApiThis, ctx: Context<unknown, CallMeta>) {
+				const local = this.broker.services.map(s => s.name).filter(n => !n.startsWith("$"));
+				const cluster = (this.broker.registry.getServiceList({ onlyAvailable: true, skipInternal: true }) as { name: string }[]).map(s => s.name);
+				const ready = this.broker.started;
+				if (!ready) ctx.meta.$statusCode = 503;
+				return {
+					status: ready ? "ok" : "starting",
+					node: this.broker.nodeID,
+					services: local,
+					cluster: [...new Set(cluster)].sort(),
+				};
+			},
+		},
+		openapi: {
+			handler() {
+				return openApiDocument;
+			},
+		},
+	},
+
+	methods: {
+		/** Required token on the "rest" route; a bad, expired or foreign token is 401. */
+		async authenticate(this: ApiThis, _ctx: Context, _route: unknown, req: GatewayRequest): Promise<AuthUser> {
+			const token = extractBearer(req.headers.authorization);
+			if (!token) throw unauthorized("Missing bearer token");
+			const user = verifyAccessToken(token);
+			if (!user) throw unauthorized("Invalid or expired token");
+			return user;
+		},
+
+		/** Role checks declared on actions (`roles: ["admin"]`), then the per-user rate limit. */
+		async authorize(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
+			const user = ctx.meta.user;
+			if (!user) throw unauthorized();
+			const needed = req.$action?.roles;
+			if (Array.isArray(needed) && needed.length > 0 && !needed.some(r => user.roles.includes(r))) {
+				throw forbidden(`Requires role ${needed.join(" or ")}`);
+			}
+			const limit = this.userLimiter.take(`u:${user.id}`);
+			if (!limit.ok) throw rateLimited(limit.retryAfter);
+		},
+
+		clientIp(this: ApiThis, req: IncomingMessage): string {
+			if (config.trustProxy) {
+				const forwarded = req.headers["x-forwarded-for"];
+				const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(",")[0]?.trim();
+				if (first) return first;
+			}
+			return req.socket.remoteAddress ?? "unknown";
+		},
+
+		setCallMeta(this: ApiThis, ctx: Context<unknown, CallMeta>, req: GatewayRequest) {
+			ctx.meta.traceId = req.traceId;
+			ctx.meta.clientIp = this.clientIp(req);
+			const ua = req.headers["user-agent"];
+			if (ua) ctx.meta.userAgent = ua.slice(0, 256);
+		},
+
+		/** The contract's error envelope for every failure, routed or not. */
+		sendError(this: ApiThis, req: GatewayRequest, res: ServerResponse, err: unknown) {
+			if (res.headersSent) {
+				this.logger.warn("Error after headers were sent", req.url, err);
+				if (!res.writableEnded) res.end();
+				return;
+			}
+			const envelope = toEnvelope(err);
+			if (envelope.statusCode >= 500) {
+				this.logger.error(`Request ${req.method} ${req.url} failed`, { traceId: req.traceId, err });
+			}
+			// Errors thrown before moleculer-web's CORS step (bad JSON, too large) still need
+			// the headers, or the browser hides the answer from the client.
+			if (!res.getHeader("Access-Control-Allow-Origin")) {
+				try {
+					this.writeCorsHeaders(req.$route ?? this.settings, req, res, false);
+				} catch {
+					// origin not allowed: leave CORS headers off
+				}
+			}
+			const traceId = req.traceId ?? traceIdOf(req);
+			res.setHeader("X-Trace-Id", traceId);
+			if (envelope.retryAfter) res.setHeader("Retry-After", String(envelope.retryAfter));
+			res.setHeader("Content-Type", "application/json; charset=utf-8");
+			res.writeHead(envelope.statusCode);
+			const body: Record<string, unknown> = {
+				statusCode: envelope.statusCode,
+				code: envelope.code,
+				message: envelope.message,
+				traceId,
+			};
+			if (envelope.details !== undefined) body.details = envelope.details;
+			res.end(JSON.stringify(body));
+		},
+
+		// ---- Socket.IO (moleculer-io) ----
+
+		/** At connect: a valid access token or the socket is refused with "Unauthorized". */
+		async socketAuthorize(this: ApiThis, socket: Socket): Promise<AuthUser> {
+			const auth = socket.handshake.auth as { token?: unknown } | undefined;
+			const token = extractBearer(auth?.token) ?? extractBearer(socket.handshake.headers.authorization);
+			const user = verifyAccessToken(token);
+			if (!user) throw new Error("Unauthorized");
+			return user;
+		},
+		socketSaveUser(socket: Socket, user: AuthUser | null | undefined) {
+			// Per socket, not per connection: /chat and /notifications share one engine connection.
+			if (user) socket.data.user = user;
+		},
+		socketGetMeta(socket: Socket) {
+			return { user: socket.data.user, $socketId: socket.id, traceId: crypto.randomUUID() };
+		},
+		socketOnError(err: unknown, respond: (ack: unknown) => void) {
+			const envelope = toEnvelope(err);
+			respond({ ok: false, error: { code: envelope.code, message: envelope.message, ...(envelope.details !== undefined ? { details: envelope.details } : {}) } });
+		},
+	},
+
+	created(this: ApiThis) {
+		this.userLimiter = new RateLimiter(config.rateLimit);
+		this.authLimiter = new RateLimiter(config.rateLimitAuth);
+	},
+
+	started(this: ApiThis) {
+		for (const nsp of ["/chat", "/notifications"]) {
+			this.io.of(nsp).on("connection", socket => {
+				const user = socket.data.user as AuthUser | undefined;
+				// Every event for a user goes to this room, so each of its devices gets it.
+				if (user) socket.join(`user:${user.id}`);
+			});
+		}
+	},
+
+	stopped(this: ApiThis) {
+		this.userLimiter.stop();
+		this.authLimiter.stop();
+	},
+};
+
+export default ApiService;
