@@ -3,7 +3,7 @@
  * With no TRANSPORTER the node is the whole system in one process.
  */
 import os from "node:os";
-import type { BrokerOptions } from "moleculer";
+import type { BrokerOptions, Errors } from "moleculer";
 import { config, isProduction } from "./lib/config";
 
 function transporter(): BrokerOptions["transporter"] {
@@ -39,10 +39,21 @@ const brokerConfig: BrokerOptions = {
 	},
 	logLevel: config.logLevel as BrokerOptions["logLevel"],
 	requestTimeout: 15_000,
-	retryPolicy: { enabled: false },
+	// Only a request that a stopping node refused (it never ran) is sent again, to another node:
+	// retrying anything else could run a non-idempotent action twice.
+	retryPolicy: {
+		enabled: true,
+		retries: 5,
+		delay: 100,
+		maxDelay: 2000,
+		factor: 2,
+		check: (err: Error) => (err as Errors.MoleculerError).type === "SERVICE_NOT_AVAILABLE",
+	},
 	// Stop waits for calls in flight (SIGTERM: finish what was accepted, then leave).
 	tracking: { enabled: true, shutdownTimeout: 15_000 },
-	registry: { strategy: "RoundRobin", preferLocal: true },
+	// A stopping node first tells the cluster it has no services, then waits this long for
+	// that news to cross RabbitMQ before it refuses requests.
+	registry: { strategy: "RoundRobin", preferLocal: true, stopDelay: 1000 } as BrokerOptions["registry"],
 	circuitBreaker: { enabled: false },
 	validator: true,
 	metrics: { enabled: false },

@@ -99,7 +99,7 @@ export function toEnvelope(err: unknown): ErrorEnvelope {
 	if (e.name === "ValidationError") {
 		return { statusCode: 400, code: "VALIDATION_ERROR", message: "Parameters validation error", details: cleanValidationDetails(e.data) };
 	}
-	if (UNAVAILABLE_TYPES.has(type) || e.name === "ServiceNotFoundError" || e.name === "ServiceNotAvailableError" || e.name === "RequestTimeoutError") {
+	if (UNAVAILABLE_TYPES.has(type) || ["ServiceNotFoundError", "ServiceNotAvailableError", "ServiceUnavailableError", "RequestTimeoutError"].includes(String(e.name)) || numeric === 503) {
 		return { statusCode: 503, code: "SERVICE_UNAVAILABLE", message: "Service unavailable, try again later" };
 	}
 	// body-parser errors carry `type` like "entity.too.large" and a `status`.

@@ -1,0 +1,51 @@
+/**
+ * `npm start` with nothing set: the whole system in one process on embedded stores.
+ * Data and the generated JWT secret survive a restart; SIGTERM stops it cleanly.
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { after, describe, it } from "node:test";
+import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
+import { http, newIdentity, tempDir } from "../helpers/system";
+
+describe("npm start with nothing set (embedded mode)", () => {
+	const dataDir = tempDir("parley-start-");
+	const running: NodeProcess[] = [];
+	after(async () => {
+		for (const p of running) await p.stop("SIGKILL");
+	});
+
+	it("serves, keeps its data across a restart, and stops cleanly on SIGTERM", async () => {
+		const port = await freePort();
+		const base = `http://127.0.0.1:${port}`;
+		// Only PORT and DATA_DIR, so the test does not touch ./data; everything else is default.
+		const env = { PORT: String(port), DATA_DIR: dataDir, BCRYPT_ROUNDS: "4" };
+
+		const first = startNode(env, dataDir, "first");
+		running.push(first);
+		const health = await waitForHealth(base, ["api", "users"]);
+		assert.deepEqual([...health.services].sort(), ["api", "users"]);
+		const id = newIdentity("persist");
+		const reg = await http(base, "POST", "/auth/register", { body: id });
+		assert.equal(reg.status, 201, reg.text);
+		const stopped = await first.stop("SIGTERM");
+		assert.equal(stopped.code, 0, `exit after SIGTERM: ${JSON.stringify(stopped)}\n${first.log().slice(-2000)}`);
+		assert.ok(fs.existsSync(path.join(dataDir, "jwt-secret")), "a JWT secret was generated in DATA_DIR");
+		assert.ok(fs.existsSync(path.join(dataDir, "pg")), "the embedded SQL store lives in DATA_DIR");
+
+		const second = startNode(env, dataDir, "second");
+		running.push(second);
+		await waitForHealth(base, ["api", "users"]);
+		const login = await http(base, "POST", "/auth/login", { body: { email: id.email, password: id.password } });
+		assert.equal(login.status, 200, login.text);
+		assert.equal(login.body.user.id, reg.body.user.id);
+		// The access token issued before the restart still verifies: the secret was kept.
+		const me = await http(base, "GET", "/users/me", { token: reg.body.accessToken });
+		assert.equal(me.status, 200);
+		const refreshed = await http(base, "POST", "/auth/refresh", { body: { refreshToken: reg.body.refreshToken } });
+		assert.equal(refreshed.status, 200);
+		const stopped2 = await second.stop("SIGTERM");
+		assert.equal(stopped2.code, 0);
+	});
+});
