@@ -91,7 +91,7 @@ export function toEnvelope(err: unknown): ErrorEnvelope {
 			const retryAfter = (e.data as { retryAfter?: number } | undefined)?.retryAfter ?? 1;
 			out.retryAfter = retryAfter;
 		} else if (e.data != null && code !== "INTERNAL") {
-			out.details = e.data;
+			out.details = code === "VALIDATION_ERROR" ? cleanValidationDetails(e.data) : e.data;
 		}
 		return out;
 	}
@@ -129,7 +129,9 @@ export function toEnvelope(err: unknown): ErrorEnvelope {
 function cleanValidationDetails(data: unknown): unknown {
 	if (!Array.isArray(data)) return data;
 	return data.map(item => {
-		const { field, type, message, expected } = item as Record<string, unknown>;
-		return { field, type, message, ...(expected !== undefined ? { expected } : {}) };
+		const entry = item as Record<string, unknown>;
+		const out: Record<string, unknown> = {};
+		for (const key of ["field", "type", "message", "expected"]) if (entry[key] !== undefined) out[key] = entry[key];
+		return out;
 	});
 }

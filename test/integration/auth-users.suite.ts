@@ -110,6 +110,7 @@ export function runAuthUsersSuite(mode: "embedded" | "postgres", skip: string | 
 					assertEnvelope(res, 400, "VALIDATION_ERROR");
 					assert.ok(Array.isArray(res.body.details) && res.body.details.length > 0, `${label}: details`);
 					assert.ok(!res.text.includes(good.password), `${label}: password echoed`);
+					assert.ok(!res.text.includes("\"actual\""), `${label}: rejected value echoed`);
 				}
 			});
 
