@@ -7,7 +7,7 @@ export function primaryRole(roles: readonly string[]): RoleName {
 	return ROLES.find(r => roles.includes(r)) ?? "user";
 }
 
-export const isAdmin = (user: { roles: readonly string[] } | null | undefined) => !!user && user.roles.includes("admin");
+export const isAdmin = (user: { roles?: readonly string[] } | null | undefined) => Array.isArray(user?.roles) && user.roles.includes("admin");
 
 export const EVENTS = {
 	userDeleted: "users.user.deleted",

@@ -566,9 +566,12 @@ const UsersService: ServiceSchema = {
 			});
 		},
 
-		requireCaller(this: UsersThis, ctx: Ctx<unknown>) {
-			if (!ctx.meta.user) throw unauthorized();
-			return ctx.meta.user;
+		/** The caller from ctx.meta.user (set by the gateway, or by hand in the REPL), checked. */
+		requireCaller(this: UsersThis, ctx: Ctx<unknown>): AuthUser {
+			const user = ctx.meta.user;
+			const id = Number(user?.id);
+			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
+			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
 		},
 
 		/** Roles are read from the database, not trusted from the token, for admin-only acts. */
