@@ -385,6 +385,56 @@ export function runAuthUsersSuite(mode: "embedded" | "postgres", skip: string | 
 			});
 		});
 
+		describe("bad input on every route", () => {
+			it("answers malformed, mistyped and oversized input with a 4xx envelope, never 500", async () => {
+				const u = await registerUser(base, "fuzz");
+				const routes: [string, string][] = [
+					["POST", "/auth/register"],
+					["POST", "/auth/login"],
+					["POST", "/auth/refresh"],
+					["POST", "/auth/logout"],
+					["GET", "/users/me"],
+					["GET", "/users"],
+					["GET", "/users/search"],
+					["GET", `/users/${u.id}`],
+					["POST", "/users/batch"],
+					["PUT", `/users/${u.id}`],
+					["PATCH", `/users/${u.id}`],
+					["POST", "/users/change-password"],
+					["GET", "/roles"],
+					["PUT", `/users/${u.id}/roles`],
+					["DELETE", "/users/not-a-number"],
+				];
+				const mistyped = { username: [], email: {}, password: 1, confirmPassword: false, refreshToken: [], ids: { a: 1 }, roles: [1, null], oldPassword: 3, newPassword: null, bio: 7, avatar_url: 9, q: ["a"], limit: "x", page: -1, search: {} };
+				const bodies: [string, { rawBody?: string; body?: unknown; headers?: Record<string, string> }][] = [
+					["malformed JSON", { rawBody: "{not json", headers: { "content-type": "application/json" } }],
+					["JSON null", { rawBody: "null", headers: { "content-type": "application/json" } }],
+					["JSON array", { body: [{ id: 1 }] }],
+					["mistyped fields", { body: mistyped }],
+					["oversized", { body: { bio: "x".repeat(1024 * 1024 + 1) } }],
+					["prototype pollution", { rawBody: '{"__proto__":{"admin":true},"constructor":{"prototype":{"x":1}}}', headers: { "content-type": "application/json" } }],
+				];
+				for (const [method, path] of routes) {
+					for (const [label, input] of bodies) {
+						if (method === "GET" && label !== "mistyped fields") continue;
+						const query = method === "GET" && label === "mistyped fields" ? "?limit=x&page=-1&q=" : "";
+						const res = await http(base, method, path + query, { token: u.accessToken, ...input, body: method === "GET" ? undefined : input.body });
+						assert.ok(res.status < 500, `${method} ${path} ${label}: ${res.status} ${res.text.slice(0, 200)}`);
+						if (res.status >= 400) {
+							assert.equal(typeof res.body.code, "string", `${method} ${path} ${label}: envelope`);
+							assert.equal(res.body.statusCode, res.status);
+						}
+					}
+				}
+				// The server is still fine afterwards, and nothing was changed by the bad calls.
+				const me = await http(base, "GET", "/users/me", { token: u.accessToken });
+				assert.equal(me.status, 200);
+				assert.equal(me.body.username, u.username);
+				assert.equal(me.body.bio, null);
+				assert.equal(({} as Record<string, unknown>).admin, undefined);
+			});
+		});
+
 		describe("authorization matrix", () => {
 			const protectedRoutes: [string, string, unknown?][] = [
 				["GET", "/users/me"],
