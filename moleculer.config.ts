@@ -5,6 +5,7 @@
 import os from "node:os";
 import type { BrokerOptions, Errors } from "moleculer";
 import { config, isProduction } from "./lib/config";
+import { TraceLogMiddleware } from "./middlewares/trace-log.middleware";
 
 function transporter(): BrokerOptions["transporter"] {
 	const url = config.transporter;
@@ -58,6 +59,7 @@ const brokerConfig: BrokerOptions = {
 	validator: true,
 	metrics: { enabled: false },
 	tracing: { enabled: false },
+	middlewares: [TraceLogMiddleware()],
 };
 
 export default brokerConfig;
