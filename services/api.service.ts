@@ -12,9 +12,10 @@ import SocketIOService from "moleculer-io";
 import serveStatic from "serve-static";
 import type { Socket } from "socket.io";
 import { config } from "../lib/config";
-import { forbidden, rateLimited, toEnvelope, unauthorized } from "../lib/errors";
+import { forbidden, rateLimited, toEnvelope, unauthorized, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
 import { openApiDocument } from "../lib/openapi";
+import { type PushItem, type RoomsChange, SOCKET_PUSH_EVENT, SOCKET_ROOMS_EVENT } from "../mixins/push.mixin";
 import { RateLimiter } from "../lib/rate-limiter";
 import { type AuthUser, extractBearer, verifyAccessToken } from "../lib/tokens";
 
@@ -32,6 +33,8 @@ interface GatewayRequest extends IncomingMessage {
 interface ApiThis extends Service {
 	userLimiter: RateLimiter;
 	authLimiter: RateLimiter;
+	socketLimiter: RateLimiter;
+	socketOnError(err: unknown, respond: (ack: unknown) => void): void;
 	clientIp(req: IncomingMessage): string;
 	setCallMeta(ctx: Context<unknown, CallMeta>, req: GatewayRequest): void;
 	writeCorsHeaders(route: unknown, req: IncomingMessage, res: ServerResponse, preflight: boolean): void;
@@ -85,6 +88,77 @@ const DOCS_HTML = `<!doctype html>
 <script>window.ui = SwaggerUIBundle({ url: "/docs/openapi.json", dom_id: "#swagger-ui" });</script>
 </body></html>`;
 
+/**
+ * Socket events of CONTRACT.md, each a broker action call. `ack: "none"` events answer
+ * `{ ok: true }`; `room` events join or leave the room the action names after it checked membership.
+ */
+interface SocketEventSpec {
+	action: string;
+	ack: "data" | "none";
+	room?: "join" | "leave";
+}
+
+const CHAT_EVENTS: Record<string, SocketEventSpec> = {
+	"conversation:create": { action: "conversations.create", ack: "data" },
+	"conversation:list": { action: "conversations.list", ack: "data" },
+	"conversation:get": { action: "conversations.get", ack: "data" },
+	"conversation:join": { action: "conversations.join", ack: "none", room: "join" },
+	"conversation:leave": { action: "conversations.leave", ack: "none", room: "leave" },
+	"conversation:accept": { action: "conversations.accept", ack: "data" },
+	"conversation:decline": { action: "conversations.decline", ack: "data" },
+	"conversation:add-member": { action: "conversations.addMember", ack: "data" },
+	"conversation:remove-member": { action: "conversations.removeMember", ack: "data" },
+	"conversation:promote-moderator": { action: "conversations.promoteModerator", ack: "data" },
+	"conversation:demote-moderator": { action: "conversations.demoteModerator", ack: "data" },
+	"conversation:update": { action: "conversations.update", ack: "data" },
+	"conversation:update-avatar": { action: "conversations.updateAvatar", ack: "data" },
+	"conversation:delete": { action: "conversations.remove", ack: "none" },
+	"conversation:mark-read": { action: "conversations.markRead", ack: "data" },
+	"message:send": { action: "messages.send", ack: "data" },
+	"message:edit": { action: "messages.edit", ack: "data" },
+	"message:delete": { action: "messages.remove", ack: "none" },
+	"message:read": { action: "messages.markRead", ack: "none" },
+	"message:delivered": { action: "messages.markDelivered", ack: "none" },
+	"message:list": { action: "messages.list", ack: "data" },
+	"message:search": { action: "messages.search", ack: "data" },
+	typing: { action: "conversations.typing", ack: "none" },
+	"user:block": { action: "conversations.block", ack: "none" },
+	"user:unblock": { action: "conversations.unblock", ack: "none" },
+};
+
+type Ack = (response: unknown) => void;
+
+/** One handler per event: validate the envelope, limit the socket, call the action, always ack. */
+function socketEvents(specs: Record<string, SocketEventSpec>) {
+	const handlers: Record<string, (this: Socket, ...args: unknown[]) => Promise<void>> = {};
+	for (const [event, spec] of Object.entries(specs)) {
+		handlers[event] = async function (this: Socket, ...args: unknown[]) {
+			const ack: Ack = typeof args[args.length - 1] === "function" ? (args.pop() as Ack) : () => undefined;
+			const svc = (this as Socket & { $service: ApiThis }).$service;
+			try {
+				const payload = args[0] ?? {};
+				if (typeof payload !== "object" || Array.isArray(payload)) {
+					throw validationError("The payload must be an object", [{ field: "payload", type: "object", message: "Send an object" }]);
+				}
+				const user = this.data.user as AuthUser | undefined;
+				if (!user) throw unauthorized();
+				const limit = svc.socketLimiter.take(this.id);
+				if (!limit.ok) throw rateLimited(limit.retryAfter);
+				const traceId = crypto.randomUUID();
+				const data = (await svc.broker.call(spec.action, payload, { meta: { user, socketId: this.id, traceId }, requestID: traceId })) as { room?: string } | null;
+				if (spec.room && data?.room) {
+					if (spec.room === "join") await this.join(data.room);
+					else await this.leave(data.room);
+				}
+				ack(spec.ack === "data" ? { ok: true, data } : { ok: true });
+			} catch (err) {
+				svc.socketOnError(err, ack);
+			}
+		};
+	}
+	return handlers;
+}
+
 const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 	name: "api",
 	mixins: [ApiGateway as Partial<ServiceSchema>, SocketIOService as unknown as Partial<ServiceSchema>],
@@ -125,7 +199,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				cors: { origin: config.corsOrigins, credentials: true, allowedHeaders: ["Authorization", "Content-Type", "X-Trace-Id"] },
 			},
 			namespaces: {
-				"/chat": { authorization: true, events: {} },
+				"/chat": { authorization: true, events: socketEvents(CHAT_EVENTS) },
 				"/notifications": { authorization: true, events: {} },
 			},
 		},
@@ -203,6 +277,26 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 					"DELETE users/:id": "users.remove",
 					"PUT users/:id/roles": "users.setRoles",
 					"GET roles": "users.roles",
+					"GET blocks": "conversations.blocked",
+
+					"GET conversations": "conversations.list",
+					"GET conversations/requests": "conversations.requests",
+					"GET conversations/settings": "conversations.settings",
+					"POST conversations": "conversations.create",
+					"GET conversations/:conversationId": "conversations.get",
+					"PATCH conversations/:conversationId": "conversations.update",
+					"DELETE conversations/:conversationId": "conversations.remove",
+					"POST conversations/:conversationId/accept": "conversations.accept",
+					"POST conversations/:conversationId/decline": "conversations.decline",
+					"POST conversations/:conversationId/mute": "conversations.mute",
+					"POST conversations/:conversationId/pin": "conversations.pin",
+					"POST conversations/:conversationId/hide": "conversations.hide",
+					"POST conversations/:conversationId/read": "conversations.markRead",
+					"GET conversations/:conversationId/nicknames": "conversations.nicknames",
+					"POST conversations/:conversationId/nicknames": "conversations.setNickname",
+					"GET conversations/:conversationId/messages": "messages.list",
+					"POST conversations/:conversationId/messages": "messages.send",
+					"DELETE conversations/:conversationId/messages": "conversations.clearHistory",
 				},
 				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
 					this.setCallMeta(ctx, req);
@@ -230,6 +324,22 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 			handler() {
 				return openApiDocument;
 			},
+		},
+	},
+
+	events: {
+		/** Live fan-out from any service, on every api node, to this node's sockets. */
+		[SOCKET_PUSH_EVENT](this: ApiThis, ctx: Context<{ items: PushItem[] }>) {
+			if (!this.io) return;
+			for (const item of ctx.params.items) {
+				let target = this.io.of(item.namespace ?? "/chat").to(item.rooms);
+				if (item.except) target = target.except(item.except);
+				target.emit(item.event, item.payload);
+			}
+		},
+		[SOCKET_ROOMS_EVENT](this: ApiThis, ctx: Context<RoomsChange>) {
+			if (!this.io) return;
+			this.io.of(ctx.params.namespace ?? "/chat").in(ctx.params.rooms).socketsLeave(ctx.params.leave);
 		},
 	},
 
@@ -332,6 +442,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 	created(this: ApiThis) {
 		this.userLimiter = new RateLimiter(config.rateLimit);
 		this.authLimiter = new RateLimiter(config.rateLimitAuth);
+		this.socketLimiter = new RateLimiter(config.rateLimit);
 	},
 
 	started(this: ApiThis) {
@@ -347,6 +458,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 	stopped(this: ApiThis) {
 		this.userLimiter.stop();
 		this.authLimiter.stop();
+		this.socketLimiter.stop();
 	},
 };
 

@@ -360,7 +360,7 @@ const UsersService: ServiceSchema = {
 				}
 				const updated = (await this.findUser(id)) as UserRow;
 				const presented = await this.presentOne(updated, this.requireCaller(ctx));
-				ctx.emit(EVENTS.userUpdated, { userId: id });
+				ctx.broadcast(EVENTS.userUpdated, { userId: id });
 				return presented;
 			},
 		},
@@ -380,7 +380,7 @@ const UsersService: ServiceSchema = {
 					// user_role and tokens go with it (ON DELETE CASCADE).
 					await this.models.User.destroy({ where: { id }, transaction: tx });
 				});
-				ctx.emit(EVENTS.userDeleted, { userId: id });
+				ctx.broadcast(EVENTS.userDeleted, { userId: id });
 				ctx.meta.$statusCode = 204;
 				return null;
 			},

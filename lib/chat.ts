@@ -1,0 +1,170 @@
+/**
+ * Shapes and rules shared by the chat services (conversations, messages): the documents they
+ * store, what clients see of them (CONTRACT.md), and the parameter rules of their actions.
+ */
+import type { Doc } from "../mixins/docs.mixin";
+
+export const MAX_CONTENT = 10_000;
+export const MAX_GROUP_SIZE = 256;
+
+export const idRule = { type: "string", min: 1, max: 64, pattern: /^[A-Za-z0-9_-]+$/ } as const;
+export const userIdRule = { type: "number", integer: true, positive: true, convert: true } as const;
+export const limitRule = (def: number) => ({ type: "number", integer: true, min: 1, max: 100, convert: true, optional: true, default: def }) as const;
+
+export interface LastMessage {
+	id: string;
+	content: string;
+	sender_id: number;
+	type: string;
+	deleted: boolean;
+	created_at: string;
+	createdAt: string;
+}
+
+export interface ConversationDoc extends Doc {
+	type: "private" | "group";
+	participants: number[];
+	name: string | null;
+	avatar: string | null;
+	admin_id: number | null;
+	moderator_ids: number[];
+	initiator_id: number | null;
+	status: "pending" | "accepted" | "declined";
+	pair_key: string;
+	last_seq: number;
+	last_message: LastMessage | null;
+	last_activity_at: Date;
+	nicknames: Record<string, string>;
+	created_at: Date;
+	updated_at: Date;
+}
+
+export interface MembershipDoc extends Doc {
+	key: string;
+	conversation_id: string;
+	user_id: number;
+	joined_at: Date;
+	last_read_seq: number;
+	cleared_seq: number;
+	muted: boolean;
+	mute_until: Date | null;
+	pinned: boolean;
+	hidden: boolean;
+}
+
+export interface MessageDoc extends Doc {
+	conversation_id: string;
+	sender_id: number;
+	type: "text" | "image" | "file" | "system";
+	content: string;
+	attachments: string[];
+	seq: number;
+	seq_key: string;
+	client_id: string | null;
+	dedupe_key: string;
+	seen_by: number[];
+	delivered_to: number[];
+	edited_at: Date | null;
+	deleted: boolean;
+	system_data: { event: string; userId: number | null; actorId: number } | null;
+	created_at: Date;
+	updated_at: Date;
+}
+
+export const membershipKey = (conversationId: string, userId: number) => `${conversationId}:${userId}`;
+
+const iso = (d: Date | string | null | undefined) => (d ? new Date(d).toISOString() : null);
+
+/** A member's unread count: derived from positions, never counted by hand, so it cannot drift. */
+export function unreadCount(conv: ConversationDoc, m: MembershipDoc | null): number {
+	if (!m) return 0;
+	return Math.max(0, conv.last_seq - Math.max(m.last_read_seq, m.cleared_seq));
+}
+
+export function isMuted(m: MembershipDoc | null, now = Date.now()): boolean {
+	if (!m?.muted) return false;
+	return !m.mute_until || new Date(m.mute_until).getTime() > now;
+}
+
+/** The contract's `conversation`, as one member sees it. */
+export function presentConversation(conv: ConversationDoc, m: MembershipDoc | null) {
+	const cleared = m ? m.cleared_seq : 0;
+	// After "clear history for me" the last message is gone for this member too.
+	const last = conv.last_message && conv.last_seq > cleared ? conv.last_message : null;
+	return {
+		id: conv._id,
+		_id: conv._id,
+		type: conv.type,
+		isGroup: conv.type === "group",
+		participants: conv.participants,
+		name: conv.name,
+		avatar: conv.avatar,
+		admin_id: conv.admin_id,
+		moderator_ids: conv.moderator_ids,
+		initiator_id: conv.initiator_id,
+		status: conv.status,
+		last_message: last,
+		lastMessage: last,
+		last_seq: conv.last_seq,
+		unread_count: unreadCount(conv, m),
+		muted: isMuted(m),
+		pinned: !!m?.pinned,
+		nicknames: conv.nicknames ?? {},
+		created_at: iso(conv.created_at),
+		updated_at: iso(conv.updated_at),
+	};
+}
+export type PresentedConversation = ReturnType<typeof presentConversation>;
+
+export interface SenderProfile {
+	id: number;
+	name: string;
+	avatar_url: string | null;
+}
+
+/** The contract's `message`. */
+export function presentMessage(msg: MessageDoc, sender: SenderProfile | null) {
+	return {
+		id: msg._id,
+		_id: msg._id,
+		conversation_id: msg.conversation_id,
+		sender_id: msg.sender_id,
+		sender: sender ?? { id: msg.sender_id, name: "", avatar_url: null },
+		type: msg.type,
+		content: msg.deleted ? "" : msg.content,
+		attachments: msg.deleted ? [] : msg.attachments,
+		seq: msg.seq,
+		client_id: msg.client_id,
+		clientId: msg.client_id,
+		seen_by: msg.seen_by,
+		delivered_to: msg.delivered_to,
+		edited_at: iso(msg.edited_at),
+		deleted: msg.deleted,
+		system_data: msg.system_data,
+		created_at: iso(msg.created_at),
+		createdAt: iso(msg.created_at),
+		updated_at: iso(msg.updated_at),
+	};
+}
+export type PresentedMessage = ReturnType<typeof presentMessage>;
+
+export function lastMessageOf(msg: MessageDoc): LastMessage {
+	const created = new Date(msg.created_at).toISOString();
+	return { id: msg._id, content: msg.deleted ? "" : msg.content.slice(0, 200), sender_id: msg.sender_id, type: msg.type, deleted: msg.deleted, created_at: created, createdAt: created };
+}
+
+/** Opaque list cursor: the last item's sort position. */
+export function encodeCursor(at: Date | string, id: string): string {
+	return Buffer.from(JSON.stringify([new Date(at).toISOString(), id])).toString("base64url");
+}
+
+export function decodeCursor(cursor: string): { at: Date; id: string } | null {
+	try {
+		const [at, id] = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as [string, string];
+		const date = new Date(at);
+		if (Number.isNaN(date.getTime()) || typeof id !== "string") return null;
+		return { at: date, id };
+	} catch {
+		return null;
+	}
+}

@@ -1,0 +1,249 @@
+/**
+ * The document store of a service: moleculer-db on MongoDB (MONGO_URL, mongoose) or, with no
+ * MONGO_URL, on moleculer-db's MemoryAdapter (NeDB) persisted to a file under DATA_DIR.
+ *
+ * moleculer-db-adapter-mongoose keeps every service of a process on mongoose's one global
+ * connection and model registry: the first service to stop closes the connection under the
+ * others, and a second broker in the same process (tests, two nodes in one process) cannot
+ * register its model again. The adapter below gives each database URL one shared, counted
+ * connection of its own instead; the rest of the adapter is moleculer-db's.
+ *
+ * Queries stay within what both stores do (DESIGN.md): no $all, no compound unique index
+ * (NeDB indexes one field; a unique compound is a synthetic `*_key` field), paging on fields.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import type { Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import DbService from "moleculer-db";
+import MongooseDbAdapter from "moleculer-db-adapter-mongoose";
+import mongoose from "mongoose";
+import { config } from "../lib/config";
+
+export interface IndexSpec {
+	fields: Record<string, 1 | -1>;
+	unique?: boolean;
+}
+
+export interface CollectionSpec {
+	/** The mongoose schema definition; NeDB stores the same documents without one. */
+	definition: mongoose.SchemaDefinition;
+	indexes: IndexSpec[];
+}
+
+export interface DocsMixinOptions<C extends string> {
+	/** Every collection the service owns, by name. The first is moleculer-db's own adapter. */
+	collections: Record<C, CollectionSpec>;
+}
+
+export type Doc = Record<string, any> & { _id: string };
+
+export interface FindOptions {
+	sort?: string[];
+	limit?: number;
+	offset?: number;
+}
+
+/** The operations services use, the same on both stores; documents come back as plain objects with a string _id. */
+export interface DocStore {
+	find(query: Record<string, unknown>, options?: FindOptions): Promise<Doc[]>;
+	findOne(query: Record<string, unknown>): Promise<Doc | null>;
+	findById(id: string): Promise<Doc | null>;
+	count(query: Record<string, unknown>): Promise<number>;
+	insert(doc: Record<string, unknown>): Promise<Doc>;
+	/** Atomic update of one document; the updated document, or null when there is none. */
+	updateById(id: string, update: Record<string, unknown>): Promise<Doc | null>;
+	updateMany(query: Record<string, unknown>, update: Record<string, unknown>): Promise<number>;
+	removeMany(query: Record<string, unknown>): Promise<number>;
+}
+
+export interface DocsMixinThis<C extends string = string> extends Service {
+	stores: Record<C, DocStore>;
+	adapter: any;
+	docAdapters: Record<C, any>;
+}
+
+/** Mongo (E11000) and NeDB (uniqueViolated) report a unique index violation differently. */
+export function isDuplicateKeyError(err: unknown): boolean {
+	const e = err as { code?: unknown; errorType?: unknown } | null;
+	return !!e && (e.code === 11000 || e.code === 11001 || e.errorType === "uniqueViolated");
+}
+
+/** A string that is safe inside a RegExp, for literal search. */
+export function escapeRegex(s: string): string {
+	return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+// ---- MongoDB: one counted connection per URL in this process ----
+
+const connections = new Map<string, { conn: Promise<mongoose.Connection>; users: number }>();
+
+async function acquireConnection(url: string): Promise<mongoose.Connection> {
+	let entry = connections.get(url);
+	if (!entry) {
+		const conn = mongoose
+			.createConnection(url, { serverSelectionTimeoutMS: 10_000, maxPoolSize: 20 })
+			.asPromise()
+			.catch(err => {
+				connections.delete(url);
+				throw err;
+			});
+		entry = { conn, users: 0 };
+		connections.set(url, entry);
+	}
+	entry.users++;
+	return entry.conn;
+}
+
+async function releaseConnection(url: string): Promise<void> {
+	const entry = connections.get(url);
+	if (!entry || --entry.users > 0) return;
+	connections.delete(url);
+	await (await entry.conn).close();
+}
+
+class OwnConnectionMongooseAdapter extends (MongooseDbAdapter as unknown as new (uri: string) => any) {
+	constructor(
+		private readonly url: string,
+		private readonly name: string,
+		private readonly spec: CollectionSpec,
+	) {
+		super(url);
+	}
+
+	private connected = false;
+
+	async connect(): Promise<void> {
+		const conn = await acquireConnection(this.url);
+		this.connected = true;
+		this.conn = conn;
+		this.db = conn.db;
+		const name = this.name;
+		let model = conn.models[name];
+		if (!model) {
+			const schema = new mongoose.Schema(this.spec.definition, { versionKey: false, minimize: false, collection: name });
+			for (const idx of this.spec.indexes) schema.index(idx.fields, { unique: !!idx.unique });
+			model = conn.model(name, schema);
+		}
+		this.model = model;
+		await model.init(); // builds the indexes
+	}
+
+	async disconnect(): Promise<void> {
+		if (!this.connected) return;
+		this.connected = false;
+		await releaseConnection(this.url);
+	}
+}
+
+function nedbAdapter(name: string) {
+	const dir = path.join(config.dataDir, "docs");
+	fs.mkdirSync(dir, { recursive: true });
+	return new DbService.MemoryAdapter({ filename: path.join(dir, `${name}.db`) });
+}
+
+function toPlain(adapter: any, doc: unknown): Promise<Doc> {
+	return Promise.resolve(adapter.entityToObject(doc)).then((plain: Doc) => {
+		if (plain && typeof plain._id !== "string") plain._id = String(plain._id);
+		return plain;
+	});
+}
+
+async function prepareNedb(adapter: any, spec: CollectionSpec) {
+	for (const idx of spec.indexes) {
+		const fields = Object.keys(idx.fields);
+		// NeDB indexes single fields; compound ones are served by scanning in the embedded store.
+		if (fields.length === 1) await adapter.db.ensureIndex({ fieldName: fields[0], unique: !!idx.unique });
+	}
+	// NeDB appends every change to its file; compact it now and then.
+	adapter.db.setAutocompactionInterval?.(10 * 60_000);
+}
+
+function storeOf(adapter: any): DocStore {
+	const mongo = !!config.mongoUrl;
+	return {
+		find: async (query, opts = {}) => {
+			const docs = await adapter.find({ query, sort: opts.sort, limit: opts.limit, offset: opts.offset });
+			return Promise.all(docs.map((d: unknown) => toPlain(adapter, d)));
+		},
+		findOne: async query => {
+			const doc = await adapter.findOne(query);
+			return doc ? toPlain(adapter, doc) : null;
+		},
+		findById: async id => {
+			if (mongo && !mongoose.isValidObjectId(id)) return null;
+			const doc = await adapter.findById(id);
+			return doc ? toPlain(adapter, doc) : null;
+		},
+		count: query => adapter.count({ query }),
+		insert: async doc => toPlain(adapter, await adapter.insert(doc)),
+		updateById: async (id, update) => {
+			if (mongo && !mongoose.isValidObjectId(id)) return null;
+			const doc = await adapter.updateById(id, update);
+			return doc ? toPlain(adapter, doc) : null;
+		},
+		updateMany: (query, update) => adapter.updateMany(query, update),
+		removeMany: async query => {
+			const res = await adapter.removeMany(query);
+			return typeof res === "number" ? res : Number((res as { deletedCount?: number })?.deletedCount ?? 0);
+		},
+	};
+}
+
+export function createDocsMixin<C extends string>(options: DocsMixinOptions<C>): Partial<ServiceSchema> {
+	const names = Object.keys(options.collections) as C[];
+	for (const name of names) {
+		for (const idx of options.collections[name].indexes) {
+			if (idx.unique && Object.keys(idx.fields).length > 1) {
+				throw new Error(`${name}: a unique index must be on one field (NeDB); use a synthetic key field`);
+			}
+		}
+	}
+	const mixin: Partial<ServiceSchema<ServiceSettingSchema, DocsMixinThis<C>>> = {
+		mixins: [DbService],
+		actions: {
+			// moleculer-db's generic actions would bypass every membership and ownership check.
+			find: false,
+			count: false,
+			list: false,
+			create: false,
+			insert: false,
+			get: false,
+			update: false,
+			remove: false,
+		},
+		created(this: DocsMixinThis<C>) {
+			// moleculer-db made a MemoryAdapter from the (absent) schema adapter; choose ours now.
+			const url = config.mongoUrl;
+			this.docAdapters = {} as Record<C, any>;
+			for (const name of names) {
+				this.docAdapters[name] = url ? new OwnConnectionMongooseAdapter(url, name, options.collections[name]) : nedbAdapter(name);
+			}
+			this.adapter = this.docAdapters[names[0]];
+			// moleculer-db-adapter-mongoose's init() wants a model or schema in the service schema.
+			this.schema.schema ??= new mongoose.Schema({});
+			this.schema.modelName ??= names[0];
+			for (const name of names) this.docAdapters[name].init(this.broker, this);
+		},
+		methods: {
+			async connect(this: DocsMixinThis<C>) {
+				const stores = {} as Record<C, DocStore>;
+				try {
+					for (const name of names) {
+						const adapter = this.docAdapters[name];
+						await adapter.connect();
+						if (!config.mongoUrl) await prepareNedb(adapter, options.collections[name]);
+						stores[name] = storeOf(adapter);
+					}
+				} catch (err) {
+					await this.disconnect();
+					throw err;
+				}
+				this.stores = stores;
+			},
+			async disconnect(this: DocsMixinThis<C>) {
+				for (const name of names) await Promise.resolve(this.docAdapters[name]?.disconnect()).catch(() => undefined);
+			},
+		},
+	};
+	return mixin as Partial<ServiceSchema>;
+}

@@ -1,0 +1,839 @@
+/**
+ * conversations: private chats and message requests, groups and their roles, each member's
+ * settings and read position, blocks, typing. Owns the collections conversations, memberships
+ * and blocks; messages are the messages service's, reached through its actions.
+ */
+import crypto from "node:crypto";
+import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import {
+	type ConversationDoc,
+	MAX_GROUP_SIZE,
+	type MembershipDoc,
+	decodeCursor,
+	encodeCursor,
+	idRule,
+	isMuted,
+	limitRule,
+	membershipKey,
+	presentConversation,
+	userIdRule,
+} from "../lib/chat";
+import { badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
+import type { CallMeta } from "../lib/meta";
+import type { AuthUser } from "../lib/tokens";
+import { createDocsMixin, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
+import { PushMixin, type PushItem, type PushThis, conversationRoom, userRoom } from "../mixins/push.mixin";
+
+type Collections = "conversations" | "memberships" | "blocks";
+type Ctx<P = Record<string, never>> = Context<P, CallMeta & { socketId?: string }>;
+
+interface ConvThis extends DocsMixinThis<Collections>, PushThis {
+	typingState: Map<string, { at: number; isTyping: boolean }>;
+	memberCache: Map<string, number>;
+	caller(ctx: Ctx<unknown>): AuthUser;
+	loadForMember(conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
+	membershipsOf(conversationId: string): Promise<MembershipDoc[]>;
+	addMembership(conversationId: string, userId: number, lastSeq: number): Promise<void>;
+	presentFor(conv: ConversationDoc, userId: number): Promise<ReturnType<typeof presentConversation>>;
+	pushConversation(ctx: Ctx<unknown>, conv: ConversationDoc, event: string, to: number[], extra?: Record<string, unknown>): Promise<void>;
+	pushToParticipants(ctx: Ctx<unknown>, participants: number[], event: string, payload: unknown, aliases?: string[]): Promise<void>;
+	systemMessage(ctx: Ctx<unknown>, conversationId: string, event: string, userId: number | null, actorId: number): Promise<void>;
+	blockedBetween(a: number, others: number[]): Promise<Set<number>>;
+	requireUsersExist(ctx: Ctx<unknown>, ids: number[]): Promise<void>;
+	requireGroupManager(conv: ConversationDoc, userId: number): void;
+	reload(conversationId: string): Promise<ConversationDoc>;
+	removeFromGroup(ctx: Ctx<unknown>, conv: ConversationDoc, userId: number, actorId: number): Promise<ConversationDoc | null>;
+	deleteConversation(ctx: Ctx<unknown>, conv: ConversationDoc): Promise<void>;
+	listFor(userId: number, limit: number, before: string | undefined, filter: Record<string, unknown>): Promise<{ items: ConversationDoc[]; next: string | null }>;
+}
+
+const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
+	name: "conversations",
+	mixins: [
+		createDocsMixin<Collections>({
+			collections: {
+				conversations: {
+					definition: {
+						type: String,
+						participants: [Number],
+						name: { type: String, default: null },
+						avatar: { type: String, default: null },
+						admin_id: { type: Number, default: null },
+						moderator_ids: [Number],
+						initiator_id: { type: Number, default: null },
+						status: String,
+						pair_key: String,
+						last_seq: Number,
+						last_message: { type: Object, default: null },
+						last_activity_at: Date,
+						nicknames: { type: Object, default: {} },
+						created_at: Date,
+						updated_at: Date,
+					},
+					indexes: [{ fields: { pair_key: 1 }, unique: true }, { fields: { participants: 1, last_activity_at: -1 } }, { fields: { participants: 1 } }],
+				},
+				memberships: {
+					definition: {
+						key: String,
+						conversation_id: String,
+						user_id: Number,
+						joined_at: Date,
+						last_read_seq: Number,
+						cleared_seq: Number,
+						muted: Boolean,
+						mute_until: { type: Date, default: null },
+						pinned: Boolean,
+						hidden: Boolean,
+					},
+					indexes: [{ fields: { key: 1 }, unique: true }, { fields: { user_id: 1 } }, { fields: { conversation_id: 1 } }],
+				},
+				blocks: {
+					definition: { key: String, blocker_id: Number, blocked_id: Number, created_at: Date },
+					indexes: [{ fields: { key: 1 }, unique: true }, { fields: { blocker_id: 1 } }, { fields: { blocked_id: 1 } }],
+				},
+			},
+		}),
+		PushMixin,
+	],
+
+	actions: {
+		create: {
+			params: {
+				$$strict: "remove",
+				type: { type: "enum", values: ["private", "group"], optional: true },
+				isGroup: { type: "boolean", optional: true, convert: true },
+				participants: { type: "array", optional: true, max: MAX_GROUP_SIZE, items: userIdRule },
+				participantIds: { type: "array", optional: true, max: MAX_GROUP_SIZE, items: userIdRule },
+				name: { type: "string", optional: true, nullable: true, trim: true, max: 100 },
+				avatar: { type: "string", optional: true, nullable: true, trim: true, max: 2048 },
+			},
+			async handler(this: ConvThis, ctx: Ctx<{ type?: string; isGroup?: boolean; participants?: number[]; participantIds?: number[]; name?: string | null; avatar?: string | null }>) {
+				const me = this.caller(ctx);
+				const p = ctx.params;
+				const given = p.participants ?? p.participantIds;
+				if (!given) throw validationError("participants is required", [{ field: "participants", type: "required", message: "Give the other participants" }]);
+				const others = [...new Set(given)].filter(id => id !== me.id);
+				const type = p.type ?? (p.isGroup === true ? "group" : p.isGroup === false ? "private" : others.length > 1 ? "group" : "private");
+				if (others.length === 0) throw validationError("A conversation needs someone else", [{ field: "participants", type: "arrayMin", message: "Give at least one other user" }]);
+				if (type === "private" && others.length !== 1) {
+					throw validationError("A private conversation has exactly one other participant", [{ field: "participants", type: "arrayLength", message: "Exactly one other user" }]);
+				}
+				await this.requireUsersExist(ctx, others);
+				const now = new Date();
+
+				if (type === "private") {
+					const other = others[0];
+					if ((await this.blockedBetween(me.id, [other])).size > 0) throw forbidden("You cannot start a conversation with this user");
+					const pairKey = `p:${Math.min(me.id, other)}:${Math.max(me.id, other)}`;
+					const existing = (await this.stores.conversations.findOne({ pair_key: pairKey })) as ConversationDoc | null;
+					if (existing) {
+						// A private chat between two users exists once: creating it again returns it.
+						await this.stores.memberships.updateMany({ key: membershipKey(existing._id, me.id) }, { $set: { hidden: false } });
+						return this.presentFor(existing, me.id);
+					}
+					let conv: ConversationDoc;
+					try {
+						conv = (await this.stores.conversations.insert({
+							type: "private",
+							participants: [me.id, other],
+							name: null,
+							avatar: null,
+							admin_id: null,
+							moderator_ids: [],
+							initiator_id: me.id,
+							status: "pending",
+							pair_key: pairKey,
+							last_seq: 0,
+							last_message: null,
+							last_activity_at: now,
+							nicknames: {},
+							created_at: now,
+							updated_at: now,
+						})) as ConversationDoc;
+					} catch (err) {
+						if (!isDuplicateKeyError(err)) throw err;
+						// The other side created it at the same moment.
+						const raced = (await this.stores.conversations.findOne({ pair_key: pairKey })) as ConversationDoc;
+						return this.presentFor(raced, me.id);
+					}
+					await Promise.all(conv.participants.map(uid => this.addMembership(conv._id, uid, 0)));
+					ctx.meta.$statusCode = 201;
+					await this.pushConversation(ctx, conv, "conversation:created", conv.participants);
+					return this.presentFor(conv, me.id);
+				}
+
+				const participants = [me.id, ...others];
+				if (participants.length > MAX_GROUP_SIZE) throw validationError("Too many participants", [{ field: "participants", type: "arrayMax", message: `At most ${MAX_GROUP_SIZE}` }]);
+				const conv = (await this.stores.conversations.insert({
+					type: "group",
+					participants,
+					name: p.name || null,
+					avatar: p.avatar || null,
+					admin_id: me.id,
+					moderator_ids: [],
+					initiator_id: me.id,
+					status: "accepted",
+					pair_key: `g:${crypto.randomUUID()}`,
+					last_seq: 0,
+					last_message: null,
+					last_activity_at: now,
+					nicknames: {},
+					created_at: now,
+					updated_at: now,
+				})) as ConversationDoc;
+				await Promise.all(participants.map(uid => this.addMembership(conv._id, uid, 0)));
+				// Clients learn of the conversation before its first (system) message.
+				await this.pushConversation(ctx, conv, "conversation:created", conv.participants);
+				await this.systemMessage(ctx, conv._id, "group_created", null, me.id);
+				ctx.meta.$statusCode = 201;
+				return this.presentFor(await this.reload(conv._id), me.id);
+			},
+		},
+
+		list: {
+			params: { $$strict: "remove", limit: limitRule(50), before: { type: "string", optional: true, max: 200 } },
+			async handler(this: ConvThis, ctx: Ctx<{ limit: number; before?: string }>) {
+				const me = this.caller(ctx);
+				// Requests addressed to me (pending, or declined by me) are listed by `requests`, not here.
+				const { items, next } = await this.listFor(me.id, ctx.params.limit, ctx.params.before, {
+					$or: [{ status: "accepted" }, { initiator_id: me.id }],
+				});
+				if (next) ctx.meta.$responseHeaders = { "X-Next-Cursor": next };
+				return Promise.all(items.map(c => this.presentFor(c, me.id)));
+			},
+		},
+
+		requests: {
+			params: { $$strict: "remove", limit: limitRule(50), before: { type: "string", optional: true, max: 200 } },
+			async handler(this: ConvThis, ctx: Ctx<{ limit: number; before?: string }>) {
+				const me = this.caller(ctx);
+				const { items, next } = await this.listFor(me.id, ctx.params.limit, ctx.params.before, { status: "pending", initiator_id: { $ne: me.id } });
+				if (next) ctx.meta.$responseHeaders = { "X-Next-Cursor": next };
+				return Promise.all(items.map(c => this.presentFor(c, me.id)));
+			},
+		},
+
+		settings: {
+			async handler(this: ConvThis, ctx: Ctx) {
+				const me = this.caller(ctx);
+				const memberships = (await this.stores.memberships.find({ user_id: me.id })) as MembershipDoc[];
+				const out: Record<string, { muted: boolean; pinned: boolean; hidden: boolean; muteUntil: string | null }> = {};
+				for (const m of memberships) {
+					out[m.conversation_id] = { muted: isMuted(m), pinned: !!m.pinned, hidden: !!m.hidden, muteUntil: m.mute_until ? new Date(m.mute_until).toISOString() : null };
+				}
+				return out;
+			},
+		},
+
+		get: {
+			params: { $$strict: "remove", conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const me = this.caller(ctx);
+				const { conv, membership } = await this.loadForMember(ctx.params.conversationId, me.id);
+				return presentConversation(conv, membership);
+			},
+		},
+
+		update: {
+			params: {
+				$$strict: "remove",
+				conversationId: idRule,
+				name: { type: "string", optional: true, nullable: true, trim: true, max: 100 },
+				avatar: { type: "string", optional: true, nullable: true, trim: true, max: 2048 },
+			},
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; name?: string | null; avatar?: string | null }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				this.requireGroupManager(conv, me.id);
+				const set: Record<string, unknown> = {};
+				if (ctx.params.name !== undefined) set.name = ctx.params.name || null;
+				if (ctx.params.avatar !== undefined) set.avatar = ctx.params.avatar || null;
+				if (Object.keys(set).length === 0) return this.presentFor(conv, me.id);
+				const updated = (await this.stores.conversations.updateById(conv._id, { $set: { ...set, updated_at: new Date() } })) as ConversationDoc;
+				if (set.name !== undefined && set.name !== conv.name) await this.systemMessage(ctx, conv._id, "renamed", null, me.id);
+				if (set.avatar !== undefined && set.avatar !== conv.avatar) await this.systemMessage(ctx, conv._id, "avatar_changed", null, me.id);
+				const fresh = await this.reload(updated._id);
+				await this.pushConversation(ctx, fresh, "conversation:updated", fresh.participants);
+				return this.presentFor(fresh, me.id);
+			},
+		},
+
+		updateAvatar: {
+			params: { $$strict: "remove", conversationId: idRule, avatarUrl: { type: "string", trim: true, max: 2048, nullable: true } },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; avatarUrl: string | null }>) {
+				return ctx.call("conversations.update", { conversationId: ctx.params.conversationId, avatar: ctx.params.avatarUrl });
+			},
+		},
+
+		accept: {
+			params: { $$strict: "remove", conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				// Already accepted, a group, or asked by the initiator: nothing changes.
+				if (conv.type !== "private" || conv.status === "accepted" || conv.initiator_id === me.id) return this.presentFor(conv, me.id);
+				const updated = (await this.stores.conversations.updateById(conv._id, { $set: { status: "accepted", updated_at: new Date() } })) as ConversationDoc;
+				if (conv.initiator_id) await this.push(ctx, [{ rooms: [userRoom(conv.initiator_id)], event: "request:accepted", payload: { conversationId: conv._id, acceptedBy: me.id } }]);
+				await this.pushConversation(ctx, updated, "conversation:updated", updated.participants);
+				return this.presentFor(updated, me.id);
+			},
+		},
+
+		decline: {
+			params: { $$strict: "remove", conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				if (conv.type !== "private" || conv.initiator_id === me.id) throw forbidden("Only the addressee of a message request can decline it");
+				if (conv.status === "declined") return this.presentFor(conv, me.id);
+				if (conv.status === "accepted") throw conflict("This conversation was already accepted");
+				const updated = (await this.stores.conversations.updateById(conv._id, { $set: { status: "declined", updated_at: new Date() } })) as ConversationDoc;
+				if (conv.initiator_id) await this.push(ctx, [{ rooms: [userRoom(conv.initiator_id)], event: "request:declined", payload: { conversationId: conv._id, declinedBy: me.id } }]);
+				await this.pushConversation(ctx, updated, "conversation:updated", updated.participants);
+				return this.presentFor(updated, me.id);
+			},
+		},
+
+		addMember: {
+			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				this.requireGroupManager(conv, me.id);
+				const userId = ctx.params.userId;
+				if (conv.participants.includes(userId)) return this.presentFor(conv, me.id);
+				if (conv.participants.length >= MAX_GROUP_SIZE) throw conflict(`A group has at most ${MAX_GROUP_SIZE} members`);
+				await this.requireUsersExist(ctx, [userId]);
+				if ((await this.blockedBetween(userId, [me.id])).size > 0) throw forbidden("You cannot add this user");
+				await this.stores.conversations.updateById(conv._id, { $addToSet: { participants: userId }, $set: { updated_at: new Date() } });
+				await this.addMembership(conv._id, userId, conv.last_seq);
+				await this.systemMessage(ctx, conv._id, "member_added", userId, me.id);
+				const fresh = await this.reload(conv._id);
+				const payload = { conversationId: conv._id, userId };
+				await this.pushToParticipants(ctx, fresh.participants, "members:added", payload, ["conversation:member-added"]);
+				await this.pushConversation(ctx, fresh, "conversation:invited", [userId]);
+				await this.pushConversation(ctx, fresh, "conversation:updated", fresh.participants.filter(p => p !== userId));
+				return this.presentFor(fresh, me.id);
+			},
+		},
+
+		removeMember: {
+			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				if (conv.type !== "group") throw forbidden("Members are removed from groups only");
+				const target = ctx.params.userId;
+				if (!conv.participants.includes(target)) throw notFound("Member");
+				if (target !== me.id) {
+					const amAdmin = conv.admin_id === me.id;
+					const amModerator = conv.moderator_ids.includes(me.id);
+					const targetIsPlain = target !== conv.admin_id && !conv.moderator_ids.includes(target);
+					// The admin removes anyone; moderators remove plain members; anyone removes itself.
+					if (!(amAdmin || (amModerator && targetIsPlain))) throw forbidden("You may not remove this member");
+				}
+				const fresh = await this.removeFromGroup(ctx, conv, target, me.id);
+				// The last member left: the group is gone. Someone who left sees it without its own settings.
+				if (!fresh) return { ...presentConversation(conv, null), participants: [] };
+				return target === me.id ? presentConversation(fresh, null) : this.presentFor(fresh, me.id);
+			},
+		},
+
+		promoteModerator: {
+			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				if (conv.type !== "group" || conv.admin_id !== me.id) throw forbidden("Only the group admin promotes moderators");
+				const target = ctx.params.userId;
+				if (!conv.participants.includes(target)) throw notFound("Member");
+				if (target === conv.admin_id) throw badRequest("The admin is already above moderators");
+				if (conv.moderator_ids.includes(target)) return this.presentFor(conv, me.id);
+				await this.stores.conversations.updateById(conv._id, { $addToSet: { moderator_ids: target }, $set: { updated_at: new Date() } });
+				await this.systemMessage(ctx, conv._id, "moderator_promoted", target, me.id);
+				const fresh = await this.reload(conv._id);
+				await this.pushToParticipants(ctx, fresh.participants, "conversation:moderator-updated", { conversationId: conv._id, userId: target, promoted: true });
+				return this.presentFor(fresh, me.id);
+			},
+		},
+
+		demoteModerator: {
+			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				if (conv.type !== "group" || conv.admin_id !== me.id) throw forbidden("Only the group admin demotes moderators");
+				const target = ctx.params.userId;
+				if (!conv.moderator_ids.includes(target)) return this.presentFor(conv, me.id);
+				await this.stores.conversations.updateById(conv._id, { $pull: { moderator_ids: target }, $set: { updated_at: new Date() } });
+				await this.systemMessage(ctx, conv._id, "moderator_demoted", target, me.id);
+				const fresh = await this.reload(conv._id);
+				await this.pushToParticipants(ctx, fresh.participants, "conversation:moderator-updated", { conversationId: conv._id, userId: target, promoted: false });
+				return this.presentFor(fresh, me.id);
+			},
+		},
+
+		remove: {
+			params: { $$strict: "remove", conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				if (conv.type === "group") {
+					if (conv.admin_id !== me.id) throw forbidden("Only the group admin deletes the group");
+					await this.deleteConversation(ctx, conv);
+				} else {
+					// A private chat is hidden for me only; a new message brings it back.
+					await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { hidden: true } });
+					await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "conversation:deleted", payload: { conversationId: conv._id } }]);
+				}
+				ctx.meta.$statusCode = 204;
+				return null;
+			},
+		},
+
+		markRead: {
+			params: { $$strict: "remove", conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id), last_read_seq: { $lt: conv.last_seq } }, { $set: { last_read_seq: conv.last_seq } });
+				const last = conv.last_message;
+				if (last && last.sender_id !== me.id) {
+					const readAt = new Date().toISOString();
+					await this.pushToParticipants(ctx, conv.participants, "message:read", { messageId: last.id, conversationId: conv._id, userId: me.id, readAt });
+					await this.pushToParticipants(ctx, conv.participants, "message:status", { messageId: last.id, userId: me.id, status: "read", timestamp: readAt });
+				}
+				return { unread_count: 0 };
+			},
+		},
+
+		mute: {
+			params: { $$strict: "remove", conversationId: idRule, muted: { type: "boolean", convert: true }, muteUntil: { type: "date", convert: true, optional: true, nullable: true } },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; muted: boolean; muteUntil?: Date | null }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const until = ctx.params.muted && ctx.params.muteUntil ? ctx.params.muteUntil : null;
+				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { muted: ctx.params.muted, mute_until: until } });
+				ctx.meta.$statusCode = 204;
+				return null;
+			},
+		},
+
+		pin: {
+			params: { $$strict: "remove", conversationId: idRule, pinned: { type: "boolean", convert: true } },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; pinned: boolean }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { pinned: ctx.params.pinned } });
+				ctx.meta.$statusCode = 204;
+				return null;
+			},
+		},
+
+		hide: {
+			params: { $$strict: "remove", conversationId: idRule, hidden: { type: "boolean", convert: true } },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; hidden: boolean }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { hidden: ctx.params.hidden } });
+				ctx.meta.$statusCode = 204;
+				return null;
+			},
+		},
+
+		nicknames: {
+			params: { $$strict: "remove", conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				return Object.entries(conv.nicknames ?? {}).map(([id, nickname]) => ({ target_user_id: Number(id), targetUserId: Number(id), nickname }));
+			},
+		},
+
+		setNickname: {
+			params: { $$strict: "remove", conversationId: idRule, targetUserId: userIdRule, nickname: { type: "string", trim: true, max: 50, nullable: true } },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; targetUserId: number; nickname: string | null }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				if (!conv.participants.includes(ctx.params.targetUserId)) throw notFound("Member");
+				const field = `nicknames.${ctx.params.targetUserId}`;
+				const update = ctx.params.nickname ? { $set: { [field]: ctx.params.nickname, updated_at: new Date() } } : { $unset: { [field]: true }, $set: { updated_at: new Date() } };
+				const updated = (await this.stores.conversations.updateById(conv._id, update)) as ConversationDoc;
+				await this.pushConversation(ctx, updated, "conversation:updated", updated.participants);
+				return Object.entries(updated.nicknames ?? {}).map(([id, nickname]) => ({ target_user_id: Number(id), targetUserId: Number(id), nickname }));
+			},
+		},
+
+		clearHistory: {
+			params: { $$strict: "remove", conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const me = this.caller(ctx);
+				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				await this.stores.memberships.updateMany(
+					{ key: membershipKey(conv._id, me.id) },
+					{ $set: { cleared_seq: conv.last_seq, last_read_seq: conv.last_seq } },
+				);
+				ctx.meta.$statusCode = 204;
+				return null;
+			},
+		},
+
+		join: {
+			params: { $$strict: "remove", conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const me = this.caller(ctx);
+				await this.loadForMember(ctx.params.conversationId, me.id);
+				return { room: conversationRoom(ctx.params.conversationId) };
+			},
+		},
+
+		leave: {
+			params: { $$strict: "remove", conversationId: idRule },
+			handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				this.caller(ctx);
+				return { room: conversationRoom(ctx.params.conversationId) };
+			},
+		},
+
+		typing: {
+			params: { $$strict: "remove", conversationId: idRule, isTyping: { type: "boolean", convert: true } },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; isTyping: boolean }>) {
+				const me = this.caller(ctx);
+				const { conversationId, isTyping } = ctx.params;
+				// Membership is checked at most every 30 s per (conversation, user): typing is chatty.
+				const memberKey = membershipKey(conversationId, me.id);
+				const knownUntil = this.memberCache.get(memberKey) ?? 0;
+				if (knownUntil < Date.now()) {
+					await this.loadForMember(conversationId, me.id);
+					this.memberCache.set(memberKey, Date.now() + 30_000);
+				}
+				// Throttled: the same state again within a second is not sent on.
+				const prev = this.typingState.get(memberKey);
+				const now = Date.now();
+				if (prev && prev.isTyping === isTyping && now - prev.at < 1000) return null;
+				this.typingState.set(memberKey, { at: now, isTyping });
+				await this.push(ctx, [{ rooms: [conversationRoom(conversationId)], except: ctx.meta.socketId, event: "typing", payload: { conversationId, userId: me.id, isTyping } }]);
+				return null;
+			},
+		},
+
+		block: {
+			params: { $$strict: "remove", targetUserId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ targetUserId: number }>) {
+				const me = this.caller(ctx);
+				const target = ctx.params.targetUserId;
+				if (target === me.id) throw badRequest("You cannot block yourself");
+				await this.requireUsersExist(ctx, [target]);
+				try {
+					await this.stores.blocks.insert({ key: `${me.id}:${target}`, blocker_id: me.id, blocked_id: target, created_at: new Date() });
+				} catch (err) {
+					if (!isDuplicateKeyError(err)) throw err; // already blocked: fine
+				}
+				await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "user:blocked", payload: { targetUserId: target } }]);
+				return null;
+			},
+		},
+
+		unblock: {
+			params: { $$strict: "remove", targetUserId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ targetUserId: number }>) {
+				const me = this.caller(ctx);
+				await this.stores.blocks.removeMany({ key: `${me.id}:${ctx.params.targetUserId}` });
+				await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "user:unblocked", payload: { targetUserId: ctx.params.targetUserId } }]);
+				return null;
+			},
+		},
+
+		blocked: {
+			async handler(this: ConvThis, ctx: Ctx) {
+				const me = this.caller(ctx);
+				const rows = await this.stores.blocks.find({ blocker_id: me.id }, { sort: ["-created_at"] });
+				return rows.map(r => ({ targetUserId: r.blocked_id, target_user_id: r.blocked_id, created_at: new Date(r.created_at).toISOString() }));
+			},
+		},
+
+		// ---- for the messages service (not routed by the gateway) ----
+
+		/** May the caller read this conversation? Its document and the caller's membership. */
+		access: {
+			visibility: "public",
+			params: { conversationId: idRule, userId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
+				return this.loadForMember(ctx.params.conversationId, ctx.params.userId);
+			},
+		},
+
+		/** May `senderId` send here now? Request state and blocks decide. */
+		authorizeSend: {
+			visibility: "public",
+			params: { conversationId: idRule, senderId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
+				const { conversationId, senderId } = ctx.params;
+				const { conv } = await this.loadForMember(conversationId, senderId);
+				if (conv.status === "declined") throw forbidden("This message request was declined");
+				if (conv.status === "pending" && conv.initiator_id !== senderId) throw forbidden("Accept the message request before replying");
+				const others = conv.participants.filter(p => p !== senderId);
+				const blocked = await this.blockedBetween(senderId, others);
+				if (conv.type === "private" && blocked.size > 0) throw forbidden("You cannot message this user");
+				// In a group, members who blocked the sender do not receive its messages live.
+				const blockedBy = (await this.stores.blocks.find({ blocker_id: { $in: others }, blocked_id: senderId })).map(b => b.blocker_id as number);
+				return { conversation: conv, blockedBy };
+			},
+		},
+
+		/** A message was stored: move the conversation's head, unhide it, advance the sender's read position. */
+		recordMessage: {
+			visibility: "public",
+			params: { conversationId: idRule, seq: { type: "number", integer: true, positive: true }, senderId: userIdRule, lastMessage: "object" },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; seq: number; senderId: number; lastMessage: Record<string, unknown> }>) {
+				const { conversationId, seq, senderId, lastMessage } = ctx.params;
+				const now = new Date();
+				await this.stores.conversations.updateMany(
+					{ _id: conversationId, last_seq: { $lt: seq } },
+					{ $set: { last_seq: seq, last_message: lastMessage, last_activity_at: now, updated_at: now } },
+				);
+				await this.stores.memberships.updateMany({ conversation_id: conversationId, hidden: true }, { $set: { hidden: false } });
+				await this.stores.memberships.updateMany({ key: membershipKey(conversationId, senderId), last_read_seq: { $lt: seq } }, { $set: { last_read_seq: seq } });
+				return true;
+			},
+		},
+
+		/** A message was edited or deleted: the head shows it changed if it is the last one. */
+		updateLastMessage: {
+			visibility: "public",
+			params: { conversationId: idRule, lastMessage: "object" },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; lastMessage: { id: string } & Record<string, unknown> }>) {
+				await this.stores.conversations.updateMany(
+					{ _id: ctx.params.conversationId, "last_message.id": ctx.params.lastMessage.id },
+					{ $set: { last_message: ctx.params.lastMessage } },
+				);
+				return true;
+			},
+		},
+
+		/** Read receipts: a member's read position only moves forward. */
+		advanceRead: {
+			visibility: "public",
+			params: { conversationId: idRule, userId: userIdRule, seq: { type: "number", integer: true, min: 0 } },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number; seq: number }>) {
+				const { conversationId, userId, seq } = ctx.params;
+				await this.stores.memberships.updateMany({ key: membershipKey(conversationId, userId), last_read_seq: { $lt: seq } }, { $set: { last_read_seq: seq } });
+				return true;
+			},
+		},
+
+		/** Who is in a conversation now (for pushing a system message). */
+		participantsOf: {
+			visibility: "public",
+			params: { conversationId: idRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const conv = (await this.stores.conversations.findById(ctx.params.conversationId)) as ConversationDoc | null;
+				return conv ? conv.participants : [];
+			},
+		},
+
+		/** The conversations a user belongs to (ids only), for message search. */
+		idsOf: {
+			visibility: "public",
+			params: { userId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ userId: number }>) {
+				const rows = (await this.stores.memberships.find({ user_id: ctx.params.userId })) as MembershipDoc[];
+				return rows.map(r => ({ conversationId: r.conversation_id, clearedSeq: r.cleared_seq }));
+			},
+		},
+	},
+
+	events: {
+		/** A deleted account leaves its groups and private chats. */
+		async "users.user.deleted"(this: ConvThis, ctx: Context<{ userId: number }>) {
+			const userId = ctx.params.userId;
+			const convs = (await this.stores.conversations.find({ participants: userId })) as ConversationDoc[];
+			for (const conv of convs) {
+				if (conv.type === "group") await this.removeFromGroup(ctx as Ctx<unknown>, conv, userId, userId);
+				else await this.stores.memberships.removeMany({ key: membershipKey(conv._id, userId) });
+			}
+			await this.stores.blocks.removeMany({ $or: [{ blocker_id: userId }, { blocked_id: userId }] });
+		},
+	},
+
+	methods: {
+		caller(ctx: Ctx<unknown>): AuthUser {
+			const user = ctx.meta.user;
+			const id = Number(user?.id);
+			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
+			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
+		},
+
+		/** Not a member and not existing look the same: no conversation's existence leaks. */
+		async loadForMember(this: ConvThis, conversationId: string, userId: number) {
+			const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
+			if (!conv || !conv.participants.includes(userId)) throw notFound("Conversation");
+			const membership = (await this.stores.memberships.findOne({ key: membershipKey(conversationId, userId) })) as MembershipDoc | null;
+			if (!membership) throw notFound("Conversation");
+			return { conv, membership };
+		},
+
+		async membershipsOf(this: ConvThis, conversationId: string) {
+			return (await this.stores.memberships.find({ conversation_id: conversationId })) as MembershipDoc[];
+		},
+
+		async addMembership(this: ConvThis, conversationId: string, userId: number, lastSeq: number) {
+			try {
+				await this.stores.memberships.insert({
+					key: membershipKey(conversationId, userId),
+					conversation_id: conversationId,
+					user_id: userId,
+					joined_at: new Date(),
+					// A new member starts with nothing unread and sees history from here on.
+					last_read_seq: lastSeq,
+					cleared_seq: lastSeq,
+					muted: false,
+					mute_until: null,
+					pinned: false,
+					hidden: false,
+				});
+			} catch (err) {
+				if (!isDuplicateKeyError(err)) throw err;
+			}
+		},
+
+		async presentFor(this: ConvThis, conv: ConversationDoc, userId: number) {
+			const m = (await this.stores.memberships.findOne({ key: membershipKey(conv._id, userId) })) as MembershipDoc | null;
+			return presentConversation(conv, m);
+		},
+
+		/** Each member gets the conversation as it sees it (its own unread count and settings). */
+		async pushConversation(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc, event: string, to: number[], extra: Record<string, unknown> = {}) {
+			const memberships = new Map((await this.membershipsOf(conv._id)).map(m => [m.user_id, m]));
+			const items: PushItem[] = to.map(uid => ({
+				rooms: [userRoom(uid)],
+				event,
+				payload: { conversationId: conv._id, conversation: presentConversation(conv, memberships.get(uid) ?? null), ...extra },
+			}));
+			await this.push(ctx, items);
+		},
+
+		async pushToParticipants(this: ConvThis, ctx: Ctx<unknown>, participants: number[], event: string, payload: unknown, aliases: string[] = []) {
+			const rooms = participants.map(userRoom);
+			await this.push(ctx, [event, ...aliases].map(e => ({ rooms, event: e, payload })));
+		},
+
+		async systemMessage(this: ConvThis, ctx: Ctx<unknown>, conversationId: string, event: string, userId: number | null, actorId: number) {
+			await ctx.call("messages.createSystem", { conversationId, event, userId, actorId });
+		},
+
+		/** Which of `others` blocked `a` or were blocked by `a`. */
+		async blockedBetween(this: ConvThis, a: number, others: number[]) {
+			if (others.length === 0) return new Set<number>();
+			const rows = await this.stores.blocks.find({
+				$or: [
+					{ blocker_id: a, blocked_id: { $in: others } },
+					{ blocker_id: { $in: others }, blocked_id: a },
+				],
+			});
+			return new Set(rows.map(r => (r.blocker_id === a ? r.blocked_id : r.blocker_id) as number));
+		},
+
+		async requireUsersExist(this: ConvThis, ctx: Ctx<unknown>, ids: number[]) {
+			const found = (await ctx.call("users.resolve", { ids })) as { id: number }[];
+			const known = new Set(found.map(u => u.id));
+			const missing = ids.filter(id => !known.has(id));
+			if (missing.length > 0) throw appNotFoundUsers(missing);
+		},
+
+		requireGroupManager(conv: ConversationDoc, userId: number) {
+			if (conv.type !== "group") throw forbidden("Only groups have admins and moderators");
+			if (conv.admin_id !== userId && !conv.moderator_ids.includes(userId)) throw forbidden("Only the group admin or a moderator may do this");
+		},
+
+		async reload(this: ConvThis, conversationId: string) {
+			const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
+			if (!conv) throw notFound("Conversation");
+			return conv;
+		},
+
+		/** Remove `userId` from a group; the admin's leaving hands the group on. Null when the group is gone. */
+		async removeFromGroup(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc, userId: number, actorId: number) {
+			const remaining = conv.participants.filter(p => p !== userId);
+			if (remaining.length === 0) {
+				await this.deleteConversation(ctx, conv);
+				return null;
+			}
+			const set: Record<string, unknown> = { updated_at: new Date() };
+			let newAdmin: number | null = null;
+			if (conv.admin_id === userId) {
+				// The longest-standing moderator, else the longest-standing member, becomes admin.
+				const memberships = (await this.membershipsOf(conv._id)).filter(m => m.user_id !== userId).sort((a, b) => new Date(a.joined_at).getTime() - new Date(b.joined_at).getTime());
+				const mods = memberships.filter(m => conv.moderator_ids.includes(m.user_id));
+				newAdmin = (mods[0] ?? memberships[0])?.user_id ?? remaining[0];
+				set.admin_id = newAdmin;
+			}
+			await this.stores.conversations.updateById(conv._id, { $pull: { participants: userId, moderator_ids: newAdmin != null ? { $in: [userId, newAdmin] } : userId }, $set: set });
+			await this.stores.memberships.removeMany({ key: membershipKey(conv._id, userId) });
+			this.memberCache.delete(membershipKey(conv._id, userId));
+			await this.systemMessage(ctx, conv._id, actorId === userId ? "member_left" : "member_removed", userId, actorId);
+			if (newAdmin != null) await this.systemMessage(ctx, conv._id, "admin_changed", newAdmin, actorId);
+			const fresh = await this.reload(conv._id);
+			const payload = { conversationId: conv._id, userId };
+			await this.pushToParticipants(ctx, [...fresh.participants, userId], "members:removed", payload, ["conversation:member-removed"]);
+			await this.pushConversation(ctx, fresh, "conversation:updated", fresh.participants);
+			// The removed user's sockets stop getting this conversation's typing and presence.
+			await this.leaveRooms(ctx, { rooms: [userRoom(userId)], leave: [conversationRoom(conv._id)] });
+			return fresh;
+		},
+
+		async deleteConversation(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc) {
+			await this.stores.conversations.removeMany({ _id: conv._id });
+			await this.stores.memberships.removeMany({ conversation_id: conv._id });
+			await ctx.call("messages.purgeConversation", { conversationId: conv._id });
+			await this.pushToParticipants(ctx, conv.participants, "conversation:deleted", { conversationId: conv._id });
+			await this.leaveRooms(ctx, { rooms: conv.participants.map(userRoom), leave: [conversationRoom(conv._id)] });
+		},
+
+		/** Conversations of a user by last activity, newest first, skipping those it hid. */
+		async listFor(this: ConvThis, userId: number, limit: number, before: string | undefined, filter: Record<string, unknown>) {
+			let cursor = before ? decodeCursor(before) : null;
+			if (before && !cursor) throw validationError("Invalid cursor", [{ field: "before", type: "cursor", message: "Pass back the X-Next-Cursor value" }]);
+			const items: ConversationDoc[] = [];
+			let next: string | null = null;
+			// Hidden conversations are dropped after the query, so a page may take a few rounds.
+			for (let round = 0; round < 20; round++) {
+				const and: Record<string, unknown>[] = [{ participants: userId }, filter];
+				if (cursor) and.push({ $or: [{ last_activity_at: { $lt: cursor.at } }, { last_activity_at: cursor.at, _id: { $lt: cursor.id } }] });
+				const batch = (await this.stores.conversations.find({ $and: and }, { sort: ["-last_activity_at", "-_id"], limit: limit + 1 })) as ConversationDoc[];
+				const hidden = new Set(
+					(await this.stores.memberships.find({ key: { $in: batch.map(c => membershipKey(c._id, userId)) }, hidden: true })).map(m => m.conversation_id as string),
+				);
+				let consumed = 0;
+				for (const conv of batch) {
+					if (items.length === limit) break;
+					consumed++;
+					if (!hidden.has(conv._id)) items.push(conv);
+				}
+				if (consumed === 0) break;
+				const last = batch[consumed - 1];
+				if (items.length === limit) {
+					// More after the last one taken? Then the client gets a cursor to it.
+					next = consumed < batch.length ? encodeCursor(last.last_activity_at, last._id) : null;
+					break;
+				}
+				if (batch.length <= limit) break; // the store has nothing more
+				cursor = { at: new Date(last.last_activity_at), id: last._id };
+			}
+			return { items, next };
+		},
+	},
+
+	created(this: ConvThis) {
+		this.typingState = new Map();
+		this.memberCache = new Map();
+	},
+};
+
+function appNotFoundUsers(ids: number[]) {
+	const err = notFound("User");
+	err.data = ids.map(id => ({ field: "participants", type: "notFound", message: `No user ${id}` }));
+	return err;
+}
+
+export default ConversationsService;

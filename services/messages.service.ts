@@ -1,0 +1,428 @@
+/**
+ * messages: sending, editing, deleting, receipts, history and search. Owns the collection
+ * messages. Every message gets `seq`, its position in the conversation: 1, 2, 3 … with no gap,
+ * because a seq exists only as a stored message (unique per conversation) and a send that
+ * loses a race for a seq takes the next one. A clientId already used by the sender in the
+ * conversation returns the first message and pushes nothing again.
+ */
+import crypto from "node:crypto";
+import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import {
+	type ConversationDoc,
+	MAX_CONTENT,
+	type MembershipDoc,
+	type MessageDoc,
+	type SenderProfile,
+	idRule,
+	lastMessageOf,
+	limitRule,
+	presentMessage,
+	userIdRule,
+} from "../lib/chat";
+import { EVENTS } from "../lib/constants";
+import { appError, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
+import type { CallMeta } from "../lib/meta";
+import type { AuthUser } from "../lib/tokens";
+import { createDocsMixin, type DocsMixinThis, escapeRegex, isDuplicateKeyError } from "../mixins/docs.mixin";
+import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
+
+type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
+
+const PROFILE_TTL_MS = 60_000;
+const MAX_CACHED_HEADS = 10_000;
+
+interface MessagesThis extends DocsMixinThis<"messages">, PushThis {
+	heads: Map<string, number>;
+	locks: Map<string, Promise<unknown>>;
+	profiles: Map<number, { profile: SenderProfile; until: number }>;
+	caller(ctx: Ctx<unknown>): AuthUser;
+	access(ctx: Ctx<unknown>, conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
+	withLock<T>(key: string, fn: () => Promise<T>): Promise<T>;
+	maxSeq(conversationId: string): Promise<number>;
+	insertWithSeq(conversationId: string, doc: Omit<MessageDoc, "_id" | "seq" | "seq_key">): Promise<{ msg: MessageDoc; created: boolean }>;
+	senderProfiles(ctx: Ctx<unknown>, ids: number[]): Promise<Map<number, SenderProfile>>;
+	present(ctx: Ctx<unknown>, msgs: MessageDoc[]): Promise<ReturnType<typeof presentMessage>[]>;
+	loadOwnMessage(ctx: Ctx<unknown>, messageId: string, userId: number): Promise<{ msg: MessageDoc; conv: ConversationDoc }>;
+	record(ctx: Ctx<unknown>, msg: MessageDoc): Promise<void>;
+}
+
+const SYSTEM_TEXT: Record<string, string> = {
+	group_created: "created the group",
+	member_added: "added a member",
+	member_removed: "removed a member",
+	member_left: "left the group",
+	admin_changed: "is the new admin",
+	moderator_promoted: "made a member moderator",
+	moderator_demoted: "removed a moderator",
+	renamed: "renamed the group",
+	avatar_changed: "changed the group picture",
+};
+
+const attachmentRule = { type: "string", max: 2048, pattern: /^(https?:\/\/\S+\/files\/[A-Za-z0-9_-]+|\/files\/[A-Za-z0-9_-]+)$/ } as const;
+
+const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
+	name: "messages",
+	mixins: [
+		createDocsMixin<"messages">({
+			collections: {
+				messages: {
+					definition: {
+						conversation_id: String,
+						sender_id: Number,
+						type: String,
+						content: String,
+						attachments: [String],
+						seq: Number,
+						seq_key: String,
+						client_id: { type: String, default: null },
+						dedupe_key: String,
+						seen_by: [Number],
+						delivered_to: [Number],
+						edited_at: { type: Date, default: null },
+						deleted: Boolean,
+						system_data: { type: Object, default: null },
+						created_at: Date,
+						updated_at: Date,
+					},
+					indexes: [
+						{ fields: { seq_key: 1 }, unique: true },
+						{ fields: { dedupe_key: 1 }, unique: true },
+						{ fields: { conversation_id: 1, seq: -1 } },
+						{ fields: { conversation_id: 1 } },
+					],
+				},
+			},
+		}),
+		PushMixin,
+	],
+
+	actions: {
+		send: {
+			params: {
+				$$strict: "remove",
+				conversationId: idRule,
+				content: { type: "string", optional: true, max: MAX_CONTENT, default: "" },
+				attachments: { type: "array", optional: true, max: 10, items: attachmentRule, default: [] },
+				clientId: { type: "string", optional: true, min: 1, max: 100 },
+			},
+			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string; content: string; attachments: string[]; clientId?: string }>) {
+				const me = this.caller(ctx);
+				const { conversationId, attachments, clientId } = ctx.params;
+				const content = ctx.params.content.trim();
+				if (!content && attachments.length === 0) {
+					throw validationError("A message needs content or an attachment", [{ field: "content", type: "required", message: "Empty message" }]);
+				}
+				const dedupeKey = clientId ? `${conversationId}:${me.id}:${clientId}` : `${conversationId}:${me.id}:auto:${crypto.randomUUID()}`;
+				if (clientId) {
+					// A retry of a send that already went through: the first message, and nothing pushed again.
+					const existing = (await this.stores.messages.findOne({ dedupe_key: dedupeKey })) as MessageDoc | null;
+					if (existing) {
+						await this.access(ctx, conversationId, me.id);
+						return (await this.present(ctx, [existing]))[0];
+					}
+				}
+				const { conversation, blockedBy } = (await ctx.call("conversations.authorizeSend", { conversationId, senderId: me.id })) as { conversation: ConversationDoc; blockedBy: number[] };
+				const now = new Date();
+				const { msg, created } = await this.insertWithSeq(conversationId, {
+					conversation_id: conversationId,
+					sender_id: me.id,
+					type: attachments.length > 0 ? "file" : "text",
+					content,
+					attachments,
+					client_id: clientId ?? null,
+					dedupe_key: dedupeKey,
+					seen_by: [],
+					delivered_to: [],
+					edited_at: null,
+					deleted: false,
+					system_data: null,
+					created_at: now,
+					updated_at: now,
+				});
+				const [presented] = await this.present(ctx, [msg]);
+				if (!created) return presented;
+				await this.record(ctx, msg);
+				const recipients = conversation.participants.filter(p => !blockedBy.includes(p));
+				await this.push(ctx, [{ rooms: recipients.map(userRoom), event: "message:created", payload: presented }]);
+				return presented;
+			},
+		},
+
+		edit: {
+			params: { $$strict: "remove", messageId: idRule, content: { type: "string", min: 1, max: MAX_CONTENT } },
+			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string; content: string }>) {
+				const me = this.caller(ctx);
+				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
+				if (msg.sender_id !== me.id || msg.type === "system") throw forbidden("Only the sender edits a message");
+				if (msg.deleted) throw appError("CONFLICT", "A deleted message cannot be edited");
+				const content = ctx.params.content.trim();
+				if (!content) throw validationError("Empty message", [{ field: "content", type: "required", message: "Empty message" }]);
+				const now = new Date();
+				const updated = (await this.stores.messages.updateById(msg._id, { $set: { content, edited_at: now, updated_at: now } })) as MessageDoc;
+				const [presented] = await this.present(ctx, [updated]);
+				await ctx.call("conversations.updateLastMessage", { conversationId: conv._id, lastMessage: lastMessageOf(updated) });
+				await this.push(ctx, [{ rooms: conv.participants.map(userRoom), event: "message:updated", payload: presented }]);
+				return presented;
+			},
+		},
+
+		remove: {
+			params: { $$strict: "remove", messageId: idRule },
+			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
+				const me = this.caller(ctx);
+				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
+				const groupManager = conv.type === "group" && (conv.admin_id === me.id || conv.moderator_ids.includes(me.id));
+				if (!(msg.sender_id === me.id && msg.type !== "system") && !groupManager) throw forbidden("Only the sender, or a group admin or moderator, deletes a message");
+				if (!msg.deleted) {
+					// Kept as a tombstone: its seq stays, so the sequence has no hole.
+					const updated = (await this.stores.messages.updateById(msg._id, { $set: { deleted: true, content: "", attachments: [], updated_at: new Date() } })) as MessageDoc;
+					await ctx.call("conversations.updateLastMessage", { conversationId: conv._id, lastMessage: lastMessageOf(updated) });
+					await this.push(ctx, [{ rooms: conv.participants.map(userRoom), event: "message:deleted", payload: { messageId: msg._id, conversationId: conv._id } }]);
+				}
+				return null;
+			},
+		},
+
+		markRead: {
+			params: { $$strict: "remove", messageId: idRule },
+			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
+				const me = this.caller(ctx);
+				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
+				if (msg.sender_id === me.id) return null;
+				await ctx.call("conversations.advanceRead", { conversationId: conv._id, userId: me.id, seq: msg.seq });
+				if (msg.seen_by.includes(me.id)) return null;
+				await this.stores.messages.updateById(msg._id, { $addToSet: { seen_by: me.id, delivered_to: me.id } });
+				const readAt = new Date().toISOString();
+				const rooms = conv.participants.map(userRoom);
+				await this.push(ctx, [
+					{ rooms, event: "message:read", payload: { messageId: msg._id, conversationId: conv._id, userId: me.id, readAt } },
+					{ rooms, event: "message:status", payload: { messageId: msg._id, userId: me.id, status: "read", timestamp: readAt } },
+				]);
+				return null;
+			},
+		},
+
+		markDelivered: {
+			params: { $$strict: "remove", messageId: idRule },
+			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
+				const me = this.caller(ctx);
+				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
+				if (msg.sender_id === me.id || msg.delivered_to.includes(me.id)) return null;
+				await this.stores.messages.updateById(msg._id, { $addToSet: { delivered_to: me.id } });
+				await this.push(ctx, [
+					{ rooms: conv.participants.map(userRoom), event: "message:status", payload: { messageId: msg._id, userId: me.id, status: "delivered", timestamp: new Date().toISOString() } },
+				]);
+				return null;
+			},
+		},
+
+		list: {
+			params: {
+				$$strict: "remove",
+				conversationId: idRule,
+				limit: limitRule(50),
+				before: { type: "number", integer: true, min: 1, convert: true, optional: true },
+				after: { type: "number", integer: true, min: 0, convert: true, optional: true },
+			},
+			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string; limit: number; before?: number; after?: number }>) {
+				const me = this.caller(ctx);
+				const { conversationId, limit, before, after } = ctx.params;
+				if (before !== undefined && after !== undefined) throw validationError("Give before or after, not both", [{ field: "after", type: "forbidden", message: "Not with before" }]);
+				const { membership } = await this.access(ctx, conversationId, me.id);
+				// History cleared by this member stays hidden from it.
+				const floor = Math.max(membership.cleared_seq, after ?? 0);
+				const seq: Record<string, number> = { $gt: floor };
+				if (before !== undefined) seq.$lt = before;
+				const msgs = (await this.stores.messages.find({ conversation_id: conversationId, seq }, { sort: [after !== undefined ? "seq" : "-seq"], limit })) as MessageDoc[];
+				return this.present(ctx, msgs);
+			},
+		},
+
+		search: {
+			params: {
+				$$strict: "remove",
+				query: { type: "string", trim: true, min: 1, max: 200 },
+				conversationId: { ...idRule, optional: true },
+				limit: limitRule(20),
+			},
+			async handler(this: MessagesThis, ctx: Ctx<{ query: string; conversationId?: string; limit: number }>) {
+				const me = this.caller(ctx);
+				let scopes: { conversationId: string; clearedSeq: number }[];
+				if (ctx.params.conversationId) {
+					const { membership } = await this.access(ctx, ctx.params.conversationId, me.id);
+					scopes = [{ conversationId: ctx.params.conversationId, clearedSeq: membership.cleared_seq }];
+				} else {
+					scopes = (await ctx.call("conversations.idsOf", { userId: me.id })) as typeof scopes;
+				}
+				if (scopes.length === 0) return { messages: [], total: 0 };
+				const query = {
+					$or: scopes.map(s => ({ conversation_id: s.conversationId, seq: { $gt: s.clearedSeq } })),
+					deleted: false,
+					type: { $ne: "system" },
+					content: { $regex: new RegExp(escapeRegex(ctx.params.query), "i") },
+				};
+				const [msgs, total] = await Promise.all([
+					this.stores.messages.find(query, { sort: ["-created_at"], limit: ctx.params.limit }) as Promise<MessageDoc[]>,
+					this.stores.messages.count(query),
+				]);
+				return { messages: await this.present(ctx, msgs), total };
+			},
+		},
+
+		// ---- for the conversations service (not routed by the gateway) ----
+
+		createSystem: {
+			visibility: "public",
+			params: { conversationId: idRule, event: "string", userId: { ...userIdRule, nullable: true, optional: true }, actorId: userIdRule },
+			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string; event: string; userId?: number | null; actorId: number }>) {
+				const { conversationId, event, actorId } = ctx.params;
+				const userId = ctx.params.userId ?? null;
+				const now = new Date();
+				const { msg } = await this.insertWithSeq(conversationId, {
+					conversation_id: conversationId,
+					sender_id: actorId,
+					type: "system",
+					content: SYSTEM_TEXT[event] ?? event,
+					attachments: [],
+					client_id: null,
+					dedupe_key: `${conversationId}:system:${crypto.randomUUID()}`,
+					seen_by: [],
+					delivered_to: [],
+					edited_at: null,
+					deleted: false,
+					system_data: { event, userId, actorId },
+					created_at: now,
+					updated_at: now,
+				});
+				await this.record(ctx, msg);
+				const participants = (await ctx.call("conversations.participantsOf", { conversationId })) as number[];
+				const [presented] = await this.present(ctx, [msg]);
+				await this.push(ctx, [{ rooms: participants.map(userRoom), event: "message:created", payload: presented }]);
+				return presented;
+			},
+		},
+
+		purgeConversation: {
+			visibility: "public",
+			params: { conversationId: idRule },
+			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string }>) {
+				this.heads.delete(ctx.params.conversationId);
+				return this.stores.messages.removeMany({ conversation_id: ctx.params.conversationId });
+			},
+		},
+	},
+
+	events: {
+		[EVENTS.userUpdated](this: MessagesThis, ctx: Context<{ userId: number }>) {
+			this.profiles.delete(ctx.params.userId);
+		},
+		[EVENTS.userDeleted](this: MessagesThis, ctx: Context<{ userId: number }>) {
+			this.profiles.delete(ctx.params.userId);
+		},
+	},
+
+	methods: {
+		caller(ctx: Ctx<unknown>): AuthUser {
+			const user = ctx.meta.user;
+			const id = Number(user?.id);
+			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
+			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
+		},
+
+		async access(this: MessagesThis, ctx: Ctx<unknown>, conversationId: string, userId: number) {
+			return (await ctx.call("conversations.access", { conversationId, userId })) as { conv: ConversationDoc; membership: MembershipDoc };
+		},
+
+		/** A message of a conversation the user belongs to; not found otherwise (nothing leaks). */
+		async loadOwnMessage(this: MessagesThis, ctx: Ctx<unknown>, messageId: string, userId: number) {
+			const msg = (await this.stores.messages.findById(messageId)) as MessageDoc | null;
+			if (!msg) throw notFound("Message");
+			const { conv, membership } = await this.access(ctx, msg.conversation_id, userId);
+			if (msg.seq <= membership.cleared_seq) throw notFound("Message");
+			return { msg, conv };
+		},
+
+		/** Sends to one conversation run one at a time in this process: no seq is wasted by a local race. */
+		withLock<T>(this: MessagesThis, key: string, fn: () => Promise<T>): Promise<T> {
+			const prev = this.locks.get(key) ?? Promise.resolve();
+			const run = prev.then(fn, fn);
+			const tail = run.catch(() => undefined);
+			this.locks.set(key, tail);
+			void tail.then(() => {
+				if (this.locks.get(key) === tail) this.locks.delete(key);
+			});
+			return run;
+		},
+
+		async maxSeq(this: MessagesThis, conversationId: string) {
+			const [last] = (await this.stores.messages.find({ conversation_id: conversationId }, { sort: ["-seq"], limit: 1 })) as MessageDoc[];
+			return last?.seq ?? 0;
+		},
+
+		async insertWithSeq(this: MessagesThis, conversationId: string, doc) {
+			return this.withLock(conversationId, async () => {
+				for (let attempt = 0; attempt < 25; attempt++) {
+					const last = this.heads.get(conversationId) ?? (await this.maxSeq(conversationId));
+					const seq = last + 1;
+					try {
+						const msg = (await this.stores.messages.insert({ ...doc, seq, seq_key: `${conversationId}:${seq}` })) as MessageDoc;
+						if (this.heads.size >= MAX_CACHED_HEADS) this.heads.delete(this.heads.keys().next().value as string);
+						this.heads.set(conversationId, seq);
+						return { msg, created: true };
+					} catch (err) {
+						if (!isDuplicateKeyError(err)) throw err;
+						// Either this clientId was stored meanwhile (a concurrent retry) ...
+						const existing = (await this.stores.messages.findOne({ dedupe_key: doc.dedupe_key })) as MessageDoc | null;
+						if (existing) return { msg: existing, created: false };
+						// ... or another node took this seq: read the head again and take the next.
+						this.heads.delete(conversationId);
+					}
+				}
+				throw appError("SERVICE_UNAVAILABLE", "The conversation is too busy, try again");
+			});
+		},
+
+		/** Sender names and avatars, cached for a minute (dropped when the user changes). */
+		async senderProfiles(this: MessagesThis, ctx: Ctx<unknown>, ids: number[]) {
+			const out = new Map<number, SenderProfile>();
+			const now = Date.now();
+			const missing: number[] = [];
+			for (const id of new Set(ids)) {
+				const hit = this.profiles.get(id);
+				if (hit && hit.until > now) out.set(id, hit.profile);
+				else missing.push(id);
+			}
+			if (missing.length > 0) {
+				try {
+					const users = (await ctx.call("users.resolve", { ids: missing })) as { id: number; username: string; avatar_url: string | null }[];
+					for (const u of users) {
+						const profile = { id: u.id, name: u.username, avatar_url: u.avatar_url };
+						this.profiles.set(u.id, { profile, until: now + PROFILE_TTL_MS });
+						out.set(u.id, profile);
+					}
+				} catch (err) {
+					// Names are decoration: a message still goes out while the users service is away.
+					this.logger.warn("Sender profiles unavailable", (err as Error).message);
+				}
+			}
+			return out;
+		},
+
+		async present(this: MessagesThis, ctx: Ctx<unknown>, msgs: MessageDoc[]) {
+			const profiles = await this.senderProfiles(ctx, msgs.map(m => m.sender_id));
+			return msgs.map(m => presentMessage(m, profiles.get(m.sender_id) ?? null));
+		},
+
+		async record(this: MessagesThis, ctx: Ctx<unknown>, msg: MessageDoc) {
+			await ctx.call("conversations.recordMessage", { conversationId: msg.conversation_id, seq: msg.seq, senderId: msg.sender_id, lastMessage: lastMessageOf(msg) });
+		},
+	},
+
+	created(this: MessagesThis) {
+		this.heads = new Map();
+		this.locks = new Map();
+		this.profiles = new Map();
+	},
+};
+
+export default MessagesService;
