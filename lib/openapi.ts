@@ -1,8 +1,11 @@
 /**
  * The OpenAPI 3.0.3 description of the gateway's REST routes, served at GET /docs/openapi.json
  * and rendered by Swagger UI at GET /docs. Hand-written: keep it in step with the aliases in
- * services/api.service.ts, the parameter rules in services/users.service.ts and CONTRACT.md.
+ * services/api.service.ts, the parameter rules in services/users.service.ts,
+ * services/conversations.service.ts and services/messages.service.ts, the shapes of
+ * lib/chat.ts (presentConversation, presentMessage) and CONTRACT.md.
  */
+import { MAX_CONTENT, MAX_GROUP_SIZE } from "./chat";
 import { ROLES } from "./constants";
 import { ERROR_CODES } from "./errors";
 
@@ -82,7 +85,7 @@ function errorExample(statusCode: number, code: (typeof ERROR_CODES)[number], me
 	return { statusCode, code, message, traceId: "5f0c6a2e-8d3b-4c1e-9a57-2b6f1d9e0c42", ...(details === undefined ? {} : { details }) };
 }
 
-type Tag = "Health" | "Docs" | "Auth" | "Users" | "Roles";
+type Tag = "Health" | "Docs" | "Auth" | "Users" | "Roles" | "Conversations" | "Messages";
 
 interface OperationSpec {
 	operationId: string;
@@ -120,6 +123,16 @@ function sortByStatus(responses: Obj): Obj {
 }
 
 const userIdParam: Obj = ref("parameters", "UserId");
+const conversationIdParam: Obj = ref("parameters", "ConversationId");
+
+/** The opaque list cursor: the value of the previous page's X-Next-Cursor header. */
+const cursorQuery: Obj = {
+	name: "before",
+	in: "query",
+	required: false,
+	description: "The `X-Next-Cursor` header of the previous page, passed back unchanged. Leave it out for the first page.",
+	schema: { type: "string", maxLength: 200 },
+};
 
 /** An integer query parameter with bounds and a default. */
 function intQuery(name: string, description: string, minimum: number, maximum: number, defaultValue: number): Obj {
@@ -147,6 +160,20 @@ const NEW_PASSWORD: Obj = {
 };
 const ROLE_NAME: Obj = { type: "string", enum: [...ROLES], example: "user" };
 const TIMESTAMP: Obj = { type: "string", format: "date-time", description: "ISO-8601, UTC." };
+const CONVERSATION_ID: Obj = { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9_-]+$", example: "66a1f0c2e4b0a1b2c3d4e5f6" };
+const MESSAGE_ID: Obj = { type: "string", example: "66a1f3d9e4b0a1b2c3d4e601" };
+const MESSAGE_TYPE: Obj = { type: "string", enum: ["text", "image", "file", "system"], example: "text" };
+/** A user id in a request: an integer, or a numeric string. */
+const USER_ID_INPUT: Obj = { oneOf: [{ type: "integer", minimum: 1 }, { type: "string", pattern: "^[0-9]+$" }], example: 7 };
+const PARTICIPANTS: Obj = {
+	type: "array",
+	maxItems: MAX_GROUP_SIZE,
+	items: USER_ID_INPUT,
+	description: `The other users' ids (integers or numeric strings). A group has at most ${MAX_GROUP_SIZE} members, the creator included.`,
+	example: [7],
+};
+const GROUP_NAME: Obj = { type: "string", nullable: true, maxLength: 100, description: "A group's name (trimmed).", example: "Book club" };
+const GROUP_AVATAR: Obj = { type: "string", nullable: true, maxLength: 2048, description: "A group's picture: an http(s) URL or a path on this server.", example: "/files/3f9a1c0d2b" };
 
 const schemas: Record<string, Obj> = {
 	Error: {
@@ -328,12 +355,287 @@ const schemas: Record<string, Obj> = {
 			},
 		},
 	},
+	Conversation: {
+		type: "object",
+		description: "A conversation as the caller sees it: `unread_count`, `muted` and `pinned` are the caller's own.",
+		required: [
+			"id",
+			"_id",
+			"type",
+			"isGroup",
+			"participants",
+			"name",
+			"avatar",
+			"admin_id",
+			"moderator_ids",
+			"initiator_id",
+			"status",
+			"last_message",
+			"lastMessage",
+			"last_seq",
+			"unread_count",
+			"muted",
+			"pinned",
+			"nicknames",
+			"created_at",
+			"updated_at",
+		],
+		properties: {
+			id: CONVERSATION_ID,
+			_id: { ...CONVERSATION_ID, description: "Alias of `id`." },
+			type: { type: "string", enum: ["private", "group"], example: "private" },
+			isGroup: { type: "boolean", description: "`type` is `group`.", example: false },
+			participants: { type: "array", items: { type: "integer" }, description: "The members' user ids.", example: [42, 7] },
+			name: { type: "string", nullable: true, maxLength: 100, description: "A group's name; `null` for private chats.", example: null },
+			avatar: { type: "string", nullable: true, maxLength: 2048, description: "A group's picture: an http(s) URL or a path on this server.", example: null },
+			admin_id: { type: "integer", nullable: true, description: "The group's admin; `null` for private chats.", example: null },
+			moderator_ids: { type: "array", items: { type: "integer" }, description: "The group's moderators.", example: [] },
+			initiator_id: { type: "integer", nullable: true, description: "Who created the conversation (for a private chat: who sent the message request).", example: 42 },
+			status: {
+				type: "string",
+				enum: ["pending", "accepted", "declined"],
+				description: "A new private chat is `pending` until the other side accepts (or declines) it; groups start `accepted`.",
+				example: "accepted",
+			},
+			last_message: { allOf: [schema("LastMessage")], nullable: true, description: "`null` when there is none (or the caller cleared the history since)." },
+			lastMessage: { allOf: [schema("LastMessage")], nullable: true, description: "Alias of `last_message`." },
+			last_seq: { type: "integer", minimum: 0, description: "The `seq` of the newest message (0: none yet).", example: 12 },
+			unread_count: { type: "integer", minimum: 0, description: "Messages after the caller's read position.", example: 2 },
+			muted: { type: "boolean", description: "The caller muted it (and the mute has not run out).", example: false },
+			pinned: { type: "boolean", description: "The caller pinned it.", example: false },
+			nicknames: {
+				type: "object",
+				additionalProperties: { type: "string", maxLength: 50 },
+				description: "Nicknames in this conversation, by user id.",
+				example: { 7: "Bobby" },
+			},
+			created_at: TIMESTAMP,
+			updated_at: TIMESTAMP,
+		},
+	},
+	LastMessage: {
+		type: "object",
+		description: "A summary of a conversation's newest message.",
+		required: ["id", "content", "sender_id", "type", "deleted", "created_at", "createdAt"],
+		properties: {
+			id: MESSAGE_ID,
+			content: { type: "string", maxLength: 200, description: "The first 200 characters; empty when the message was deleted.", example: "See you at eight." },
+			sender_id: { type: "integer", example: 7 },
+			type: MESSAGE_TYPE,
+			deleted: { type: "boolean", example: false },
+			created_at: TIMESTAMP,
+			createdAt: { ...TIMESTAMP, description: "Alias of `created_at`." },
+		},
+	},
+	Message: {
+		type: "object",
+		required: [
+			"id",
+			"_id",
+			"conversation_id",
+			"sender_id",
+			"sender",
+			"type",
+			"content",
+			"attachments",
+			"seq",
+			"client_id",
+			"clientId",
+			"seen_by",
+			"delivered_to",
+			"edited_at",
+			"deleted",
+			"system_data",
+			"created_at",
+			"createdAt",
+			"updated_at",
+		],
+		properties: {
+			id: MESSAGE_ID,
+			_id: { ...MESSAGE_ID, description: "Alias of `id`." },
+			conversation_id: CONVERSATION_ID,
+			sender_id: { type: "integer", description: "The sender (for a `system` message: who caused it).", example: 7 },
+			sender: schema("MessageSender"),
+			type: MESSAGE_TYPE,
+			content: { type: "string", maxLength: MAX_CONTENT, description: "Empty when the message was deleted.", example: "See you at eight." },
+			attachments: {
+				type: "array",
+				maxItems: 10,
+				items: { type: "string" },
+				description: "File paths (`/files/<id>`) or URLs of this server; empty when the message was deleted.",
+				example: [],
+			},
+			seq: {
+				type: "integer",
+				minimum: 1,
+				description: "The message's position in its conversation, assigned by the server: 1, 2, 3 … with no gaps, so a client can tell what it missed.",
+				example: 12,
+			},
+			client_id: { type: "string", nullable: true, maxLength: 100, description: "The sender's `clientId`, if it gave one.", example: "c-1718000000000-1" },
+			clientId: { type: "string", nullable: true, maxLength: 100, description: "Alias of `client_id`.", example: "c-1718000000000-1" },
+			seen_by: { type: "array", items: { type: "integer" }, description: "Users who read it.", example: [42] },
+			delivered_to: { type: "array", items: { type: "integer" }, description: "Users whose device received it.", example: [42] },
+			edited_at: { ...TIMESTAMP, nullable: true, description: "When it was last edited; `null` if never." },
+			deleted: { type: "boolean", description: "Deleted messages stay as tombstones (their `seq` is kept) with empty content and attachments.", example: false },
+			system_data: {
+				type: "object",
+				nullable: true,
+				description: "For `system` messages (group changes): what happened; `null` otherwise.",
+				required: ["event", "userId", "actorId"],
+				properties: {
+					event: {
+						type: "string",
+						description:
+							"`group_created`, `member_added`, `member_removed`, `member_left`, `admin_changed`, `moderator_promoted`, `moderator_demoted`, `renamed` or `avatar_changed`.",
+						example: "member_added",
+					},
+					userId: { type: "integer", nullable: true, description: "The member it is about, if any.", example: 13 },
+					actorId: { type: "integer", description: "Who did it.", example: 42 },
+				},
+				example: null,
+			},
+			created_at: TIMESTAMP,
+			createdAt: { ...TIMESTAMP, description: "Alias of `created_at`." },
+			updated_at: TIMESTAMP,
+		},
+	},
+	MessageSender: {
+		type: "object",
+		required: ["id", "name", "avatar_url"],
+		properties: {
+			id: { type: "integer", example: 7 },
+			name: { type: "string", description: "The sender's username (empty when it cannot be looked up right now).", example: "bob" },
+			avatar_url: { type: "string", nullable: true, example: null },
+		},
+	},
+	ConversationSettings: {
+		type: "object",
+		description: "The caller's settings of one conversation.",
+		required: ["muted", "pinned", "hidden", "muteUntil"],
+		properties: {
+			muted: { type: "boolean", description: "Muted now (a mute whose `muteUntil` has passed reads `false`).", example: true },
+			pinned: { type: "boolean", example: false },
+			hidden: { type: "boolean", description: "Hidden from the list until a new message arrives.", example: false },
+			muteUntil: { ...TIMESTAMP, nullable: true, description: "When the mute ends; `null`: until unmuted (or not muted)." },
+		},
+	},
+	Block: {
+		type: "object",
+		required: ["targetUserId", "target_user_id", "created_at"],
+		properties: {
+			targetUserId: { type: "integer", description: "The blocked user.", example: 13 },
+			target_user_id: { type: "integer", description: "Alias of `targetUserId`.", example: 13 },
+			created_at: TIMESTAMP,
+		},
+	},
+	Nickname: {
+		type: "object",
+		required: ["target_user_id", "targetUserId", "nickname"],
+		properties: {
+			target_user_id: { type: "integer", example: 7 },
+			targetUserId: { type: "integer", description: "Alias of `target_user_id`.", example: 7 },
+			nickname: { type: "string", maxLength: 50, example: "Bobby" },
+		},
+	},
+	MarkReadResult: {
+		type: "object",
+		required: ["unread_count"],
+		properties: {
+			unread_count: { type: "integer", enum: [0], example: 0 },
+		},
+	},
+	CreateConversationRequest: {
+		description:
+			"Either shape is accepted. `participants` / `participantIds` are the other users (the caller is added; duplicates and the caller's own id are dropped). " +
+			"Without `type` or `isGroup`, one other user makes a private chat and more make a group. A private chat has exactly one other participant; " +
+			"`name` and `avatar` apply to groups only.",
+		oneOf: [schema("CreateConversationByIds"), schema("CreateConversationByType")],
+	},
+	CreateConversationByIds: {
+		type: "object",
+		required: ["participantIds"],
+		properties: {
+			participantIds: PARTICIPANTS,
+			isGroup: { type: "boolean", description: "`true`: a group; `false`: a private chat.", example: false },
+			name: GROUP_NAME,
+		},
+	},
+	CreateConversationByType: {
+		type: "object",
+		required: ["participants"],
+		properties: {
+			type: { type: "string", enum: ["private", "group"], example: "group" },
+			participants: PARTICIPANTS,
+			name: GROUP_NAME,
+			avatar: GROUP_AVATAR,
+		},
+	},
+	UpdateConversationRequest: {
+		type: "object",
+		description: "Both optional; only the fields given change. An empty body changes nothing and returns the conversation.",
+		properties: {
+			name: { ...GROUP_NAME, description: "Trimmed; `null` or an empty string removes it." },
+			avatar: { ...GROUP_AVATAR, description: "An http(s) URL or a path on this server; `null` or an empty string removes it." },
+		},
+	},
+	MuteRequest: {
+		type: "object",
+		required: ["muted"],
+		properties: {
+			muted: { type: "boolean", example: true },
+			muteUntil: { ...TIMESTAMP, nullable: true, description: "With `muted: true`: when the mute ends by itself. Left out or `null`: until unmuted." },
+		},
+	},
+	PinRequest: {
+		type: "object",
+		required: ["pinned"],
+		properties: { pinned: { type: "boolean", example: true } },
+	},
+	HideRequest: {
+		type: "object",
+		required: ["hidden"],
+		properties: { hidden: { type: "boolean", description: "A hidden conversation comes back with its next message.", example: true } },
+	},
+	SetNicknameRequest: {
+		type: "object",
+		required: ["targetUserId", "nickname"],
+		properties: {
+			targetUserId: { ...USER_ID_INPUT, description: "A member of the conversation (an integer or a numeric string)." },
+			nickname: { type: "string", nullable: true, maxLength: 50, description: "Trimmed; `null` or an empty string removes the nickname.", example: "Bobby" },
+		},
+	},
+	SendMessageRequest: {
+		type: "object",
+		description: "`content` or at least one attachment. A message with attachments has `type: \"file\"`, else `\"text\"`.",
+		properties: {
+			content: { type: "string", maxLength: MAX_CONTENT, description: "Trimmed.", example: "See you at eight." },
+			attachments: {
+				type: "array",
+				maxItems: 10,
+				items: {
+					type: "string",
+					maxLength: 2048,
+					pattern: "^(https?://\\S+/files/[A-Za-z0-9_-]+|/files/[A-Za-z0-9_-]+)$",
+					description: "A file uploaded to this server: `/files/<id>` or its full URL.",
+				},
+				example: ["/files/3f9a1c0d2b"],
+			},
+			clientId: {
+				type: "string",
+				minLength: 1,
+				maxLength: 100,
+				description: "The client's own id for this message. Sending again with a clientId this sender already used in this conversation returns the first message and notifies nobody again.",
+				example: "c-1718000000000-1",
+			},
+		},
+	},
 };
 
 // ---- Shared answers, headers, parameters, security schemes ----
 
 const RETRY_AFTER: Obj = { "Retry-After": ref("headers", "RetryAfter") };
 const SET_REFRESH_COOKIE: Obj = { "Set-Cookie": ref("headers", "SetRefreshCookie") };
+const NEXT_CURSOR: Obj = { "X-Next-Cursor": ref("headers", "XNextCursor") };
 
 const responses: Record<string, Obj> = {
 	BadRequest: errorResponse("The request is invalid: `VALIDATION_ERROR` (the failed fields in `details`) or `BAD_REQUEST` (e.g. malformed JSON).", {
@@ -368,6 +670,10 @@ const responses: Record<string, Obj> = {
 	ServiceUnavailable: errorResponse("`SERVICE_UNAVAILABLE`: a backing service is down or did not answer in time; try again later.", {
 		unavailable: errorExample(503, "SERVICE_UNAVAILABLE", "Service unavailable, try again later"),
 	}),
+	ConversationNotFound: errorResponse(
+		"`NOT_FOUND`: no such conversation, or the caller is not a member of it. The two answers are the same, so a conversation's existence never leaks.",
+		{ notFound: errorExample(404, "NOT_FOUND", "Conversation not found") },
+	),
 };
 
 const componentHeaders: Record<string, Obj> = {
@@ -378,6 +684,10 @@ const componentHeaders: Record<string, Obj> = {
 	RetryAfter: {
 		description: "Seconds to wait before retrying (at least 1).",
 		schema: { type: "integer", minimum: 1, example: 1 },
+	},
+	XNextCursor: {
+		description: "The cursor of the next page: pass it back as `before`. Absent on the last page.",
+		schema: { type: "string", example: "WyIyMDI0LTA3LTI1VDEwOjAwOjAwLjAwMFoiLCI2NmExZjBjMmU0YjBhMWIyYzNkNGU1ZjYiXQ" },
 	},
 	SetRefreshCookie: {
 		description: "`refreshToken=<token>; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=<refresh lifetime>` (plus `Secure` over HTTPS or in production). On logout the cookie is cleared with `Max-Age=0`.",
@@ -399,6 +709,13 @@ const parameters: Record<string, Obj> = {
 		required: true,
 		description: "The user's id.",
 		schema: { type: "integer", minimum: 1, example: 42 },
+	},
+	ConversationId: {
+		name: "conversationId",
+		in: "path",
+		required: true,
+		description: "The conversation's id. A conversation the caller is not a member of answers 404, like one that does not exist.",
+		schema: CONVERSATION_ID,
 	},
 	RefreshTokenCookie: {
 		name: "refreshToken",
@@ -666,7 +983,301 @@ const paths: Record<string, Obj> = {
 			},
 		}),
 	},
+
+	"/blocks": {
+		get: operation({
+			operationId: "listBlocks",
+			tag: "Conversations",
+			summary: "The users the caller blocked",
+			description: "Newest block first. Block and unblock over the `/chat` socket (`user:block`, `user:unblock`).",
+			bearer: true,
+			responses: {
+				200: ok("The caller's blocks.", arrayOf(schema("Block"))),
+			},
+		}),
+	},
+
+	"/conversations": {
+		get: operation({
+			operationId: "listConversations",
+			tag: "Conversations",
+			summary: "The caller's conversations, by last activity",
+			description:
+				"Newest activity first, a page at a time: while there is more, the answer has an `X-Next-Cursor` header to pass back as `before`. " +
+				"Message requests addressed to the caller (pending, or declined by it) are not listed here but under /conversations/requests; " +
+				"conversations the caller hid are left out until a new message arrives.",
+			bearer: true,
+			parameters: [intQuery("limit", "At most this many conversations.", 1, 100, 50), cursorQuery],
+			responses: {
+				200: ok("One page of conversations.", arrayOf(schema("Conversation")), NEXT_CURSOR),
+				...errors(400),
+			},
+		}),
+		post: operation({
+			operationId: "createConversation",
+			tag: "Conversations",
+			summary: "Start a private chat or create a group",
+			description:
+				"A new private chat starts `pending` (a message request): the caller, its initiator, may send; the other user must accept before replying. " +
+				"A private chat between two users exists once: asking for it again answers the existing one (200) and unhides it for the caller. " +
+				"A group starts `accepted` with the caller as its admin, and gets a `group_created` system message. " +
+				"Every participant, the creator included, gets `conversation:created` on the `/chat` socket.",
+			bearer: true,
+			requestBody: body(schema("CreateConversationRequest")),
+			responses: {
+				201: ok("Created.", schema("Conversation")),
+				200: ok("The private chat between the two users already existed; here it is.", schema("Conversation")),
+				403: errorResponse("`FORBIDDEN`: one of the two users of a private chat blocked the other.", {
+					blocked: errorExample(403, "FORBIDDEN", "You cannot start a conversation with this user"),
+				}),
+				404: errorResponse("`NOT_FOUND`: a participant does not exist (`details` names each one).", {
+					noSuchUser: errorExample(404, "NOT_FOUND", "User not found", [{ field: "participants", type: "notFound", message: "No user 99" }]),
+				}),
+				400: errorResponse("`VALIDATION_ERROR`: no participants, no one but the caller, more than one other user for a private chat, too many members, or a bad field.", {
+					noOne: errorExample(400, "VALIDATION_ERROR", "A conversation needs someone else", [{ field: "participants", type: "arrayMin", message: "Give at least one other user" }]),
+					privateOfThree: errorExample(400, "VALIDATION_ERROR", "A private conversation has exactly one other participant", [
+						{ field: "participants", type: "arrayLength", message: "Exactly one other user" },
+					]),
+				}),
+				...errors(413),
+			},
+		}),
+	},
+	"/conversations/requests": {
+		get: operation({
+			operationId: "listConversationRequests",
+			tag: "Conversations",
+			summary: "Pending message requests addressed to the caller",
+			description: "Private chats someone else started with the caller that it has not accepted or declined yet, by last activity, newest first. Paged as GET /conversations.",
+			bearer: true,
+			parameters: [intQuery("limit", "At most this many conversations.", 1, 100, 50), cursorQuery],
+			responses: {
+				200: ok("One page of requests.", arrayOf(schema("Conversation")), NEXT_CURSOR),
+				...errors(400),
+			},
+		}),
+	},
+	"/conversations/settings": {
+		get: operation({
+			operationId: "getConversationSettings",
+			tag: "Conversations",
+			summary: "The caller's settings of every conversation it belongs to",
+			bearer: true,
+			responses: {
+				200: ok("Settings by conversation id.", {
+					type: "object",
+					additionalProperties: schema("ConversationSettings"),
+					example: { "66a1f0c2e4b0a1b2c3d4e5f6": { muted: true, pinned: false, hidden: false, muteUntil: "2024-07-26T08:00:00.000Z" } },
+				}),
+			},
+		}),
+	},
+	"/conversations/{conversationId}": {
+		get: memberOperation({
+			operationId: "getConversation",
+			tag: "Conversations",
+			summary: "One conversation",
+			responses: {
+				200: ok("The conversation.", schema("Conversation")),
+			},
+		}),
+		patch: memberOperation({
+			operationId: "updateConversation",
+			tag: "Conversations",
+			summary: "Rename a group or change its picture (group admin or moderator)",
+			description: "Each change adds a system message (`renamed`, `avatar_changed`); every member gets `conversation:updated`.",
+			requestBody: body(schema("UpdateConversationRequest")),
+			responses: {
+				200: ok("The updated conversation.", schema("Conversation")),
+				403: errorResponse("`FORBIDDEN`: not a group, or the caller is neither its admin nor a moderator.", {
+					notManager: errorExample(403, "FORBIDDEN", "Only the group admin or a moderator may do this"),
+					notGroup: errorExample(403, "FORBIDDEN", "Only groups have admins and moderators"),
+				}),
+				...errors(413),
+			},
+		}),
+		delete: memberOperation({
+			operationId: "deleteConversation",
+			tag: "Conversations",
+			summary: "Delete a group (its admin) or hide a private chat (for the caller)",
+			description:
+				"A group: only its admin may delete it; it is gone with its messages for everyone, and every member gets `conversation:deleted`. " +
+				"A private chat: it is hidden for the caller only (the caller's devices get `conversation:deleted`) and comes back with the next message.",
+			responses: {
+				204: noContent("Deleted (group) or hidden (private chat)."),
+				403: errorResponse("`FORBIDDEN`: a group, and the caller is not its admin.", {
+					notAdmin: errorExample(403, "FORBIDDEN", "Only the group admin deletes the group"),
+				}),
+			},
+		}),
+	},
+	"/conversations/{conversationId}/accept": {
+		post: memberOperation({
+			operationId: "acceptConversation",
+			tag: "Conversations",
+			summary: "Accept a message request",
+			description:
+				"The addressee of a pending private chat accepts it (`status` becomes `accepted`); the initiator gets `request:accepted`. " +
+				"Accepting a conversation that is already accepted, a group, or as the initiator changes nothing and returns it.",
+			responses: {
+				200: ok("The conversation.", schema("Conversation")),
+			},
+		}),
+	},
+	"/conversations/{conversationId}/decline": {
+		post: memberOperation({
+			operationId: "declineConversation",
+			tag: "Conversations",
+			summary: "Decline a message request",
+			description:
+				"The addressee of a pending private chat declines it (`status` becomes `declined`, after which nobody can send); the initiator gets `request:declined`. " +
+				"Declining one that is already declined returns it unchanged.",
+			responses: {
+				200: ok("The conversation.", schema("Conversation")),
+				403: errorResponse("`FORBIDDEN`: a group, or the caller is the request's initiator.", {
+					notAddressee: errorExample(403, "FORBIDDEN", "Only the addressee of a message request can decline it"),
+				}),
+				409: errorResponse("`CONFLICT`: the conversation was already accepted.", {
+					accepted: errorExample(409, "CONFLICT", "This conversation was already accepted"),
+				}),
+			},
+		}),
+	},
+	"/conversations/{conversationId}/mute": {
+		post: memberOperation({
+			operationId: "muteConversation",
+			tag: "Conversations",
+			summary: "Mute or unmute a conversation (for the caller)",
+			description: "While muted, the caller gets no notifications for its messages. `muteUntil` ends the mute by itself.",
+			requestBody: body(schema("MuteRequest")),
+			responses: {
+				204: noContent("Saved."),
+				...errors(413),
+			},
+		}),
+	},
+	"/conversations/{conversationId}/pin": {
+		post: memberOperation({
+			operationId: "pinConversation",
+			tag: "Conversations",
+			summary: "Pin or unpin a conversation (for the caller)",
+			requestBody: body(schema("PinRequest")),
+			responses: {
+				204: noContent("Saved."),
+				...errors(413),
+			},
+		}),
+	},
+	"/conversations/{conversationId}/hide": {
+		post: memberOperation({
+			operationId: "hideConversation",
+			tag: "Conversations",
+			summary: "Hide or unhide a conversation (for the caller)",
+			description: "A hidden conversation is left out of GET /conversations until a new message arrives in it.",
+			requestBody: body(schema("HideRequest")),
+			responses: {
+				204: noContent("Saved."),
+				...errors(413),
+			},
+		}),
+	},
+	"/conversations/{conversationId}/read": {
+		post: memberOperation({
+			operationId: "markConversationRead",
+			tag: "Conversations",
+			summary: "Mark everything in a conversation read",
+			description: "Moves the caller's read position to the newest message. If that message is someone else's, the members get `message:read` (and `message:status`).",
+			responses: {
+				200: ok("Nothing is unread now.", schema("MarkReadResult")),
+			},
+		}),
+	},
+	"/conversations/{conversationId}/nicknames": {
+		get: memberOperation({
+			operationId: "listNicknames",
+			tag: "Conversations",
+			summary: "The nicknames set in a conversation",
+			responses: {
+				200: ok("The nicknames.", arrayOf(schema("Nickname"))),
+			},
+		}),
+		post: memberOperation({
+			operationId: "setNickname",
+			tag: "Conversations",
+			summary: "Set or remove a member's nickname",
+			description: "Any member may set the nickname of any member (itself included); every member sees it and gets `conversation:updated`.",
+			requestBody: body(schema("SetNicknameRequest")),
+			responses: {
+				200: ok("All the nicknames of the conversation, after the change.", arrayOf(schema("Nickname"))),
+				404: errorResponse("`NOT_FOUND`: no such conversation or the caller is not a member (the same answer), or `targetUserId` is not a member.", {
+					conversation: errorExample(404, "NOT_FOUND", "Conversation not found"),
+					member: errorExample(404, "NOT_FOUND", "Member not found"),
+				}),
+				...errors(413),
+			},
+		}),
+	},
+	"/conversations/{conversationId}/messages": {
+		get: memberOperation({
+			operationId: "listMessages",
+			tag: "Messages",
+			summary: "A conversation's messages, a page at a time",
+			description:
+				"Paged by `seq`. Without a cursor: the newest messages, newest first. `before=41`: the page below seq 41, newest first. " +
+				"`after=41`: what came after seq 41, oldest first (to catch up after a gap). Not both. " +
+				"Messages before the caller cleared its history are not shown; deleted messages appear as tombstones.",
+			parameters: [
+				intQuery("limit", "At most this many messages.", 1, 100, 50),
+				{ name: "before", in: "query", required: false, description: "Messages with a smaller `seq`, newest first.", schema: { type: "integer", minimum: 1 } },
+				{ name: "after", in: "query", required: false, description: "Messages with a greater `seq`, oldest first. Not with `before`.", schema: { type: "integer", minimum: 0 } },
+			],
+			responses: {
+				200: ok("One page of messages.", arrayOf(schema("Message"))),
+			},
+		}),
+		post: memberOperation({
+			operationId: "sendMessage",
+			tag: "Messages",
+			summary: "Send a message",
+			description:
+				"Every participant gets `message:created` on the `/chat` socket (except members of a group who blocked the sender). " +
+				"A retry with the `clientId` of a send that went through answers the first message and sends nothing again. " +
+				"In a pending message request only the initiator may send; in a declined one nobody may.",
+			requestBody: body(schema("SendMessageRequest")),
+			responses: {
+				200: ok("The message (for a retry with a used `clientId`: the first one).", schema("Message")),
+				403: errorResponse("`FORBIDDEN`: the caller may not send here now.", {
+					pending: errorExample(403, "FORBIDDEN", "Accept the message request before replying"),
+					declined: errorExample(403, "FORBIDDEN", "This message request was declined"),
+					blocked: errorExample(403, "FORBIDDEN", "You cannot message this user"),
+				}),
+				...errors(413),
+			},
+		}),
+		delete: memberOperation({
+			operationId: "clearHistory",
+			tag: "Messages",
+			summary: "Clear a conversation's history for the caller",
+			description: "The messages sent so far are no longer shown to the caller (nor found by search); the other members still see them.",
+			responses: {
+				204: noContent("Cleared for the caller."),
+			},
+		}),
+	},
 };
+
+/**
+ * An operation on one conversation: Bearer, the conversationId path parameter, 400 (a malformed
+ * id or body) and 404 for a conversation that does not exist or the caller is not a member of.
+ */
+function memberOperation(spec: Omit<OperationSpec, "bearer">): Obj {
+	return operation({
+		...spec,
+		bearer: true,
+		parameters: [conversationIdParam, ...(spec.parameters ?? [])],
+		responses: { ...errors(400), 404: ref("responses", "ConversationNotFound"), ...spec.responses },
+	});
+}
 
 /** PUT and PATCH /users/{id} are the same partial update. */
 function updateUserOperation(operationId: string): Obj {
@@ -707,9 +1318,28 @@ Requests over a limit get \`429 RATE_LIMITED\` with a \`Retry-After\` header (se
 (\`RATE_LIMIT\`, 20 requests/s by default); the \`/auth\` routes per client address (\`RATE_LIMIT_AUTH\`, 10 requests/s by default);
 repeated failed logins for one account are slowed down separately.
 
+## Paging
+
+Lists are JSON arrays, newest first unless stated, paged by \`limit\` (default 50, at most 100) and a cursor. For messages the cursor is
+the \`seq\` number (\`before=41\` gives the page below 41, \`after=41\` what came after it, oldest first); for conversation lists it is the
+opaque \`X-Next-Cursor\` response header, passed back as \`before\` (the header is absent on the last page).
+
 ## Tracing
 
-Every response carries an \`X-Trace-Id\` header: the client's own \`X-Trace-Id\` if it sent one, else a new id. Errors repeat it as \`traceId\`.`;
+Every response carries an \`X-Trace-Id\` header: the client's own \`X-Trace-Id\` if it sent one, else a new id. Errors repeat it as \`traceId\`.
+
+## Real time (Socket.IO)
+
+Live events go over Socket.IO on this same origin (default path \`/socket.io\`; the websocket transport alone works), in two namespaces:
+
+- \`/chat\`: conversations, messages, typing, read receipts, blocks; also client → server commands that mirror the routes here
+  (\`conversation:create\`, \`message:send\`, …).
+- \`/notifications\`: the user's notifications and their unread count.
+
+Connect with the access token: \`io(origin + "/chat", { auth: { token } })\` (the raw JWT or \`"Bearer <jwt>"\`); a socket without a valid
+token is refused at connect (\`connect_error\` "Unauthorized"). Every client → server event takes an ack callback and always gets
+\`{ ok: true, data }\` or \`{ ok: false, error: { code, message, details? } }\` with the error codes above. The events and their payloads are
+listed in CONTRACT.md (sections "Namespace /chat" and "Namespace /notifications").`;
 
 export const openApiDocument: Record<string, unknown> = {
 	openapi: "3.0.3",
@@ -726,6 +1356,13 @@ export const openApiDocument: Record<string, unknown> = {
 		{ name: "Auth", description: "Accounts and tokens. No access token; rate-limited per client address." },
 		{ name: "Users", description: "Users and their profiles. Bearer token required." },
 		{ name: "Roles", description: "Role names. Bearer token required." },
+		{
+			name: "Conversations",
+			description:
+				"Private chats, message requests, groups, the caller's per-conversation settings and blocks. Bearer token required. " +
+				"A conversation the caller is not a member of answers 404, exactly like one that does not exist.",
+		},
+		{ name: "Messages", description: "A conversation's messages. Bearer token required; non-members get 404." },
 	],
 	paths,
 	components: {

@@ -241,7 +241,12 @@ export function createDocsMixin<C extends string>(options: DocsMixinOptions<C>):
 				this.stores = stores;
 			},
 			async disconnect(this: DocsMixinThis<C>) {
-				for (const name of names) await Promise.resolve(this.docAdapters[name]?.disconnect()).catch(() => undefined);
+				for (const name of names) {
+					const adapter = this.docAdapters[name];
+					// NeDB's compaction timer would keep the process alive after the service stopped.
+					adapter?.db?.stopAutocompaction?.();
+					await Promise.resolve(adapter?.disconnect()).catch(() => undefined);
+				}
 			},
 		},
 	};

@@ -569,14 +569,16 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			params: { conversationId: idRule, senderId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
 				const { conversationId, senderId } = ctx.params;
-				const { conv } = await this.loadForMember(conversationId, senderId);
+				// On the hot path: the participants list decides membership, one query finds the blocks.
+				const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
+				if (!conv || !conv.participants.includes(senderId)) throw notFound("Conversation");
 				if (conv.status === "declined") throw forbidden("This message request was declined");
 				if (conv.status === "pending" && conv.initiator_id !== senderId) throw forbidden("Accept the message request before replying");
 				const others = conv.participants.filter(p => p !== senderId);
-				const blocked = await this.blockedBetween(senderId, others);
-				if (conv.type === "private" && blocked.size > 0) throw forbidden("You cannot message this user");
+				const blocks = others.length === 0 ? [] : await this.stores.blocks.find({ $or: [{ blocker_id: senderId, blocked_id: { $in: others } }, { blocker_id: { $in: others }, blocked_id: senderId }] });
+				if (conv.type === "private" && blocks.length > 0) throw forbidden("You cannot message this user");
 				// In a group, members who blocked the sender do not receive its messages live.
-				const blockedBy = (await this.stores.blocks.find({ blocker_id: { $in: others }, blocked_id: senderId })).map(b => b.blocker_id as number);
+				const blockedBy = blocks.filter(b => b.blocked_id === senderId).map(b => b.blocker_id as number);
 				return { conversation: conv, blockedBy };
 			},
 		},
@@ -588,12 +590,12 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; seq: number; senderId: number; lastMessage: Record<string, unknown> }>) {
 				const { conversationId, seq, senderId, lastMessage } = ctx.params;
 				const now = new Date();
-				await this.stores.conversations.updateMany(
-					{ _id: conversationId, last_seq: { $lt: seq } },
-					{ $set: { last_seq: seq, last_message: lastMessage, last_activity_at: now, updated_at: now } },
-				);
-				await this.stores.memberships.updateMany({ conversation_id: conversationId, hidden: true }, { $set: { hidden: false } });
-				await this.stores.memberships.updateMany({ key: membershipKey(conversationId, senderId), last_read_seq: { $lt: seq } }, { $set: { last_read_seq: seq } });
+				// Three independent writes, each a no-op when already further along.
+				await Promise.all([
+					this.stores.conversations.updateMany({ _id: conversationId, last_seq: { $lt: seq } }, { $set: { last_seq: seq, last_message: lastMessage, last_activity_at: now, updated_at: now } }),
+					this.stores.memberships.updateMany({ conversation_id: conversationId, hidden: true }, { $set: { hidden: false } }),
+					this.stores.memberships.updateMany({ key: membershipKey(conversationId, senderId), last_read_seq: { $lt: seq } }, { $set: { last_read_seq: seq } }),
+				]);
 				return true;
 			},
 		},
@@ -768,7 +770,9 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				newAdmin = (mods[0] ?? memberships[0])?.user_id ?? remaining[0];
 				set.admin_id = newAdmin;
 			}
-			await this.stores.conversations.updateById(conv._id, { $pull: { participants: userId, moderator_ids: newAdmin != null ? { $in: [userId, newAdmin] } : userId }, $set: set });
+			// $pull with a condition is not supported everywhere (FerretDB); the new list is set instead.
+			set.moderator_ids = conv.moderator_ids.filter(id => id !== userId && id !== newAdmin);
+			await this.stores.conversations.updateById(conv._id, { $pull: { participants: userId }, $set: set });
 			await this.stores.memberships.removeMany({ key: membershipKey(conv._id, userId) });
 			this.memberCache.delete(membershipKey(conv._id, userId));
 			await this.systemMessage(ctx, conv._id, actorId === userId ? "member_left" : "member_removed", userId, actorId);

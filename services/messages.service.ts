@@ -112,15 +112,9 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				if (!content && attachments.length === 0) {
 					throw validationError("A message needs content or an attachment", [{ field: "content", type: "required", message: "Empty message" }]);
 				}
+				// A retry of a send that went through hits the unique dedupe_key in insertWithSeq:
+				// it gets the first message back, and nothing is pushed again.
 				const dedupeKey = clientId ? `${conversationId}:${me.id}:${clientId}` : `${conversationId}:${me.id}:auto:${crypto.randomUUID()}`;
-				if (clientId) {
-					// A retry of a send that already went through: the first message, and nothing pushed again.
-					const existing = (await this.stores.messages.findOne({ dedupe_key: dedupeKey })) as MessageDoc | null;
-					if (existing) {
-						await this.access(ctx, conversationId, me.id);
-						return (await this.present(ctx, [existing]))[0];
-					}
-				}
 				const { conversation, blockedBy } = (await ctx.call("conversations.authorizeSend", { conversationId, senderId: me.id })) as { conversation: ConversationDoc; blockedBy: number[] };
 				const now = new Date();
 				const { msg, created } = await this.insertWithSeq(conversationId, {

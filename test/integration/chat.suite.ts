@@ -1,0 +1,580 @@
+/**
+ * CONTRACT.md "Conversations and messages" and "Namespace /chat" against the real gateway with
+ * real sockets, run on the embedded document store and on MongoDB (FerretDB in CI).
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { http, registerUser, startBroker, tempDir, type RunningSystem } from "../helpers/system";
+import { call, connectSocket, countEvents, emitAck, sleep, type TestSocket, waitForEvent } from "../helpers/sockets";
+
+type User = Awaited<ReturnType<typeof registerUser>>;
+
+export function mongoUrlForTest(base: string): string {
+	const url = new URL(base);
+	url.pathname = `/parley_t_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
+	return url.toString();
+}
+
+function assertFail(ack: { ok: boolean; error?: { code: string } }, code: string, label = "") {
+	assert.equal(ack.ok, false, `${label}: expected ${code}, got ok`);
+	assert.equal(ack.error?.code, code, `${label}: ${JSON.stringify(ack.error)}`);
+}
+
+export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null, skip: string | false = false) {
+	describe(`chat (${mode})`, { skip }, () => {
+		let sys: RunningSystem;
+		let base: string;
+		const sockets: TestSocket[] = [];
+
+		const newUser = (p: string) => registerUser(base, p);
+		const connect = async (u: User) => {
+			const s = await connectSocket(base, u.accessToken);
+			sockets.push(s);
+			return s;
+		};
+		/** A accepted private chat between a and b; returns its id. */
+		const privateChat = async (a: User, b: User, sa: TestSocket, sb: TestSocket) => {
+			const conv = await call(sa, "conversation:create", { type: "private", participants: [b.id] });
+			await call(sb, "conversation:accept", { conversationId: conv.id });
+			return conv.id as string;
+		};
+
+		before(async () => {
+			process.env.JWT_SECRET = "chat-suite-secret-0123456789";
+			process.env.BCRYPT_ROUNDS = "4";
+			process.env.RATE_LIMIT = "0";
+			process.env.RATE_LIMIT_AUTH = "0";
+			process.env.DATA_DIR = tempDir();
+			delete process.env.DATABASE_URL;
+			if (mongoUrl) process.env.MONGO_URL = mongoUrl;
+			else delete process.env.MONGO_URL;
+			sys = await startBroker(["api", "users", "conversations", "messages"]);
+			base = sys.baseUrl;
+		});
+
+		after(async () => {
+			for (const s of sockets) s.close();
+			await sys?.stop();
+		});
+
+		describe("private chats and message requests", () => {
+			it("creates a pending request, tells both sides, and never duplicates the pair", async () => {
+				const [a, b] = [await newUser("pa"), await newUser("pb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const conv = await call(sa, "conversation:create", { type: "private", participants: [b.id] });
+				assert.equal(conv.type, "private");
+				assert.equal(conv.isGroup, false);
+				assert.equal(conv.status, "pending");
+				assert.equal(conv.initiator_id, a.id);
+				assert.deepEqual([...conv.participants].sort(), [a.id, b.id].sort());
+				assert.equal(conv.id, conv._id);
+				assert.equal(conv.unread_count, 0);
+				for (const s of [sa, sb]) {
+					const ev = await waitForEvent(s, "conversation:created", p => p.conversationId === conv.id);
+					assert.equal(ev.conversation.id, conv.id);
+				}
+				// Again, from either side and over REST: the same conversation.
+				const again = await call(sb, "conversation:create", { type: "private", participants: [a.id] });
+				assert.equal(again.id, conv.id);
+				const rest = await http(base, "POST", "/conversations", { token: a.accessToken, body: { participantIds: [String(b.id)], isGroup: false } });
+				assert.equal(rest.status, 200);
+				assert.equal(rest.body.id, conv.id);
+				await sleep(200);
+				assert.equal(countEvents(sa, "conversation:created", p => p.conversationId === conv.id), 1);
+			});
+
+			it("lets only the initiator send until accepted; requests are listed apart", async () => {
+				const [a, b] = [await newUser("ra"), await newUser("rb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const conv = await call(sa, "conversation:create", { type: "private", participants: [b.id] });
+				await call(sa, "message:send", { conversationId: conv.id, content: "hello?" });
+				assertFail(await emitAck(sb, "message:send", { conversationId: conv.id, content: "hi" }), "FORBIDDEN", "reply before accept");
+				const requests = await http(base, "GET", "/conversations/requests", { token: b.accessToken });
+				assert.deepEqual(requests.body.map((c: any) => c.id), [conv.id]);
+				assert.ok(!(await http(base, "GET", "/conversations", { token: b.accessToken })).body.some((c: any) => c.id === conv.id));
+				assert.ok((await http(base, "GET", "/conversations", { token: a.accessToken })).body.some((c: any) => c.id === conv.id));
+				// The initiator accepting changes nothing.
+				assert.equal((await call(sa, "conversation:accept", { conversationId: conv.id })).status, "pending");
+				const accepted = await call(sb, "conversation:accept", { conversationId: conv.id });
+				assert.equal(accepted.status, "accepted");
+				const ev = await waitForEvent(sa, "request:accepted");
+				assert.deepEqual(ev, { conversationId: conv.id, acceptedBy: b.id });
+				const twice = await http(base, "POST", `/conversations/${conv.id}/accept`, { token: b.accessToken });
+				assert.equal(twice.status, 200);
+				assert.equal(twice.body.status, "accepted");
+				assert.equal((await call(sb, "message:send", { conversationId: conv.id, content: "hi" })).seq, 2);
+				assert.equal((await http(base, "GET", "/conversations/requests", { token: b.accessToken })).body.length, 0);
+			});
+
+			it("a declined request lets nobody send", async () => {
+				const [c, d] = [await newUser("dc"), await newUser("dd")];
+				const [sc, sd] = [await connect(c), await connect(d)];
+				const conv = await call(sc, "conversation:create", { type: "private", participants: [d.id] });
+				assertFail(await emitAck(sc, "conversation:decline", { conversationId: conv.id }), "FORBIDDEN", "initiator declines");
+				const declined = await call(sd, "conversation:decline", { conversationId: conv.id });
+				assert.equal(declined.status, "declined");
+				assert.deepEqual(await waitForEvent(sc, "request:declined"), { conversationId: conv.id, declinedBy: d.id });
+				assertFail(await emitAck(sc, "message:send", { conversationId: conv.id, content: "please" }), "FORBIDDEN", "initiator after decline");
+				assertFail(await emitAck(sd, "message:send", { conversationId: conv.id, content: "no" }), "FORBIDDEN", "addressee after decline");
+			});
+
+			it("refuses a private chat with oneself, with several people, or with nobody real", async () => {
+				const a = await newUser("solo");
+				const sa = await connect(a);
+				assertFail(await emitAck(sa, "conversation:create", { type: "private", participants: [a.id] }), "VALIDATION_ERROR", "self");
+				assertFail(await emitAck(sa, "conversation:create", { type: "private", participants: [1, 2] }), "VALIDATION_ERROR", "two others");
+				assertFail(await emitAck(sa, "conversation:create", { type: "private", participants: [99999999] }), "NOT_FOUND", "unknown user");
+				assertFail(await emitAck(sa, "conversation:create", { type: "private", participants: ["x"] }), "VALIDATION_ERROR", "not an id");
+			});
+		});
+
+		describe("messages", () => {
+			it("delivers message:created once to every socket of every participant, sender's devices included", async () => {
+				const [a, b] = [await newUser("ma"), await newUser("mb")];
+				const [sa1, sa2, sb1, sb2] = [await connect(a), await connect(a), await connect(b), await connect(b)];
+				const id = await privateChat(a, b, sa1, sb1);
+				const msg = await call(sa1, "message:send", { conversationId: id, content: "to all devices", attachments: [] });
+				assert.equal(msg.content, "to all devices");
+				assert.equal(msg.conversation_id, id);
+				assert.equal(msg.sender_id, a.id);
+				assert.equal(msg.sender.id, a.id);
+				assert.equal(msg.sender.name, a.username);
+				assert.equal(msg.type, "text");
+				assert.equal(msg.seq, 1);
+				assert.equal(msg.deleted, false);
+				assert.ok(msg.created_at && msg.createdAt === msg.created_at);
+				for (const s of [sa1, sa2, sb1, sb2]) await waitForEvent(s, "message:created", p => p.id === msg.id);
+				await sleep(200);
+				for (const s of [sa1, sa2, sb1, sb2]) assert.equal(countEvents(s, "message:created", p => p.id === msg.id), 1);
+			});
+
+			it("a retried clientId returns the first message and pushes nothing again", async () => {
+				const [a, b] = [await newUser("ia"), await newUser("ib")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const first = await call(sa, "message:send", { conversationId: id, content: "once", clientId: "c-1" });
+				const retries = await Promise.all([1, 2, 3].map(() => call(sa, "message:send", { conversationId: id, content: "once", clientId: "c-1" })));
+				for (const r of retries) assert.equal(r.id, first.id);
+				const rest = await http(base, "POST", `/conversations/${id}/messages`, { token: a.accessToken, body: { content: "once", clientId: "c-1" } });
+				assert.equal(rest.body.id, first.id);
+				await sleep(300);
+				assert.equal(countEvents(sb, "message:created", p => p.clientId === "c-1"), 1);
+				const list = await call(sa, "message:list", { conversationId: id });
+				assert.equal(list.length, 1);
+				// The same clientId from the other sender, or in another conversation, is a new message.
+				assert.notEqual((await call(sb, "message:send", { conversationId: id, content: "mine", clientId: "c-1" })).id, first.id);
+			});
+
+			it("numbers messages 1, 2, 3 … without gaps or duplicates under concurrent senders", async () => {
+				const [a, b] = [await newUser("sa"), await newUser("sb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const sends = [];
+				for (let i = 0; i < 15; i++) {
+					sends.push(call(sa, "message:send", { conversationId: id, content: `a${i}`, clientId: `a${i}` }));
+					sends.push(call(sb, "message:send", { conversationId: id, content: `b${i}`, clientId: `b${i}` }));
+				}
+				// and some retries racing the first sends
+				for (let i = 0; i < 5; i++) sends.push(call(sa, "message:send", { conversationId: id, content: `a${i}`, clientId: `a${i}` }));
+				const results = await Promise.all(sends);
+				const seqs = [...new Set(results.map(m => m.seq))].sort((x, y) => x - y);
+				assert.deepEqual(seqs, Array.from({ length: 30 }, (_, i) => i + 1));
+				const history = await call(sa, "message:list", { conversationId: id, limit: 100 });
+				assert.deepEqual(history.map((m: any) => m.seq), Array.from({ length: 30 }, (_, i) => 30 - i));
+			});
+
+			it("pages history by seq: newest first, before, and after (oldest first)", async () => {
+				const [a, b] = [await newUser("ha"), await newUser("hb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				for (let i = 1; i <= 7; i++) await call(sa, "message:send", { conversationId: id, content: `m${i}` });
+				const seqOf = (list: any[]) => list.map(m => m.seq);
+				assert.deepEqual(seqOf(await call(sb, "message:list", { conversationId: id, limit: 3 })), [7, 6, 5]);
+				assert.deepEqual(seqOf(await call(sb, "message:list", { conversationId: id, limit: 3, before: 5 })), [4, 3, 2]);
+				assert.deepEqual(seqOf(await call(sb, "message:list", { conversationId: id, limit: 3, after: 4 })), [5, 6, 7]);
+				const rest = await http(base, "GET", `/conversations/${id}/messages?limit=2&before=3`, { token: b.accessToken });
+				assert.deepEqual(seqOf(rest.body), [2, 1]);
+				const restAfter = await http(base, "GET", `/conversations/${id}/messages?after=6`, { token: b.accessToken });
+				assert.deepEqual(seqOf(restAfter.body), [7]);
+				assert.equal((await http(base, "GET", `/conversations/${id}/messages?limit=101`, { token: b.accessToken })).status, 400);
+			});
+
+			it("edits by the sender only, and deletes by the sender or a group manager", async () => {
+				const [a, b] = [await newUser("ea"), await newUser("eb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const msg = await call(sa, "message:send", { conversationId: id, content: "typo" });
+				const edited = await call(sa, "message:edit", { messageId: msg.id, content: "fixed" });
+				assert.equal(edited.content, "fixed");
+				assert.ok(edited.edited_at);
+				assert.equal((await waitForEvent(sb, "message:updated", p => p.id === msg.id)).content, "fixed");
+				assertFail(await emitAck(sb, "message:edit", { messageId: msg.id, content: "hacked" }), "FORBIDDEN", "other edits");
+				assertFail(await emitAck(sb, "message:delete", { messageId: msg.id }), "FORBIDDEN", "other deletes in private");
+				assert.deepEqual(await emitAck(sa, "message:delete", { messageId: msg.id }), { ok: true });
+				assert.deepEqual(await waitForEvent(sb, "message:deleted"), { messageId: msg.id, conversationId: id });
+				const [tomb] = await call(sb, "message:list", { conversationId: id });
+				assert.equal(tomb.deleted, true);
+				assert.equal(tomb.content, "");
+				assert.equal(tomb.seq, msg.seq);
+				assertFail(await emitAck(sa, "message:edit", { messageId: msg.id, content: "undead" }), "CONFLICT", "edit a deleted message");
+
+				// In a group, a moderator deletes a plain member's message.
+				const [c] = [await newUser("ec")];
+				const sc = await connect(c);
+				const group = await call(sa, "conversation:create", { type: "group", participants: [b.id, c.id], name: "mods" });
+				await call(sa, "conversation:promote-moderator", { conversationId: group.id, userId: b.id });
+				const cm = await call(sc, "message:send", { conversationId: group.id, content: "spam" });
+				assertFail(await emitAck(sc, "message:delete", { messageId: (await call(sa, "message:send", { conversationId: group.id, content: "admin says" })).id }), "FORBIDDEN", "member deletes admin's");
+				assert.equal((await emitAck(sb, "message:delete", { messageId: cm.id })).ok, true);
+			});
+
+			it("derives unread counts from seq and read positions; read and delivered receipts reach everyone", async () => {
+				const [a, b] = [await newUser("ua"), await newUser("ub")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const sent: any[] = [];
+				for (let i = 0; i < 3; i++) sent.push(await call(sa, "message:send", { conversationId: id, content: `u${i}` }));
+				assert.equal((await call(sb, "conversation:get", { conversationId: id })).unread_count, 3);
+				assert.equal((await call(sa, "conversation:get", { conversationId: id })).unread_count, 0, "own messages are read");
+				assert.deepEqual(await emitAck(sb, "message:delivered", { messageId: sent[2].id }), { ok: true });
+				const delivered = await waitForEvent(sa, "message:status", p => p.status === "delivered");
+				assert.equal(delivered.messageId, sent[2].id);
+				assert.equal(delivered.userId, b.id);
+				assert.deepEqual(await emitAck(sb, "message:read", { messageId: sent[1].id }), { ok: true });
+				const read = await waitForEvent(sa, "message:read", p => p.messageId === sent[1].id);
+				assert.equal(read.userId, b.id);
+				assert.equal(read.conversationId, id);
+				assert.ok(read.readAt);
+				const status = await waitForEvent(sa, "message:status", p => p.status === "read");
+				assert.equal(status.messageId, sent[1].id);
+				assert.equal((await call(sb, "conversation:get", { conversationId: id })).unread_count, 1);
+				const [seenMsg] = await call(sa, "message:list", { conversationId: id, before: 3, limit: 1 });
+				assert.deepEqual(seenMsg.seen_by, [b.id]);
+				assert.deepEqual(await call(sb, "conversation:mark-read", { conversationId: id }), { unread_count: 0 });
+				assert.equal((await http(base, "GET", `/conversations/${id}`, { token: b.accessToken })).body.unread_count, 0);
+				// Reading an older message never moves the position back.
+				await call(sb, "message:read", { messageId: sent[0].id });
+				assert.equal((await call(sb, "conversation:get", { conversationId: id })).unread_count, 0);
+			});
+
+			it("refuses empty and oversized content and foreign attachments", async () => {
+				const [a, b] = [await newUser("za"), await newUser("zb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				assertFail(await emitAck(sa, "message:send", { conversationId: id, content: "   " }), "VALIDATION_ERROR", "blank");
+				assertFail(await emitAck(sa, "message:send", { conversationId: id, content: "x".repeat(10_001) }), "VALIDATION_ERROR", "too long");
+				assertFail(await emitAck(sa, "message:send", { conversationId: id, content: "x", attachments: ["https://evil.example/x.exe"] }), "VALIDATION_ERROR", "foreign url");
+				assert.equal((await call(sa, "message:send", { conversationId: id, content: "x".repeat(10_000) })).content.length, 10_000);
+			});
+		});
+
+		describe("typing, rooms and reconnects", () => {
+			it("sends typing to the other sockets in conversation:<id>, never back to the sender", async () => {
+				const [a, b, outsider] = [await newUser("ta"), await newUser("tb"), await newUser("tx")];
+				const [sa, sb, so] = [await connect(a), await connect(b), await connect(outsider)];
+				const id = await privateChat(a, b, sa, sb);
+				assert.deepEqual(await emitAck(sa, "conversation:join", { conversationId: id }), { ok: true });
+				assert.deepEqual(await emitAck(sb, "conversation:join", { conversationId: id }), { ok: true });
+				assertFail(await emitAck(so, "conversation:join", { conversationId: id }), "NOT_FOUND", "outsider joins");
+				assertFail(await emitAck(so, "typing", { conversationId: id, isTyping: true }), "NOT_FOUND", "outsider types");
+				assert.deepEqual(await emitAck(sa, "typing", { conversationId: id, isTyping: true }), { ok: true });
+				assert.deepEqual(await waitForEvent(sb, "typing"), { conversationId: id, userId: a.id, isTyping: true });
+				// Throttled: the same state again at once is not sent on; a change is.
+				await call(sa, "typing", { conversationId: id, isTyping: true });
+				await call(sa, "typing", { conversationId: id, isTyping: false });
+				await waitForEvent(sb, "typing", p => p.isTyping === false);
+				await sleep(200);
+				assert.equal(countEvents(sb, "typing"), 2);
+				assert.equal(countEvents(sa, "typing"), 0);
+				assert.equal(countEvents(so, "typing"), 0);
+				assert.deepEqual(await emitAck(sb, "conversation:leave", { conversationId: id }), { ok: true });
+				await sleep(1100);
+				await call(sa, "typing", { conversationId: id, isTyping: true });
+				await sleep(300);
+				assert.equal(countEvents(sb, "typing"), 2, "left the room: no more typing");
+			});
+
+			it("a reconnecting client recovers what it missed with message:list { after: seq }", async () => {
+				const [a, b] = [await newUser("ca"), await newUser("cb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const seen = await call(sa, "message:send", { conversationId: id, content: "before" });
+				await waitForEvent(sb, "message:created", p => p.id === seen.id);
+				sb.close();
+				for (let i = 0; i < 3; i++) await call(sa, "message:send", { conversationId: id, content: `missed ${i}` });
+				const back = await connect(b);
+				const missed = await call(back, "message:list", { conversationId: id, after: seen.seq });
+				assert.deepEqual(missed.map((m: any) => m.content), ["missed 0", "missed 1", "missed 2"]);
+				assert.deepEqual(missed.map((m: any) => m.seq), [seen.seq + 1, seen.seq + 2, seen.seq + 3]);
+			});
+		});
+
+		describe("groups", () => {
+			it("runs the whole group life: roles, members, system messages, hand-over and delete", async () => {
+				const [a, b, c, d] = [await newUser("ga"), await newUser("gb"), await newUser("gc"), await newUser("gd")];
+				const [sa, sb, sc, sd] = [await connect(a), await connect(b), await connect(c), await connect(d)];
+				const group = await call(sa, "conversation:create", { type: "group", participants: [b.id, c.id], name: "Team" });
+				assert.equal(group.type, "group");
+				assert.equal(group.status, "accepted");
+				assert.equal(group.admin_id, a.id);
+				assert.equal(group.name, "Team");
+				const created = await waitForEvent(sb, "message:created", p => p.conversation_id === group.id);
+				assert.equal(created.type, "system");
+				assert.equal(created.system_data.event, "group_created");
+
+				// Plain members do not manage the group.
+				assertFail(await emitAck(sb, "conversation:add-member", { conversationId: group.id, userId: d.id }), "FORBIDDEN", "plain adds");
+				assertFail(await emitAck(sb, "conversation:update", { conversationId: group.id, name: "Mine" }), "FORBIDDEN", "plain renames");
+				assertFail(await emitAck(sb, "conversation:promote-moderator", { conversationId: group.id, userId: c.id }), "FORBIDDEN", "plain promotes");
+
+				// The admin adds d: d is invited, everyone hears of it, and a system message says so.
+				const withD = await call(sa, "conversation:add-member", { conversationId: group.id, userId: d.id });
+				assert.ok(withD.participants.includes(d.id));
+				assert.equal((await waitForEvent(sd, "conversation:invited")).conversationId, group.id);
+				for (const s of [sa, sb, sc, sd]) {
+					assert.deepEqual(await waitForEvent(s, "members:added", p => p.userId === d.id), { conversationId: group.id, userId: d.id });
+					await waitForEvent(s, "conversation:member-added", p => p.userId === d.id);
+				}
+				const addedMsg = await waitForEvent(sc, "message:created", p => p.system_data?.event === "member_added");
+				assert.deepEqual(addedMsg.system_data, { event: "member_added", userId: d.id, actorId: a.id });
+				// The new member starts with nothing unread and no old history.
+				assert.equal((await call(sd, "conversation:get", { conversationId: group.id })).unread_count, 1);
+				assert.deepEqual((await call(sd, "message:list", { conversationId: group.id })).map((m: any) => m.system_data?.event), ["member_added"]);
+
+				// Moderators.
+				await call(sa, "conversation:promote-moderator", { conversationId: group.id, userId: b.id });
+				assert.deepEqual(await waitForEvent(sc, "conversation:moderator-updated"), { conversationId: group.id, userId: b.id, promoted: true });
+				const renamed = await call(sb, "conversation:update", { conversationId: group.id, name: "Team 2" });
+				assert.equal(renamed.name, "Team 2");
+				assert.equal((await waitForEvent(sd, "conversation:updated", p => p.conversation.name === "Team 2")).conversationId, group.id);
+				const avatar = await call(sb, "conversation:update-avatar", { conversationId: group.id, avatarUrl: "/files/abc123" });
+				assert.equal(avatar.avatar, "/files/abc123");
+				assertFail(await emitAck(sb, "conversation:remove-member", { conversationId: group.id, userId: a.id }), "FORBIDDEN", "moderator removes admin");
+				assertFail(await emitAck(sb, "conversation:demote-moderator", { conversationId: group.id, userId: b.id }), "FORBIDDEN", "moderator demotes");
+				const withoutC = await call(sb, "conversation:remove-member", { conversationId: group.id, userId: c.id });
+				assert.ok(!withoutC.participants.includes(c.id));
+				for (const s of [sa, sc]) {
+					assert.deepEqual(await waitForEvent(s, "members:removed", p => p.userId === c.id), { conversationId: group.id, userId: c.id });
+					await waitForEvent(s, "conversation:member-removed", p => p.userId === c.id);
+				}
+				assertFail(await emitAck(sc, "message:send", { conversationId: group.id, content: "still here?" }), "NOT_FOUND", "removed member sends");
+				assertFail(await emitAck(sc, "conversation:get", { conversationId: group.id }), "NOT_FOUND", "removed member reads");
+
+				// The admin leaves: the moderator takes over.
+				await call(sa, "conversation:promote-moderator", { conversationId: group.id, userId: d.id });
+				await call(sa, "conversation:demote-moderator", { conversationId: group.id, userId: d.id });
+				assert.deepEqual(await waitForEvent(sb, "conversation:moderator-updated", p => p.userId === d.id && p.promoted === false), { conversationId: group.id, userId: d.id, promoted: false });
+				await call(sa, "conversation:remove-member", { conversationId: group.id, userId: a.id });
+				const after = await call(sb, "conversation:get", { conversationId: group.id });
+				assert.equal(after.admin_id, b.id);
+				assert.deepEqual(after.moderator_ids, []);
+				assert.deepEqual([...after.participants].sort(), [b.id, d.id].sort());
+				await waitForEvent(sd, "message:created", p => p.system_data?.event === "admin_changed" && p.system_data.userId === b.id);
+
+				// Only the admin deletes the group.
+				assertFail(await emitAck(sd, "conversation:delete", { conversationId: group.id }), "FORBIDDEN", "member deletes");
+				assert.deepEqual(await emitAck(sb, "conversation:delete", { conversationId: group.id }), { ok: true });
+				assert.deepEqual(await waitForEvent(sd, "conversation:deleted"), { conversationId: group.id });
+				assertFail(await emitAck(sd, "conversation:get", { conversationId: group.id }), "NOT_FOUND", "deleted group");
+				assert.equal((await http(base, "GET", `/conversations/${group.id}/messages`, { token: b.accessToken })).status, 404);
+			});
+
+			it("REST: create a group, rename it (managers only), delete (admin only)", async () => {
+				const [a, b] = [await newUser("rg"), await newUser("rh")];
+				const res = await http(base, "POST", "/conversations", { token: a.accessToken, body: { participantIds: [b.id], isGroup: true, name: "REST group" } });
+				assert.equal(res.status, 201);
+				assert.equal(res.body.isGroup, true);
+				assert.equal((await http(base, "PATCH", `/conversations/${res.body.id}`, { token: b.accessToken, body: { name: "x" } })).status, 403);
+				const patched = await http(base, "PATCH", `/conversations/${res.body.id}`, { token: a.accessToken, body: { name: "Renamed", avatar: "/files/av1" } });
+				assert.equal(patched.status, 200);
+				assert.equal(patched.body.name, "Renamed");
+				assert.equal((await http(base, "DELETE", `/conversations/${res.body.id}`, { token: b.accessToken })).status, 403);
+				assert.equal((await http(base, "DELETE", `/conversations/${res.body.id}`, { token: a.accessToken })).status, 204);
+			});
+		});
+
+		describe("settings, nicknames, history, blocks, search", () => {
+			it("keeps per-user mute (with muteUntil), pin and hide; deleting a private chat hides it for me only", async () => {
+				const [a, b] = [await newUser("sa"), await newUser("sb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const until = new Date(Date.now() + 3600_000).toISOString();
+				assert.equal((await http(base, "POST", `/conversations/${id}/mute`, { token: a.accessToken, body: { muted: true, muteUntil: until } })).status, 204);
+				assert.equal((await http(base, "POST", `/conversations/${id}/pin`, { token: a.accessToken, body: { pinned: true } })).status, 204);
+				let settings = (await http(base, "GET", "/conversations/settings", { token: a.accessToken })).body;
+				assert.deepEqual(settings[id], { muted: true, pinned: true, hidden: false, muteUntil: until });
+				assert.equal((await http(base, "GET", "/conversations/settings", { token: b.accessToken })).body[id].muted, false);
+				assert.equal((await http(base, "POST", `/conversations/${id}/mute`, { token: a.accessToken, body: { muted: "maybe" } })).status, 400);
+				assert.equal((await http(base, "POST", `/conversations/${id}/hide`, { token: a.accessToken, body: { hidden: true } })).status, 204);
+				assert.ok(!(await http(base, "GET", "/conversations", { token: a.accessToken })).body.some((c: any) => c.id === id));
+				// A new message brings it back.
+				await call(sb, "message:send", { conversationId: id, content: "ping" });
+				assert.ok((await http(base, "GET", "/conversations", { token: a.accessToken })).body.some((c: any) => c.id === id));
+				assert.equal((await http(base, "DELETE", `/conversations/${id}`, { token: a.accessToken })).status, 204);
+				await waitForEvent(sa, "conversation:deleted", p => p.conversationId === id);
+				assert.ok(!(await http(base, "GET", "/conversations", { token: a.accessToken })).body.some((c: any) => c.id === id));
+				assert.ok((await http(base, "GET", "/conversations", { token: b.accessToken })).body.some((c: any) => c.id === id));
+				settings = (await http(base, "GET", "/conversations/settings", { token: a.accessToken })).body;
+				assert.equal(settings[id].hidden, true);
+			});
+
+			it("sets and lists nicknames; clears history for me only", async () => {
+				const [a, b] = [await newUser("na"), await newUser("nb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const set = await http(base, "POST", `/conversations/${id}/nicknames`, { token: a.accessToken, body: { targetUserId: b.id, nickname: "Bee" } });
+				assert.equal(set.status, 200);
+				assert.deepEqual(set.body, [{ target_user_id: b.id, targetUserId: b.id, nickname: "Bee" }]);
+				assert.deepEqual((await http(base, "GET", `/conversations/${id}/nicknames`, { token: b.accessToken })).body, set.body);
+				assert.equal((await http(base, "POST", `/conversations/${id}/nicknames`, { token: a.accessToken, body: { targetUserId: 99999999, nickname: "x" } })).status, 404);
+
+				for (let i = 0; i < 3; i++) await call(sa, "message:send", { conversationId: id, content: `old ${i}` });
+				assert.equal((await http(base, "DELETE", `/conversations/${id}/messages`, { token: a.accessToken })).status, 204);
+				assert.deepEqual(await call(sa, "message:list", { conversationId: id }), []);
+				assert.equal((await call(sb, "message:list", { conversationId: id })).length, 3);
+				const fresh = await call(sb, "message:send", { conversationId: id, content: "new" });
+				assert.deepEqual((await call(sa, "message:list", { conversationId: id })).map((m: any) => m.id), [fresh.id]);
+			});
+
+			it("blocking: the blocker's devices hear of it and the blocked cannot message them", async () => {
+				const [a, b] = [await newUser("ba"), await newUser("bb")];
+				const [sa, sa2, sb] = [await connect(a), await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				assert.deepEqual(await emitAck(sa, "user:block", { targetUserId: b.id }), { ok: true });
+				for (const s of [sa, sa2]) assert.deepEqual(await waitForEvent(s, "user:blocked"), { targetUserId: b.id });
+				assertFail(await emitAck(sb, "message:send", { conversationId: id, content: "hey" }), "FORBIDDEN", "blocked sends");
+				assertFail(await emitAck(sa, "message:send", { conversationId: id, content: "hey" }), "FORBIDDEN", "blocker sends");
+				assert.deepEqual((await http(base, "GET", "/blocks", { token: a.accessToken })).body.map((x: any) => x.targetUserId), [b.id]);
+				assertFail(await emitAck(sa, "user:block", { targetUserId: a.id }), "BAD_REQUEST", "block self");
+				// In a group the blocker does not get the blocked user's messages live.
+				const c = await newUser("bc");
+				const group = await call(sb, "conversation:create", { type: "group", participants: [a.id, c.id] });
+				const gm = await call(sb, "message:send", { conversationId: group.id, content: "group hello" });
+				await sleep(300);
+				assert.equal(countEvents(sa, "message:created", p => p.id === gm.id), 0);
+				assert.deepEqual(await emitAck(sa, "user:unblock", { targetUserId: b.id }), { ok: true });
+				await waitForEvent(sa2, "user:unblocked");
+				assert.equal((await call(sb, "message:send", { conversationId: id, content: "friends again" })).content, "friends again");
+			});
+
+			it("searches only the conversations the caller belongs to", async () => {
+				const [a, b, c] = [await newUser("qa"), await newUser("qb"), await newUser("qc")];
+				const [sa, sb, sc] = [await connect(a), await connect(b), await connect(c)];
+				const ab = await privateChat(a, b, sa, sb);
+				const bc = await privateChat(b, c, sb, sc);
+				const word = `zebra${Date.now().toString(36)}`;
+				await call(sa, "message:send", { conversationId: ab, content: `the ${word} in ab` });
+				await call(sb, "message:send", { conversationId: bc, content: `the ${word.toUpperCase()} in bc` });
+				await call(sb, "message:send", { conversationId: bc, content: "a (regex) [chars] .*" });
+				const forB = await call(sb, "message:search", { query: word });
+				assert.equal(forB.total, 2);
+				const forA = await call(sa, "message:search", { query: word });
+				assert.equal(forA.total, 1);
+				assert.equal(forA.messages[0].conversation_id, ab);
+				assert.equal((await call(sa, "message:search", { query: word, conversationId: ab })).total, 1);
+				assertFail(await emitAck(sa, "message:search", { query: word, conversationId: bc }), "NOT_FOUND", "search a foreign conversation");
+				assert.equal((await call(sb, "message:search", { query: "(regex) [chars] .*" })).total, 1, "the query is literal");
+			});
+
+			it("pages the conversation list by last activity with X-Next-Cursor", async () => {
+				const a = await newUser("la");
+				const sa = await connect(a);
+				const others = [];
+				for (let i = 0; i < 5; i++) others.push(await newUser(`lo${i}`));
+				const ids: string[] = [];
+				for (const o of others) {
+					const conv = await call(sa, "conversation:create", { type: "private", participants: [o.id] });
+					ids.push(conv.id);
+					await call(sa, "message:send", { conversationId: conv.id, content: "hi" });
+					await sleep(5);
+				}
+				const seen: string[] = [];
+				let cursor: string | null = null;
+				for (let page = 0; page < 5; page++) {
+					const res: Awaited<ReturnType<typeof http>> = await http(base, "GET", `/conversations?limit=2${cursor ? `&before=${encodeURIComponent(cursor)}` : ""}`, { token: a.accessToken });
+					assert.equal(res.status, 200);
+					seen.push(...(res.body as any[]).map(c => c.id));
+					cursor = res.headers.get("x-next-cursor");
+					if (!cursor) break;
+				}
+				assert.deepEqual(seen, [...ids].reverse(), "newest activity first, each once");
+				assert.equal((await http(base, "GET", "/conversations?before=garbage", { token: a.accessToken })).status, 400);
+				const viaSocket = await call(sa, "conversation:list", { limit: 3 });
+				assert.deepEqual(viaSocket.map((c: any) => c.id), [...ids].reverse().slice(0, 3));
+			});
+		});
+
+		describe("authorization and bad payloads", () => {
+			it("a non-member gets NOT_FOUND for everything about a conversation, never its data", async () => {
+				const [a, b, x] = [await newUser("xa"), await newUser("xb"), await newUser("xx")];
+				const [sa, sb, sx] = [await connect(a), await connect(b), await connect(x)];
+				const id = await privateChat(a, b, sa, sb);
+				const msg = await call(sa, "message:send", { conversationId: id, content: "secret" });
+				const attempts: [string, unknown][] = [
+					["conversation:get", { conversationId: id }],
+					["conversation:join", { conversationId: id }],
+					["conversation:accept", { conversationId: id }],
+					["conversation:decline", { conversationId: id }],
+					["conversation:add-member", { conversationId: id, userId: x.id }],
+					["conversation:remove-member", { conversationId: id, userId: a.id }],
+					["conversation:update", { conversationId: id, name: "mine" }],
+					["conversation:delete", { conversationId: id }],
+					["conversation:mark-read", { conversationId: id }],
+					["message:send", { conversationId: id, content: "intrude" }],
+					["message:list", { conversationId: id }],
+					["message:edit", { messageId: msg.id, content: "x" }],
+					["message:delete", { messageId: msg.id }],
+					["message:read", { messageId: msg.id }],
+					["message:delivered", { messageId: msg.id }],
+					["typing", { conversationId: id, isTyping: true }],
+				];
+				for (const [event, payload] of attempts) {
+					const ack = await emitAck(sx, event, payload);
+					assertFail(ack, "NOT_FOUND", event);
+					assert.ok(!JSON.stringify(ack).includes("secret"), `${event} leaks`);
+				}
+				for (const [method, path] of [
+					["GET", `/conversations/${id}`],
+					["GET", `/conversations/${id}/messages`],
+					["POST", `/conversations/${id}/messages`],
+					["GET", `/conversations/${id}/nicknames`],
+					["POST", `/conversations/${id}/mute`],
+					["DELETE", `/conversations/${id}/messages`],
+				]) {
+					const res = await http(base, method, path, { token: x.accessToken, body: method === "POST" ? { content: "x", muted: true } : undefined });
+					assert.equal(res.status, 404, `${method} ${path}`);
+				}
+				assert.equal((await http(base, "GET", `/conversations/${id}`)).status, 401);
+				assert.equal((await call(sa, "message:list", { conversationId: id }))[0].content, "secret", "nothing was changed");
+			});
+
+			it("answers every malformed payload with an ok:false ack and keeps the socket usable", async () => {
+				const [a, b] = [await newUser("fa"), await newUser("fb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const events = [
+					"conversation:create", "conversation:list", "conversation:get", "conversation:join", "conversation:leave", "conversation:accept",
+					"conversation:decline", "conversation:add-member", "conversation:remove-member", "conversation:promote-moderator",
+					"conversation:demote-moderator", "conversation:update", "conversation:update-avatar", "conversation:delete",
+					"conversation:mark-read", "message:send", "message:edit", "message:delete", "message:read", "message:delivered",
+					"message:list", "message:search", "typing", "user:block", "user:unblock",
+				];
+				const payloads: unknown[] = ["a string", 42, [1, 2], { conversationId: { $ne: null } }, { conversationId: 12, messageId: [], userId: "x", targetUserId: -1, content: {}, query: 5, limit: "many", isTyping: "yes", participants: "1" }];
+				for (const event of events) {
+					for (const payload of payloads) {
+						const ack = await emitAck(sa, event, payload);
+						if (event === "conversation:list" && typeof payload === "object" && !Array.isArray(payload) && !("limit" in (payload as object))) continue;
+						assert.equal(ack.ok, false, `${event} ${JSON.stringify(payload)} was accepted`);
+						assert.ok(["VALIDATION_ERROR", "BAD_REQUEST"].includes(ack.error!.code), `${event} ${JSON.stringify(payload)}: ${JSON.stringify(ack.error)}`);
+					}
+				}
+				// No ack callback at all, or an unknown event: nothing breaks.
+				sa.emit("message:send", { conversationId: id, content: "no ack" });
+				sa.emit("no:such-event", { x: 1 });
+				await waitForEvent(sb, "message:created", p => p.content === "no ack");
+				assert.ok(sa.connected);
+				assert.equal((await call(sa, "message:send", { conversationId: id, content: "still fine" })).content, "still fine");
+			});
+		});
+	});
+}
