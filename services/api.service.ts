@@ -435,7 +435,8 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		},
 		socketOnError(err: unknown, respond: (ack: unknown) => void) {
 			const envelope = toEnvelope(err);
-			respond({ ok: false, error: { code: envelope.code, message: envelope.message, ...(envelope.details !== undefined ? { details: envelope.details } : {}) } });
+			const details = envelope.retryAfter ? { retryAfter: envelope.retryAfter } : envelope.details;
+			respond({ ok: false, error: { code: envelope.code, message: envelope.message, ...(details !== undefined ? { details } : {}) } });
 		},
 	},
 

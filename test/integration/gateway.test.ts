@@ -226,6 +226,22 @@ describe("gateway rate limits", () => {
 		assert.ok(Number(limited.headers.get("retry-after")) >= 1);
 	});
 
+	it("limits socket events per socket with a RATE_LIMITED ack, and says when a service is down", async () => {
+		await new Promise(r => setTimeout(r, 2100));
+		const u = await registerUser(sys.baseUrl, "rls");
+		const socket = await connect(sys.baseUrl, "/chat", { auth: { token: u.accessToken } });
+		try {
+			const acks: { ok: boolean; error?: { code: string; details?: unknown } }[] = [];
+			for (let i = 0; i < 7; i++) acks.push(await new Promise(resolve => socket.emit("typing", { conversationId: "abc", isTyping: true }, resolve)));
+			// This broker runs no conversations service: the first six get 503, the seventh the limit.
+			assert.deepEqual(acks.slice(0, 6).map(a => a.error?.code), Array(6).fill("SERVICE_UNAVAILABLE"));
+			assert.equal(acks[6].error?.code, "RATE_LIMITED");
+			assert.ok(socket.connected, "a limited socket stays connected");
+		} finally {
+			socket.close();
+		}
+	});
+
 	it("limits authenticated routes per user, not per address", async () => {
 		await new Promise(r => setTimeout(r, 2100)); // let the address bucket refill for two registrations
 		const a = await registerUser(sys.baseUrl, "rla");
