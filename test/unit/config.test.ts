@@ -3,7 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, describe, it } from "node:test";
-import { config, jwtSecret } from "../../lib/config";
+import { ALL_SERVICES, config, jwtSecret } from "../../lib/config";
 
 const saved = { ...process.env };
 afterEach(() => {
@@ -15,7 +15,8 @@ describe("config", () => {
 	it("has the contract's defaults", () => {
 		for (const k of ["PORT", "SERVICES", "RATE_LIMIT", "RATE_LIMIT_AUTH", "CORS_ORIGINS", "TRANSPORTER", "DATABASE_URL", "NAMESPACE"]) delete process.env[k];
 		assert.equal(config.port, 3000);
-		assert.deepEqual(config.services, ["api", "users"]);
+		assert.deepEqual(config.services, [...ALL_SERVICES]);
+		for (const name of ["api", "users", "conversations", "messages"]) assert.ok(ALL_SERVICES.includes(name as never), name);
 		assert.ok(config.rateLimit >= 20);
 		assert.ok(config.rateLimitAuth >= 10);
 		assert.deepEqual(config.corsOrigins, ["http://localhost:3000", "http://localhost:5173"]);
