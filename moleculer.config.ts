@@ -3,8 +3,9 @@
  * With no TRANSPORTER the node is the whole system in one process.
  */
 import os from "node:os";
-import type { BrokerOptions, Errors } from "moleculer";
+import type { BrokerOptions, Errors, Middleware } from "moleculer";
 import { config, isProduction } from "./lib/config";
+import { createChannelsMiddleware } from "./lib/durable-events";
 import { TraceLogMiddleware } from "./middlewares/trace-log.middleware";
 
 function transporter(): BrokerOptions["transporter"] {
@@ -59,7 +60,7 @@ const brokerConfig: BrokerOptions = {
 	validator: true,
 	metrics: { enabled: false },
 	tracing: { enabled: false },
-	middlewares: [TraceLogMiddleware()],
+	middlewares: [TraceLogMiddleware(), createChannelsMiddleware() as Middleware],
 };
 
 export default brokerConfig;

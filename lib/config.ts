@@ -6,7 +6,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 
-export const ALL_SERVICES = ["api", "users", "conversations", "messages"] as const;
+export const ALL_SERVICES = ["api", "users", "conversations", "messages", "notifications"] as const;
 
 function intEnv(name: string, fallback: number, min = 0): number {
 	const raw = process.env[name];

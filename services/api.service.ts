@@ -96,6 +96,8 @@ interface SocketEventSpec {
 	action: string;
 	ack: "data" | "none";
 	room?: "join" | "leave";
+	/** Also emit the result to the socket as this event. */
+	reply?: string;
 }
 
 const CHAT_EVENTS: Record<string, SocketEventSpec> = {
@@ -126,6 +128,15 @@ const CHAT_EVENTS: Record<string, SocketEventSpec> = {
 	"user:unblock": { action: "conversations.unblock", ack: "none" },
 };
 
+const NOTIFICATION_EVENTS: Record<string, SocketEventSpec> = {
+	"notification:list": { action: "notifications.list", ack: "data" },
+	"notification:get": { action: "notifications.get", ack: "data" },
+	"notification:read": { action: "notifications.markRead", ack: "data" },
+	"notification:delete": { action: "notifications.remove", ack: "none" },
+	"notification:read-all": { action: "notifications.readAll", ack: "data" },
+	"notification:ping": { action: "notifications.ping", ack: "data", reply: "pong" },
+};
+
 type Ack = (response: unknown) => void;
 
 /** One handler per event: validate the envelope, limit the socket, call the action, always ack. */
@@ -150,6 +161,7 @@ function socketEvents(specs: Record<string, SocketEventSpec>) {
 					if (spec.room === "join") await this.join(data.room);
 					else await this.leave(data.room);
 				}
+				if (spec.reply) this.emit(spec.reply, data);
 				ack(spec.ack === "data" ? { ok: true, data } : { ok: true });
 			} catch (err) {
 				svc.socketOnError(err, ack);
@@ -200,7 +212,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 			},
 			namespaces: {
 				"/chat": { authorization: true, events: socketEvents(CHAT_EVENTS) },
-				"/notifications": { authorization: true, events: {} },
+				"/notifications": { authorization: true, events: socketEvents(NOTIFICATION_EVENTS) },
 			},
 		},
 
@@ -297,6 +309,15 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 					"GET conversations/:conversationId/messages": "messages.list",
 					"POST conversations/:conversationId/messages": "messages.send",
 					"DELETE conversations/:conversationId/messages": "conversations.clearHistory",
+
+					"GET notifications": "notifications.list",
+					"GET notifications/unread/count": "notifications.unreadCount",
+					"PATCH notifications/read-all": "notifications.readAll",
+					"POST notifications/broadcast": "notifications.broadcast",
+					"GET notifications/:notificationId": "notifications.get",
+					"POST notifications/:notificationId/read": "notifications.markRead",
+					"PATCH notifications/:notificationId/read": "notifications.markRead",
+					"DELETE notifications/:notificationId": "notifications.remove",
 				},
 				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
 					this.setCallMeta(ctx, req);
@@ -450,8 +471,16 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		for (const nsp of ["/chat", "/notifications"]) {
 			this.io.of(nsp).on("connection", socket => {
 				const user = socket.data.user as AuthUser | undefined;
+				if (!user) return;
 				// Every event for a user goes to this room, so each of its devices gets it.
-				if (user) socket.join(`user:${user.id}`);
+				socket.join(`user:${user.id}`);
+				if (nsp === "/notifications") {
+					// The badge is right from the first moment.
+					this.broker
+						.call("notifications.unreadCount", {}, { meta: { user } })
+						.then(res => socket.emit("notification:count", res))
+						.catch(err => this.logger.warn("notification:count on connect failed", (err as Error).message));
+				}
 			});
 		}
 	},

@@ -18,16 +18,19 @@ import {
 	presentConversation,
 	userIdRule,
 } from "../lib/chat";
+import { CHANNELS } from "../lib/durable-events";
 import { badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
 import type { AuthUser } from "../lib/tokens";
 import { createDocsMixin, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
+import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushItem, type PushThis, conversationRoom, userRoom } from "../mixins/push.mixin";
 
 type Collections = "conversations" | "memberships" | "blocks";
 type Ctx<P = Record<string, never>> = Context<P, CallMeta & { socketId?: string }>;
 
-interface ConvThis extends DocsMixinThis<Collections>, PushThis {
+interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
+	announceInvite(conv: ConversationDoc, userIds: number[], inviter: AuthUser): void;
 	typingState: Map<string, { at: number; isTyping: boolean }>;
 	memberCache: Map<string, number>;
 	caller(ctx: Ctx<unknown>): AuthUser;
@@ -94,6 +97,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			},
 		}),
 		PushMixin,
+		PublisherMixin,
 	],
 
 	actions: {
@@ -185,6 +189,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				// Clients learn of the conversation before its first (system) message.
 				await this.pushConversation(ctx, conv, "conversation:created", conv.participants);
 				await this.systemMessage(ctx, conv._id, "group_created", null, me.id);
+				this.announceInvite(conv, others, me);
 				ctx.meta.$statusCode = 201;
 				return this.presentFor(await this.reload(conv._id), me.id);
 			},
@@ -312,6 +317,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				const payload = { conversationId: conv._id, userId };
 				await this.pushToParticipants(ctx, fresh.participants, "members:added", payload, ["conversation:member-added"]);
 				await this.pushConversation(ctx, fresh, "conversation:invited", [userId]);
+				this.announceInvite(fresh, [userId], me);
 				await this.pushConversation(ctx, fresh, "conversation:updated", fresh.participants.filter(p => p !== userId));
 				return this.presentFor(fresh, me.id);
 			},
@@ -624,6 +630,30 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			},
 		},
 
+		/** Who gets a notification for a new message: not the sender, not who blocked it, not who muted. */
+		notificationTargets: {
+			visibility: "public",
+			params: { conversationId: idRule, senderId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
+				const { conversationId, senderId } = ctx.params;
+				const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
+				if (!conv) return null;
+				const others = conv.participants.filter(p => p !== senderId);
+				const [memberships, blockers] = await Promise.all([
+					this.membershipsOf(conversationId),
+					this.stores.blocks.find({ blocker_id: { $in: others }, blocked_id: senderId }),
+				]);
+				const muted = new Set(memberships.filter(m => isMuted(m)).map(m => m.user_id));
+				const blocked = new Set(blockers.map(b => b.blocker_id as number));
+				const type = conv.status === "pending" ? "message_request" : "message";
+				return {
+					conversationType: conv.type,
+					conversationName: conv.name,
+					recipients: others.filter(id => !muted.has(id) && !blocked.has(id)).map(userId => ({ userId, type })),
+				};
+			},
+		},
+
 		/** Who is in a conversation now (for pushing a system message). */
 		participantsOf: {
 			visibility: "public",
@@ -659,6 +689,22 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 	},
 
 	methods: {
+		/** A group_invite notification for each added user, through the durable event bus. */
+		announceInvite(this: ConvThis, conv: ConversationDoc, userIds: number[], inviter: AuthUser) {
+			const event = { eventId: `invite:${conv._id}:${crypto.randomUUID()}`, conversationId: conv._id, conversationName: conv.name, inviterId: inviter.id, inviterName: inviter.username, userIds };
+			this.inBackground("group_invite.created publish", async () => {
+				// A few tries over ~10 s: the bus may be restarting.
+				for (let attempt = 0; ; attempt++) {
+					try {
+						return await this.publishEvent(CHANNELS.groupInviteCreated, event);
+					} catch (err) {
+						if (attempt >= 4) throw err;
+						await new Promise(r => setTimeout(r, 500 * 2 ** attempt));
+					}
+				}
+			});
+		},
+
 		caller(ctx: Ctx<unknown>): AuthUser {
 			const user = ctx.meta.user;
 			const id = Number(user?.id);

@@ -20,18 +20,25 @@ import {
 	userIdRule,
 } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
+import { CHANNELS } from "../lib/durable-events";
 import { appError, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
 import type { AuthUser } from "../lib/tokens";
 import { createDocsMixin, type DocsMixinThis, escapeRegex, isDuplicateKeyError } from "../mixins/docs.mixin";
+import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
+/** A context, or the broker itself for work that no request started (the outbox sweep). */
+type Caller = { call(action: string, params?: unknown): Promise<unknown> };
 
 const PROFILE_TTL_MS = 60_000;
 const MAX_CACHED_HEADS = 10_000;
 
-interface MessagesThis extends DocsMixinThis<"messages">, PushThis {
+interface MessagesThis extends DocsMixinThis<"messages">, PushThis, PublisherThis {
+	outboxTimer: NodeJS.Timeout | null;
+	announce(msg: MessageDoc, sender: SenderProfile): Promise<void>;
+	sweepOutbox(): Promise<void>;
 	heads: Map<string, number>;
 	locks: Map<string, Promise<unknown>>;
 	profiles: Map<number, { profile: SenderProfile; until: number }>;
@@ -40,7 +47,7 @@ interface MessagesThis extends DocsMixinThis<"messages">, PushThis {
 	withLock<T>(key: string, fn: () => Promise<T>): Promise<T>;
 	maxSeq(conversationId: string): Promise<number>;
 	insertWithSeq(conversationId: string, doc: Omit<MessageDoc, "_id" | "seq" | "seq_key">): Promise<{ msg: MessageDoc; created: boolean }>;
-	senderProfiles(ctx: Ctx<unknown>, ids: number[]): Promise<Map<number, SenderProfile>>;
+	senderProfiles(caller: Caller, ids: number[]): Promise<Map<number, SenderProfile>>;
 	present(ctx: Ctx<unknown>, msgs: MessageDoc[]): Promise<ReturnType<typeof presentMessage>[]>;
 	loadOwnMessage(ctx: Ctx<unknown>, messageId: string, userId: number): Promise<{ msg: MessageDoc; conv: ConversationDoc }>;
 	record(ctx: Ctx<unknown>, msg: MessageDoc): Promise<void>;
@@ -81,6 +88,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 						edited_at: { type: Date, default: null },
 						deleted: Boolean,
 						system_data: { type: Object, default: null },
+						notified: Boolean,
 						created_at: Date,
 						updated_at: Date,
 					},
@@ -89,11 +97,13 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 						{ fields: { dedupe_key: 1 }, unique: true },
 						{ fields: { conversation_id: 1, seq: -1 } },
 						{ fields: { conversation_id: 1 } },
+						{ fields: { notified: 1 } },
 					],
 				},
 			},
 		}),
 		PushMixin,
+		PublisherMixin,
 	],
 
 	actions: {
@@ -130,6 +140,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					edited_at: null,
 					deleted: false,
 					system_data: null,
+					// The outbox flag: true once message.created is safely on the event bus.
+					notified: false,
 					created_at: now,
 					updated_at: now,
 				});
@@ -138,6 +150,9 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				await this.record(ctx, msg);
 				const recipients = conversation.participants.filter(p => !blockedBy.includes(p));
 				await this.push(ctx, [{ rooms: recipients.map(userRoom), event: "message:created", payload: presented }]);
+				// Published after the message is stored, without holding up the sender's ack;
+				// if it fails now, the outbox sweep publishes it later.
+				this.inBackground("message.created publish", () => this.announce(msg, presented.sender));
 				return presented;
 			},
 		},
@@ -285,6 +300,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					edited_at: null,
 					deleted: false,
 					system_data: { event, userId, actorId },
+					notified: true, // group changes notify through their own events
 					created_at: now,
 					updated_at: now,
 				});
@@ -377,7 +393,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		/** Sender names and avatars, cached for a minute (dropped when the user changes). */
-		async senderProfiles(this: MessagesThis, ctx: Ctx<unknown>, ids: number[]) {
+		async senderProfiles(this: MessagesThis, caller: Caller, ids: number[]) {
 			const out = new Map<number, SenderProfile>();
 			const now = Date.now();
 			const missing: number[] = [];
@@ -388,7 +404,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			}
 			if (missing.length > 0) {
 				try {
-					const users = (await ctx.call("users.resolve", { ids: missing })) as { id: number; username: string; avatar_url: string | null }[];
+					const users = (await caller.call("users.resolve", { ids: missing })) as { id: number; username: string; avatar_url: string | null }[];
 					for (const u of users) {
 						const profile = { id: u.id, name: u.username, avatar_url: u.avatar_url };
 						this.profiles.set(u.id, { profile, until: now + PROFILE_TTL_MS });
@@ -407,6 +423,42 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			return msgs.map(m => presentMessage(m, profiles.get(m.sender_id) ?? null));
 		},
 
+		/** message.created on the durable bus (one event per message), then the outbox flag. */
+		async announce(this: MessagesThis, msg: MessageDoc, sender: SenderProfile) {
+			const targets = (await this.broker.call("conversations.notificationTargets", { conversationId: msg.conversation_id, senderId: msg.sender_id })) as {
+				conversationType: string;
+				conversationName: string | null;
+				recipients: { userId: number; type: string }[];
+			} | null;
+			if (targets) {
+				await this.publishEvent(CHANNELS.messageCreated, {
+					eventId: msg._id,
+					conversationId: msg.conversation_id,
+					conversationType: targets.conversationType,
+					conversationName: targets.conversationName,
+					senderId: msg.sender_id,
+					senderName: sender.name,
+					senderAvatar: sender.avatar_url,
+					content: msg.content.slice(0, 200),
+					messageType: msg.type,
+					recipients: targets.recipients,
+				});
+			}
+			await this.stores.messages.updateById(msg._id, { $set: { notified: true } });
+		},
+
+		/** Messages whose event did not make it to the bus (it was down, the node died): publish again. */
+		async sweepOutbox(this: MessagesThis) {
+			const stale = new Date(Date.now() - 15_000);
+			const pending = (await this.stores.messages.find({ notified: false, created_at: { $lt: stale } }, { sort: ["created_at"], limit: 100 })) as MessageDoc[];
+			if (pending.length === 0) return;
+			const profiles = await this.senderProfiles(this.broker, pending.map(m => m.sender_id));
+			for (const msg of pending) {
+				// A duplicate event is harmless: the consumer keeps one notification per (event, user).
+				await this.announce(msg, profiles.get(msg.sender_id) ?? { id: msg.sender_id, name: "", avatar_url: null });
+			}
+		},
+
 		async record(this: MessagesThis, ctx: Ctx<unknown>, msg: MessageDoc) {
 			await ctx.call("conversations.recordMessage", { conversationId: msg.conversation_id, seq: msg.seq, senderId: msg.sender_id, lastMessage: lastMessageOf(msg) });
 		},
@@ -416,6 +468,18 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		this.heads = new Map();
 		this.locks = new Map();
 		this.profiles = new Map();
+		this.outboxTimer = null;
+	},
+
+	started(this: MessagesThis) {
+		this.outboxTimer = setInterval(() => {
+			this.inBackground("outbox sweep", () => this.sweepOutbox());
+		}, 10_000);
+		this.outboxTimer.unref();
+	},
+
+	stopped(this: MessagesThis) {
+		if (this.outboxTimer) clearInterval(this.outboxTimer);
 	},
 };
 

@@ -443,6 +443,37 @@ const UsersService: ServiceSchema = {
 			},
 		},
 
+		/** For other services: user ids in order, a page at a time (admin broadcasts). */
+		ids: {
+			visibility: "public",
+			params: { afterId: { type: "number", integer: true, min: 0, default: 0 }, limit: { type: "number", integer: true, min: 1, max: 1000, default: 500 } },
+			async handler(this: UsersThis, ctx: Ctx<{ afterId: number; limit: number }>) {
+				const rows = await this.sequelize.query<{ id: number }>("SELECT id FROM users WHERE id > :afterId ORDER BY id LIMIT :limit", {
+					replacements: ctx.params,
+					type: QueryTypes.SELECT,
+				});
+				return rows.map(r => r.id);
+			},
+		},
+
+		/** For other services: how many accounts there are. */
+		count: {
+			visibility: "public",
+			async handler(this: UsersThis) {
+				return this.models.User.count();
+			},
+		},
+
+		/** For other services: is this user an admin now (from the database, not a token)? */
+		isAdmin: {
+			visibility: "public",
+			params: { userId: { type: "number", integer: true, positive: true } },
+			async handler(this: UsersThis, ctx: Ctx<{ userId: number }>) {
+				const roles = (await this.rolesOf([ctx.params.userId])).get(ctx.params.userId) ?? [];
+				return roles.includes("admin");
+			},
+		},
+
 		/** For other services: public profiles by id (not routed by the gateway). */
 		resolve: {
 			visibility: "public",

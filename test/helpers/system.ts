@@ -6,7 +6,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
-import { ServiceBroker, type BrokerOptions, type ServiceSchema } from "moleculer";
+import { ServiceBroker, type BrokerOptions, type Middleware, type ServiceSchema } from "moleculer";
+import { createChannelsMiddleware } from "../../lib/durable-events";
 import { Client } from "pg";
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL || "";
@@ -59,6 +60,7 @@ export async function startBroker(services: string[], brokerOptions: Partial<Bro
 		validator: true,
 		tracking: { enabled: true, shutdownTimeout: 5_000 },
 		...brokerOptions,
+		middlewares: [createChannelsMiddleware() as Middleware, ...((brokerOptions.middlewares as Middleware[] | undefined) ?? [])],
 	});
 	const gateways: { server?: import("node:http").Server }[] = [];
 	for (const name of services) {

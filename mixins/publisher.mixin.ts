@@ -1,0 +1,35 @@
+/**
+ * Durable events out of a service (lib/durable-events.ts), and the background work that
+ * publishes them: tracked, so a stopping node finishes what it accepted before it leaves.
+ */
+import type { Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import { type ChannelName, DurablePublisher } from "../lib/durable-events";
+
+export interface PublisherThis extends Service {
+	publisher: DurablePublisher;
+	backgroundWork: Set<Promise<unknown>>;
+	publishEvent(channel: ChannelName, payload: unknown): Promise<void>;
+	inBackground(label: string, work: () => Promise<unknown>): void;
+}
+
+export const PublisherMixin: Partial<ServiceSchema> = {
+	methods: {
+		publishEvent(this: PublisherThis, channel: ChannelName, payload: unknown) {
+			return this.publisher.publish(channel, payload);
+		},
+		inBackground(this: PublisherThis, label: string, work: () => Promise<unknown>) {
+			const run = work().catch(err => this.logger.warn(`${label} failed; it will be retried`, (err as Error).message));
+			this.backgroundWork.add(run);
+			void run.finally(() => this.backgroundWork.delete(run));
+		},
+	},
+	created(this: PublisherThis) {
+		this.publisher = new DurablePublisher(this.broker);
+		this.backgroundWork = new Set();
+	},
+	async stopped(this: PublisherThis) {
+		// Finish the publishing already started (bounded), then let go of RabbitMQ.
+		await Promise.race([Promise.allSettled([...this.backgroundWork]), new Promise(r => setTimeout(r, 10_000).unref())]);
+		await this.publisher.close();
+	},
+} as Partial<ServiceSchema<ServiceSettingSchema, PublisherThis>> as Partial<ServiceSchema>;

@@ -1,0 +1,394 @@
+/**
+ * notifications: one notification per recipient of a durable event (message.created,
+ * group_invite.created, system.broadcast), consumed in the consumer group "notifications" so
+ * several nodes share the work. A redelivered event creates nothing twice: each notification has
+ * a unique key (event, user). Every change reaches all of the user's devices, with the count.
+ */
+import crypto from "node:crypto";
+import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import { encodeCursor, decodeCursor, idRule, limitRule } from "../lib/chat";
+import { CHANNELS } from "../lib/durable-events";
+import { appError, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
+import type { CallMeta } from "../lib/meta";
+import type { AuthUser } from "../lib/tokens";
+import { createDocsMixin, type Doc, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
+import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
+import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
+
+type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
+const NSP = "/notifications";
+/** A broadcast is written in batches with a pause between them, so chat traffic keeps flowing. */
+const BROADCAST_BATCH = 200;
+const BROADCAST_PAUSE_MS = 25;
+
+interface NotificationDoc extends Doc {
+	user_id: number;
+	type: "message" | "message_request" | "group_invite" | "system";
+	title: string;
+	content: string;
+	is_read: boolean;
+	related_id: string | null;
+	sender_id: number | null;
+	sender_name: string | null;
+	sender_avatar: string | null;
+	conversation_name: string | null;
+	message_type: string | null;
+	event_key: string;
+	created_at: Date;
+}
+
+type NewNotification = Omit<NotificationDoc, "_id" | "event_key" | "is_read" | "created_at" | "user_id">;
+
+interface MessageCreatedEvent {
+	eventId: string;
+	conversationId: string;
+	conversationType: "private" | "group";
+	conversationName: string | null;
+	senderId: number;
+	senderName: string;
+	senderAvatar: string | null;
+	content: string;
+	messageType: string;
+	recipients: { userId: number; type: "message" | "message_request" }[];
+}
+
+interface GroupInviteEvent {
+	eventId: string;
+	conversationId: string;
+	conversationName: string | null;
+	inviterId: number;
+	inviterName: string;
+	userIds: number[];
+}
+
+interface BroadcastEvent {
+	eventId: string;
+	title: string;
+	content: string;
+	senderId: number;
+	userIds?: number[];
+}
+
+interface NotifThis extends DocsMixinThis<"notifications">, PushThis, PublisherThis {
+	caller(ctx: Ctx<unknown>): AuthUser;
+	present(n: NotificationDoc): ReturnType<typeof presentNotification>;
+	deliver(userId: number, eventKey: string, n: NewNotification): Promise<boolean>;
+	pushCount(userIds: number[]): Promise<void>;
+	unread(userId: number): Promise<number>;
+	own(ctx: Ctx<unknown>, id: string): Promise<NotificationDoc>;
+	retryLater(raw: unknown, err: unknown): Promise<never>;
+}
+
+function presentNotification(n: NotificationDoc) {
+	const created = new Date(n.created_at).toISOString();
+	return {
+		id: n._id,
+		_id: n._id,
+		user_id: n.user_id,
+		type: n.type,
+		title: n.title,
+		content: n.content,
+		is_read: n.is_read,
+		isRead: n.is_read,
+		related_id: n.related_id,
+		sender_id: n.sender_id,
+		sender_name: n.sender_name,
+		sender_avatar: n.sender_avatar,
+		conversation_name: n.conversation_name,
+		message_type: n.message_type,
+		created_at: created,
+		createdAt: created,
+	};
+}
+
+const isPositiveInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v > 0;
+
+/** A malformed event is not retried into success: it fails at once and ends in the dead-letter queue. */
+function checkEvent(ok: boolean, channel: string) {
+	if (!ok) throw appError("BAD_REQUEST", `Malformed ${channel} event`);
+}
+
+const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
+	name: "notifications",
+	mixins: [
+		createDocsMixin<"notifications">({
+			collections: {
+				notifications: {
+					definition: {
+						user_id: Number,
+						type: String,
+						title: String,
+						content: String,
+						is_read: Boolean,
+						related_id: { type: String, default: null },
+						sender_id: { type: Number, default: null },
+						sender_name: { type: String, default: null },
+						sender_avatar: { type: String, default: null },
+						conversation_name: { type: String, default: null },
+						message_type: { type: String, default: null },
+						event_key: String,
+						created_at: Date,
+					},
+					indexes: [{ fields: { event_key: 1 }, unique: true }, { fields: { user_id: 1, created_at: -1 } }, { fields: { user_id: 1, is_read: 1 } }, { fields: { user_id: 1 } }],
+				},
+			},
+		}),
+		PushMixin,
+		PublisherMixin,
+	],
+
+	channels: {
+		[CHANNELS.messageCreated]: {
+			group: "notifications",
+			async handler(this: NotifThis, event: MessageCreatedEvent, raw: unknown) {
+				checkEvent(
+					!!event && typeof event.eventId === "string" && typeof event.conversationId === "string" && isPositiveInt(event.senderId) && Array.isArray(event.recipients) && event.recipients.every(r => isPositiveInt(r?.userId)),
+					CHANNELS.messageCreated,
+				);
+				try {
+					const created: number[] = [];
+					for (const r of event.recipients) {
+						if (r.userId === event.senderId) continue;
+						const request = r.type === "message_request";
+						const made = await this.deliver(r.userId, `${event.eventId}:${r.userId}`, {
+							type: request ? "message_request" : "message",
+							title: request ? `${event.senderName} wants to message you` : event.conversationType === "group" ? (event.conversationName ?? "Group") : event.senderName,
+							content: String(event.content ?? "").slice(0, 200),
+							related_id: event.conversationId,
+							sender_id: event.senderId,
+							sender_name: event.senderName,
+							sender_avatar: event.senderAvatar ?? null,
+							conversation_name: event.conversationName ?? null,
+							message_type: event.messageType ?? "text",
+						});
+						if (made) created.push(r.userId);
+					}
+					await this.pushCount(created);
+				} catch (err) {
+					await this.retryLater(raw, err);
+				}
+			},
+		},
+
+		[CHANNELS.groupInviteCreated]: {
+			group: "notifications",
+			async handler(this: NotifThis, event: GroupInviteEvent, raw: unknown) {
+				checkEvent(!!event && typeof event.eventId === "string" && typeof event.conversationId === "string" && Array.isArray(event.userIds) && event.userIds.every(isPositiveInt), CHANNELS.groupInviteCreated);
+				try {
+					const created: number[] = [];
+					for (const userId of event.userIds) {
+						if (userId === event.inviterId) continue;
+						const made = await this.deliver(userId, `${event.eventId}:${userId}`, {
+							type: "group_invite",
+							title: event.conversationName ?? "New group",
+							content: `${event.inviterName} added you to ${event.conversationName ?? "a group"}`,
+							related_id: event.conversationId,
+							sender_id: event.inviterId,
+							sender_name: event.inviterName,
+							sender_avatar: null,
+							conversation_name: event.conversationName ?? null,
+							message_type: null,
+						});
+						if (made) created.push(userId);
+					}
+					await this.pushCount(created);
+				} catch (err) {
+					await this.retryLater(raw, err);
+				}
+			},
+		},
+
+		[CHANNELS.systemBroadcast]: {
+			group: "notifications",
+			// One broadcast at a time, written in paced batches.
+			maxInFlight: 1,
+			async handler(this: NotifThis, event: BroadcastEvent, raw: unknown) {
+				checkEvent(!!event && typeof event.eventId === "string" && typeof event.title === "string" && (event.userIds === undefined || (Array.isArray(event.userIds) && event.userIds.every(isPositiveInt))), CHANNELS.systemBroadcast);
+				try {
+					let afterId = 0;
+					const explicit = event.userIds ? [...new Set(event.userIds)] : null;
+					for (let page = 0; ; page++) {
+						const ids = explicit ? explicit.slice(page * BROADCAST_BATCH, (page + 1) * BROADCAST_BATCH) : ((await this.broker.call("users.ids", { afterId, limit: BROADCAST_BATCH })) as number[]);
+						if (ids.length === 0) break;
+						const created: number[] = [];
+						for (const userId of ids) {
+							const made = await this.deliver(userId, `${event.eventId}:${userId}`, {
+								type: "system",
+								title: event.title,
+								content: event.content,
+								related_id: null,
+								sender_id: event.senderId ?? null,
+								sender_name: null,
+								sender_avatar: null,
+								conversation_name: null,
+								message_type: null,
+							});
+							if (made) created.push(userId);
+						}
+						await this.pushCount(created);
+						afterId = ids[ids.length - 1];
+						await new Promise(r => setTimeout(r, BROADCAST_PAUSE_MS));
+					}
+				} catch (err) {
+					await this.retryLater(raw, err);
+				}
+			},
+		},
+	},
+
+	actions: {
+		list: {
+			params: {
+				$$strict: "remove",
+				unreadOnly: { type: "boolean", convert: true, optional: true, default: false },
+				limit: limitRule(50),
+				before: { type: "string", optional: true, max: 200 },
+			},
+			async handler(this: NotifThis, ctx: Ctx<{ unreadOnly: boolean; limit: number; before?: string }>) {
+				const me = this.caller(ctx);
+				const cursor = ctx.params.before ? decodeCursor(ctx.params.before) : null;
+				if (ctx.params.before && !cursor) throw validationError("Invalid cursor", [{ field: "before", type: "cursor", message: "Pass back the X-Next-Cursor value" }]);
+				const query: Record<string, unknown> = { user_id: me.id };
+				if (ctx.params.unreadOnly) query.is_read = false;
+				if (cursor) query.$or = [{ created_at: { $lt: cursor.at } }, { created_at: cursor.at, _id: { $lt: cursor.id } }];
+				const rows = (await this.stores.notifications.find(query, { sort: ["-created_at", "-_id"], limit: ctx.params.limit + 1 })) as NotificationDoc[];
+				const page = rows.slice(0, ctx.params.limit);
+				if (rows.length > ctx.params.limit) {
+					const last = page[page.length - 1];
+					ctx.meta.$responseHeaders = { "X-Next-Cursor": encodeCursor(last.created_at, last._id) };
+				}
+				return page.map(n => this.present(n));
+			},
+		},
+
+		unreadCount: {
+			async handler(this: NotifThis, ctx: Ctx) {
+				return { count: await this.unread(this.caller(ctx).id) };
+			},
+		},
+
+		get: {
+			params: { $$strict: "remove", notificationId: idRule },
+			async handler(this: NotifThis, ctx: Ctx<{ notificationId: string }>) {
+				return this.present(await this.own(ctx, ctx.params.notificationId));
+			},
+		},
+
+		markRead: {
+			params: { $$strict: "remove", notificationId: idRule },
+			async handler(this: NotifThis, ctx: Ctx<{ notificationId: string }>) {
+				const n = await this.own(ctx, ctx.params.notificationId);
+				if (n.is_read) return this.present(n);
+				const updated = (await this.stores.notifications.updateById(n._id, { $set: { is_read: true } })) as NotificationDoc;
+				await this.push(ctx, [{ namespace: NSP, rooms: [userRoom(n.user_id)], event: "notification:read", payload: { notificationId: n._id, is_read: true } }]);
+				await this.pushCount([n.user_id]);
+				return this.present(updated);
+			},
+		},
+
+		readAll: {
+			async handler(this: NotifThis, ctx: Ctx) {
+				const me = this.caller(ctx);
+				const changed = await this.stores.notifications.updateMany({ user_id: me.id, is_read: false }, { $set: { is_read: true } });
+				if (changed > 0) await this.pushCount([me.id]);
+				return { count: 0 };
+			},
+		},
+
+		remove: {
+			params: { $$strict: "remove", notificationId: idRule },
+			async handler(this: NotifThis, ctx: Ctx<{ notificationId: string }>) {
+				const n = await this.own(ctx, ctx.params.notificationId);
+				await this.stores.notifications.removeMany({ _id: n._id });
+				await this.push(ctx, [{ namespace: NSP, rooms: [userRoom(n.user_id)], event: "notification:deleted", payload: { notificationId: n._id } }]);
+				if (!n.is_read) await this.pushCount([n.user_id]);
+				ctx.meta.$statusCode = 204;
+				return null;
+			},
+		},
+
+		broadcast: {
+			roles: ["admin"],
+			params: {
+				$$strict: "remove",
+				title: { type: "string", trim: true, min: 1, max: 200 },
+				content: { type: "string", trim: true, min: 1, max: 2000 },
+				userIds: { type: "array", optional: true, min: 1, max: 10_000, items: { type: "number", integer: true, positive: true, convert: true } },
+			},
+			async handler(this: NotifThis, ctx: Ctx<{ title: string; content: string; userIds?: number[] }>) {
+				const me = this.caller(ctx);
+				// The roles in the token are not enough: the users service confirms from its database.
+				if (!(await ctx.call("users.isAdmin", { userId: me.id }))) throw forbidden("Only an admin may broadcast");
+				const userIds = ctx.params.userIds ? [...new Set(ctx.params.userIds)] : undefined;
+				const queued = userIds ? userIds.length : ((await ctx.call("users.count")) as number);
+				await this.publishEvent(CHANNELS.systemBroadcast, { eventId: crypto.randomUUID(), title: ctx.params.title, content: ctx.params.content, senderId: me.id, userIds });
+				ctx.meta.$statusCode = 202;
+				return { queued };
+			},
+		},
+
+		ping: {
+			handler(this: NotifThis, ctx: Ctx) {
+				this.caller(ctx);
+				return { timestamp: new Date().toISOString() };
+			},
+		},
+	},
+
+	methods: {
+		caller(ctx: Ctx<unknown>): AuthUser {
+			const user = ctx.meta.user;
+			const id = Number(user?.id);
+			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
+			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
+		},
+
+		present(n: NotificationDoc) {
+			return presentNotification(n);
+		},
+
+		/** Another user's notification looks like none at all. */
+		async own(this: NotifThis, ctx: Ctx<unknown>, id: string) {
+			const me = this.caller(ctx);
+			const n = (await this.stores.notifications.findById(id)) as NotificationDoc | null;
+			if (!n || n.user_id !== me.id) throw notFound("Notification");
+			return n;
+		},
+
+		/** Store one notification unless this (event, user) has one already; push it if new. */
+		async deliver(this: NotifThis, userId: number, eventKey: string, n: NewNotification) {
+			let doc: NotificationDoc;
+			try {
+				doc = (await this.stores.notifications.insert({ ...n, user_id: userId, event_key: eventKey, is_read: false, created_at: new Date() })) as NotificationDoc;
+			} catch (err) {
+				if (isDuplicateKeyError(err)) return false; // a redelivered event
+				throw err;
+			}
+			await this.push(null, [{ namespace: NSP, rooms: [userRoom(userId)], event: "notification:created", payload: this.present(doc) }]);
+			return true;
+		},
+
+		async unread(this: NotifThis, userId: number) {
+			return this.stores.notifications.count({ user_id: userId, is_read: false });
+		},
+
+		async pushCount(this: NotifThis, userIds: number[]) {
+			for (const userId of new Set(userIds)) {
+				await this.push(null, [{ namespace: NSP, rooms: [userRoom(userId)], event: "notification:count", payload: { count: await this.unread(userId) } }]);
+			}
+		},
+
+		/**
+		 * A failure that may pass (the store is away): wait a little before letting the channel
+		 * redeliver, so the bounded retries span seconds rather than milliseconds.
+		 */
+		async retryLater(raw: unknown, err: unknown): Promise<never> {
+			const headers = (raw as { properties?: { headers?: Record<string, unknown> } } | undefined)?.properties?.headers ?? {};
+			const attempt = Number(headers["x-redelivered-count"] ?? 0);
+			await new Promise(r => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)));
+			throw err;
+		},
+	},
+};
+
+export default NotificationsService;
