@@ -41,6 +41,10 @@ const brokerConfig: BrokerOptions = {
 	},
 	logLevel: config.logLevel as BrokerOptions["logLevel"],
 	requestTimeout: 15_000,
+	// A node that died without saying goodbye (SIGKILL, power loss) is dropped after 15 s
+	// (the default is 30 s), so fewer calls go to it meanwhile.
+	heartbeatInterval: 5,
+	heartbeatTimeout: 15,
 	// Only a request that a stopping node refused (it never ran) is sent again, to another node:
 	// retrying anything else could run a non-idempotent action twice.
 	retryPolicy: {

@@ -2,8 +2,9 @@
  * The OpenAPI 3.0.3 description of the gateway's REST routes, served at GET /docs/openapi.json
  * and rendered by Swagger UI at GET /docs. Hand-written: keep it in step with the aliases in
  * services/api.service.ts, the parameter rules in services/users.service.ts,
- * services/conversations.service.ts and services/messages.service.ts, the shapes of
- * lib/chat.ts (presentConversation, presentMessage) and CONTRACT.md.
+ * services/conversations.service.ts, services/messages.service.ts and
+ * services/notifications.service.ts, the shapes of lib/chat.ts (presentConversation,
+ * presentMessage) and of presentNotification, and CONTRACT.md.
  */
 import { MAX_CONTENT, MAX_GROUP_SIZE } from "./chat";
 import { ROLES } from "./constants";
@@ -85,7 +86,7 @@ function errorExample(statusCode: number, code: (typeof ERROR_CODES)[number], me
 	return { statusCode, code, message, traceId: "5f0c6a2e-8d3b-4c1e-9a57-2b6f1d9e0c42", ...(details === undefined ? {} : { details }) };
 }
 
-type Tag = "Health" | "Docs" | "Auth" | "Users" | "Roles" | "Conversations" | "Messages";
+type Tag = "Health" | "Docs" | "Auth" | "Users" | "Roles" | "Conversations" | "Messages" | "Notifications";
 
 interface OperationSpec {
 	operationId: string;
@@ -124,6 +125,7 @@ function sortByStatus(responses: Obj): Obj {
 
 const userIdParam: Obj = ref("parameters", "UserId");
 const conversationIdParam: Obj = ref("parameters", "ConversationId");
+const notificationIdParam: Obj = ref("parameters", "NotificationId");
 
 /** The opaque list cursor: the value of the previous page's X-Next-Cursor header. */
 const cursorQuery: Obj = {
@@ -173,6 +175,7 @@ const PARTICIPANTS: Obj = {
 	example: [7],
 };
 const GROUP_NAME: Obj = { type: "string", nullable: true, maxLength: 100, description: "A group's name (trimmed).", example: "Book club" };
+const NOTIFICATION_ID: Obj = { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9_-]+$", example: "66a1f4b7e4b0a1b2c3d4e610" };
 const GROUP_AVATAR: Obj = { type: "string", nullable: true, maxLength: 2048, description: "A group's picture: an http(s) URL or a path on this server.", example: "/files/3f9a1c0d2b" };
 
 const schemas: Record<string, Obj> = {
@@ -604,6 +607,110 @@ const schemas: Record<string, Obj> = {
 			nickname: { type: "string", nullable: true, maxLength: 50, description: "Trimmed; `null` or an empty string removes the nickname.", example: "Bobby" },
 		},
 	},
+	Notification: {
+		type: "object",
+		description: "One notification of the caller. Only its owner ever sees it.",
+		required: [
+			"id",
+			"_id",
+			"user_id",
+			"type",
+			"title",
+			"content",
+			"is_read",
+			"isRead",
+			"related_id",
+			"sender_id",
+			"sender_name",
+			"sender_avatar",
+			"conversation_name",
+			"message_type",
+			"created_at",
+			"createdAt",
+		],
+		properties: {
+			id: NOTIFICATION_ID,
+			_id: { ...NOTIFICATION_ID, description: "Alias of `id`." },
+			user_id: { type: "integer", description: "The owner: the caller.", example: 42 },
+			type: {
+				type: "string",
+				enum: ["message", "message_request", "group_invite", "system"],
+				description:
+					"`message`: a new message in one of the caller's chats; `message_request`: someone started a private chat with the caller; " +
+					"`group_invite`: the caller was added to a group; `system`: an admin's broadcast.",
+				example: "message",
+			},
+			title: {
+				type: "string",
+				maxLength: 200,
+				description: "The sender's name (private chat), the group's name, \"<name> wants to message you\" (request), or the broadcast's title.",
+				example: "bob",
+			},
+			content: {
+				type: "string",
+				maxLength: 2000,
+				description: "The first 200 characters of the message, the invitation text, or the broadcast's content.",
+				example: "See you at eight.",
+			},
+			is_read: { type: "boolean", example: false },
+			isRead: { type: "boolean", description: "Alias of `is_read`.", example: false },
+			related_id: { ...CONVERSATION_ID, nullable: true, description: "The conversation it is about; `null` for `system`." },
+			sender_id: { type: "integer", nullable: true, description: "Who caused it (the sender, the inviter, the broadcasting admin).", example: 7 },
+			sender_name: { type: "string", nullable: true, description: "The sender's or inviter's username; `null` for `system`.", example: "bob" },
+			sender_avatar: { type: "string", nullable: true, description: "The sender's avatar, for `message` and `message_request`.", example: null },
+			conversation_name: { type: "string", nullable: true, description: "The group's name; `null` for private chats and `system`.", example: null },
+			message_type: {
+				type: "string",
+				nullable: true,
+				description: "The message's type (`text`, `file`, …) for `message` and `message_request`; `null` otherwise.",
+				example: "text",
+			},
+			created_at: TIMESTAMP,
+			createdAt: { ...TIMESTAMP, description: "Alias of `created_at`." },
+		},
+	},
+	UnreadCount: {
+		type: "object",
+		required: ["count"],
+		properties: {
+			count: { type: "integer", minimum: 0, description: "The caller's unread notifications.", example: 3 },
+		},
+	},
+	ReadAllResult: {
+		type: "object",
+		required: ["count"],
+		properties: {
+			count: { type: "integer", enum: [0], description: "Nothing is unread now.", example: 0 },
+		},
+	},
+	BroadcastRequest: {
+		type: "object",
+		required: ["title", "content"],
+		properties: {
+			title: { type: "string", minLength: 1, maxLength: 200, description: "Trimmed.", example: "Maintenance tonight" },
+			content: { type: "string", minLength: 1, maxLength: 2000, description: "Trimmed.", example: "Parley will be down from 02:00 to 02:15 UTC." },
+			userIds: {
+				type: "array",
+				minItems: 1,
+				maxItems: 10000,
+				items: { type: "integer", minimum: 1 },
+				description: "The recipients (numeric strings are accepted too; duplicates count once). Left out: every user.",
+				example: [42, 7],
+			},
+		},
+	},
+	BroadcastResult: {
+		type: "object",
+		required: ["queued"],
+		properties: {
+			queued: {
+				type: "integer",
+				minimum: 0,
+				description: "How many users the broadcast was queued for: the distinct `userIds`, or every user when `userIds` was left out.",
+				example: 2,
+			},
+		},
+	},
 	SendMessageRequest: {
 		type: "object",
 		description: "`content` or at least one attachment. A message with attachments has `type: \"file\"`, else `\"text\"`.",
@@ -670,6 +777,10 @@ const responses: Record<string, Obj> = {
 	ServiceUnavailable: errorResponse("`SERVICE_UNAVAILABLE`: a backing service is down or did not answer in time; try again later.", {
 		unavailable: errorExample(503, "SERVICE_UNAVAILABLE", "Service unavailable, try again later"),
 	}),
+	NotificationNotFound: errorResponse(
+		"`NOT_FOUND`: no such notification, or it belongs to another user. The two answers are the same.",
+		{ notFound: errorExample(404, "NOT_FOUND", "Notification not found") },
+	),
 	ConversationNotFound: errorResponse(
 		"`NOT_FOUND`: no such conversation, or the caller is not a member of it. The two answers are the same, so a conversation's existence never leaks.",
 		{ notFound: errorExample(404, "NOT_FOUND", "Conversation not found") },
@@ -716,6 +827,13 @@ const parameters: Record<string, Obj> = {
 		required: true,
 		description: "The conversation's id. A conversation the caller is not a member of answers 404, like one that does not exist.",
 		schema: CONVERSATION_ID,
+	},
+	NotificationId: {
+		name: "notificationId",
+		in: "path",
+		required: true,
+		description: "The notification's id. Another user's notification answers 404, like one that does not exist.",
+		schema: NOTIFICATION_ID,
 	},
 	RefreshTokenCookie: {
 		name: "refreshToken",
@@ -1264,7 +1382,120 @@ const paths: Record<string, Obj> = {
 			},
 		}),
 	},
+
+	"/notifications": {
+		get: operation({
+			operationId: "listNotifications",
+			tag: "Notifications",
+			summary: "The caller's notifications, newest first",
+			description: "A page at a time: while there is more, the answer has an `X-Next-Cursor` header to pass back as `before`.",
+			bearer: true,
+			parameters: [
+				{ name: "unreadOnly", in: "query", required: false, description: "`true`: only the unread ones.", schema: { type: "boolean", default: false } },
+				intQuery("limit", "At most this many notifications.", 1, 100, 50),
+				cursorQuery,
+			],
+			responses: {
+				200: ok("One page of notifications.", arrayOf(schema("Notification")), NEXT_CURSOR),
+				...errors(400),
+			},
+		}),
+	},
+	"/notifications/unread/count": {
+		get: operation({
+			operationId: "countUnreadNotifications",
+			tag: "Notifications",
+			summary: "How many of the caller's notifications are unread",
+			description: "The `/notifications` socket also pushes this count (`notification:count`) on connect and after every change.",
+			bearer: true,
+			responses: {
+				200: ok("The unread count.", schema("UnreadCount")),
+			},
+		}),
+	},
+	"/notifications/read-all": {
+		patch: operation({
+			operationId: "markAllNotificationsRead",
+			tag: "Notifications",
+			summary: "Mark all the caller's notifications read",
+			description: "If any was unread, the caller's devices get `notification:count` on the `/notifications` socket.",
+			bearer: true,
+			responses: {
+				200: ok("Nothing is unread now.", schema("ReadAllResult")),
+			},
+		}),
+	},
+	"/notifications/broadcast": {
+		post: operation({
+			operationId: "broadcastNotification",
+			tag: "Notifications",
+			summary: "Send a system notification to some or all users (admin only)",
+			description:
+				"Queues the broadcast and answers 202 at once. The notifications service then writes one `system` notification per user in paced batches, " +
+				"so chat traffic keeps flowing; each recipient's devices get `notification:created` and `notification:count`. " +
+				"Admin only: the token must carry the `admin` role, and the role is confirmed in the database.",
+			bearer: true,
+			requestBody: body(schema("BroadcastRequest")),
+			responses: {
+				202: ok("Queued.", schema("BroadcastResult")),
+				403: errorResponse("`FORBIDDEN`: the caller is not an admin.", {
+					role: errorExample(403, "FORBIDDEN", "Requires role admin"),
+					notAdmin: errorExample(403, "FORBIDDEN", "Only an admin may broadcast"),
+				}),
+				...errors(400, 413),
+			},
+		}),
+	},
+	"/notifications/{notificationId}": {
+		get: notificationOperation({
+			operationId: "getNotification",
+			summary: "One of the caller's notifications",
+			responses: {
+				200: ok("The notification.", schema("Notification")),
+			},
+		}),
+		delete: notificationOperation({
+			operationId: "deleteNotification",
+			summary: "Delete one of the caller's notifications",
+			description: "The caller's devices get `notification:deleted`, and `notification:count` if it was unread.",
+			responses: {
+				204: noContent("Deleted."),
+			},
+		}),
+	},
+	"/notifications/{notificationId}/read": {
+		post: markNotificationReadOperation("markNotificationRead"),
+		patch: markNotificationReadOperation("patchNotificationRead"),
+	},
 };
+
+/**
+ * An operation on one of the caller's notifications: Bearer, the notificationId path parameter,
+ * 400 (a malformed id) and 404 for a notification that does not exist or is another user's.
+ */
+function notificationOperation(spec: Omit<OperationSpec, "bearer" | "tag">): Obj {
+	return operation({
+		...spec,
+		tag: "Notifications",
+		bearer: true,
+		parameters: [notificationIdParam, ...(spec.parameters ?? [])],
+		responses: { ...errors(400), 404: ref("responses", "NotificationNotFound"), ...spec.responses },
+	});
+}
+
+/** POST and PATCH /notifications/{notificationId}/read are the same. */
+function markNotificationReadOperation(operationId: string): Obj {
+	return notificationOperation({
+		operationId,
+		summary: "Mark one of the caller's notifications read",
+		description:
+			"Both POST and PATCH do it. The caller's devices get `notification:read` and `notification:count` on the `/notifications` socket; " +
+			"a notification already read is returned unchanged.",
+		responses: {
+			200: ok("The notification, read.", schema("Notification")),
+		},
+	});
+}
 
 /**
  * An operation on one conversation: Bearer, the conversationId path parameter, 400 (a malformed
@@ -1321,8 +1552,8 @@ repeated failed logins for one account are slowed down separately.
 ## Paging
 
 Lists are JSON arrays, newest first unless stated, paged by \`limit\` (default 50, at most 100) and a cursor. For messages the cursor is
-the \`seq\` number (\`before=41\` gives the page below 41, \`after=41\` what came after it, oldest first); for conversation lists it is the
-opaque \`X-Next-Cursor\` response header, passed back as \`before\` (the header is absent on the last page).
+the \`seq\` number (\`before=41\` gives the page below 41, \`after=41\` what came after it, oldest first); for conversation and notification
+lists it is the opaque \`X-Next-Cursor\` response header, passed back as \`before\` (the header is absent on the last page).
 
 ## Tracing
 
@@ -1334,7 +1565,10 @@ Live events go over Socket.IO on this same origin (default path \`/socket.io\`; 
 
 - \`/chat\`: conversations, messages, typing, read receipts, blocks; also client → server commands that mirror the routes here
   (\`conversation:create\`, \`message:send\`, …).
-- \`/notifications\`: the user's notifications and their unread count.
+- \`/notifications\`: the user's notifications and their unread count. Client → server: \`notification:list\`, \`notification:get\`,
+  \`notification:read\`, \`notification:delete\`, \`notification:read-all\`, \`notification:ping\` (all with acks, mirroring the routes under
+  \`/notifications\`). The server pushes \`notification:created\`, \`notification:read\`, \`notification:deleted\` and \`notification:count\`
+  (\`{ count }\`, the unread count) to all of the user's devices on every change, and \`notification:count\` on connect.
 
 Connect with the access token: \`io(origin + "/chat", { auth: { token } })\` (the raw JWT or \`"Bearer <jwt>"\`); a socket without a valid
 token is refused at connect (\`connect_error\` "Unauthorized"). Every client → server event takes an ack callback and always gets
@@ -1363,6 +1597,10 @@ export const openApiDocument: Record<string, unknown> = {
 				"A conversation the caller is not a member of answers 404, exactly like one that does not exist.",
 		},
 		{ name: "Messages", description: "A conversation's messages. Bearer token required; non-members get 404." },
+		{
+			name: "Notifications",
+			description: "The caller's notifications (new messages, message requests, group invitations, admin broadcasts). Bearer token required; another user's notification answers 404.",
+		},
 	],
 	paths,
 	components: {
