@@ -6,7 +6,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 
-export const ALL_SERVICES = ["api", "users", "conversations", "messages", "notifications"] as const;
+export const ALL_SERVICES = ["api", "users", "conversations", "messages", "notifications", "files"] as const;
 
 function intEnv(name: string, fallback: number, min = 0): number {
 	const raw = process.env[name];
@@ -67,6 +67,10 @@ export const config = {
 	/** Requests a second per client address on the unauthenticated /auth routes; 0 = off. */
 	get rateLimitAuth() {
 		return intEnv("RATE_LIMIT_AUTH", 10);
+	},
+	/** Largest file accepted, in bytes (CONTRACT.md: 25 MiB by default). */
+	get fileMaxBytes() {
+		return intEnv("FILE_MAX_BYTES", 25 * 1024 * 1024, 1);
 	},
 	get accessTokenTtlSeconds() {
 		return intEnv("ACCESS_TOKEN_TTL", 15 * 60, 1);

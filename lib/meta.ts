@@ -11,5 +11,6 @@ export interface CallMeta {
 	refreshCookie?: string;
 	$statusCode?: number;
 	$location?: string;
+	$responseType?: string;
 	$responseHeaders?: Record<string, string | string[]>;
 }

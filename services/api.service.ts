@@ -9,10 +9,12 @@ import path from "node:path";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import ApiGateway from "moleculer-web";
 import SocketIOService from "moleculer-io";
+import { Transform } from "node:stream";
+import Busboy, { type BusboyHeaders } from "@fastify/busboy";
 import serveStatic from "serve-static";
 import type { Socket } from "socket.io";
 import { config } from "../lib/config";
-import { forbidden, rateLimited, toEnvelope, unauthorized, validationError } from "../lib/errors";
+import { appError, badRequest, forbidden, rateLimited, toEnvelope, unauthorized, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
 import { openApiDocument } from "../lib/openapi";
 import { type PushItem, type RoomsChange, SOCKET_PUSH_EVENT, SOCKET_ROOMS_EVENT } from "../mixins/push.mixin";
@@ -35,6 +37,8 @@ interface ApiThis extends Service {
 	authLimiter: RateLimiter;
 	socketLimiter: RateLimiter;
 	socketOnError(err: unknown, respond: (ack: unknown) => void): void;
+	handleUpload(req: GatewayRequest, res: ServerResponse, field: string, maxFiles: number): void;
+	sendError(req: GatewayRequest, res: ServerResponse, err: unknown): void;
 	clientIp(req: IncomingMessage): string;
 	setCallMeta(ctx: Context<unknown, CallMeta>, req: GatewayRequest): void;
 	writeCorsHeaders(route: unknown, req: IncomingMessage, res: ServerResponse, preflight: boolean): void;
@@ -243,6 +247,57 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				aliases: {},
 			},
 			{
+				name: "files",
+				path: "/files",
+				mappingPolicy: "restrict",
+				// No token: the unguessable file id is the capability, so <img src> works.
+				authentication: false,
+				authorization: false,
+				bodyParsers: false,
+				aliases: { "GET :fileId": "files.download" },
+				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta & { range?: string }>, _route: unknown, req: GatewayRequest) {
+					this.setCallMeta(ctx, req);
+					const range = req.headers.range;
+					if (typeof range === "string") ctx.meta.range = range.slice(0, 100);
+				},
+			},
+			{
+				name: "upload",
+				path: "/upload",
+				mappingPolicy: "restrict",
+				authentication: true,
+				authorization: true,
+				// Multipart bodies are streamed to the files service by handleUpload, never parsed here.
+				bodyParsers: false,
+				aliases: {
+					"POST single"(this: ApiThis, req: GatewayRequest, res: ServerResponse) {
+						this.handleUpload(req, res, "file", 1);
+					},
+					"POST multiple"(this: ApiThis, req: GatewayRequest, res: ServerResponse) {
+						this.handleUpload(req, res, "files", 10);
+					},
+				},
+				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
+					this.setCallMeta(ctx, req);
+				},
+			},
+			{
+				name: "base64-uploads",
+				path: "/",
+				mappingPolicy: "restrict",
+				authentication: true,
+				authorization: true,
+				// A 25 MiB file is ~35 MiB of base64.
+				bodyParsers: { json: { limit: 35 * MiB, strict: true }, urlencoded: false },
+				aliases: {
+					"POST upload/file-base64": "files.saveBase64",
+					"POST users/upload-avatar": "users.uploadAvatar",
+				},
+				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
+					this.setCallMeta(ctx, req);
+				},
+			},
+			{
 				name: "auth",
 				path: "/auth",
 				mappingPolicy: "restrict",
@@ -290,6 +345,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 					"PUT users/:id/roles": "users.setRoles",
 					"GET roles": "users.roles",
 					"GET blocks": "conversations.blocked",
+					"DELETE upload": "files.remove",
 
 					"GET conversations": "conversations.list",
 					"GET conversations/requests": "conversations.requests",
@@ -384,6 +440,95 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 			}
 			const limit = this.userLimiter.take(`u:${user.id}`);
 			if (!limit.ok) throw rateLimited(limit.retryAfter);
+		},
+
+		/**
+		 * Multipart upload: each file is streamed to files.save (on whatever node runs it) as it
+		 * arrives. If anything fails (too large, wrong type, too many files, the client went away),
+		 * the files of this request that were already stored are discarded: all or nothing.
+		 */
+		handleUpload(this: ApiThis, req: GatewayRequest, res: ServerResponse, field: string, maxFiles: number) {
+			const ctx = req.$ctx;
+			const maxRequest = config.fileMaxBytes * maxFiles + MiB;
+			if (Number(req.headers["content-length"] ?? 0) > maxRequest) {
+				req.resume();
+				return this.sendError(req, res, appError("PAYLOAD_TOO_LARGE", "The upload is too large"));
+			}
+			let busboy: Busboy;
+			try {
+				busboy = new Busboy({ headers: req.headers as BusboyHeaders, limits: { files: maxFiles, fileSize: config.fileMaxBytes, fields: 20, parts: maxFiles + 20 } });
+			} catch {
+				req.resume();
+				return this.sendError(req, res, appError("UNSUPPORTED_MEDIA_TYPE", "Send multipart/form-data"));
+			}
+			let failure: unknown = null;
+			let finished = false;
+			const active = new Set<NodeJS.ReadableStream & { destroy(err?: Error): void }>();
+			const uploads: Promise<{ fileId: string } | null>[] = [];
+			const fail = (err: unknown) => {
+				failure ??= err;
+				for (const file of active) file.destroy(err as Error);
+			};
+			busboy.on("file", (fieldname, file, filename, _encoding, mimetype) => {
+				if (fieldname !== field) {
+					file.resume();
+					return fail(validationError(`Send the file in the field "${field}"`, [{ field: fieldname, type: "field", message: `Expected "${field}"` }]));
+				}
+				if (failure) return file.resume();
+				active.add(file);
+				file.on("limit", () => fail(appError("PAYLOAD_TOO_LARGE", `A file may be at most ${config.fileMaxBytes} bytes`)));
+				uploads.push(
+					ctx
+						.call<{ fileId: string }, unknown>("files.save", file, { meta: { user: ctx.meta.user, traceId: req.traceId, filename, mimetype } })
+						.catch(err => {
+							fail(err);
+							file.resume();
+							return null;
+						})
+						.finally(() => active.delete(file)),
+				);
+			});
+			busboy.on("filesLimit", () => fail(validationError(`At most ${maxFiles} file(s)`, [{ field, type: "arrayMax", message: `At most ${maxFiles}` }])));
+			const finish = async () => {
+				if (finished) return;
+				finished = true;
+				const results = await Promise.all(uploads);
+				const stored = results.filter((r): r is { fileId: string } => !!r);
+				if (!failure && stored.length === 0) failure = validationError(`No file in the field "${field}"`, [{ field, type: "required", message: "Missing file" }]);
+				if (failure) {
+					if (stored.length > 0) await ctx.call("files.discard", { fileIds: stored.map(r => r.fileId) }, { meta: { user: ctx.meta.user } }).catch(() => undefined);
+					if (!res.writableEnded) this.sendError(req, res, failure);
+					return;
+				}
+				res.statusCode = 201;
+				res.setHeader("Content-Type", "application/json; charset=utf-8");
+				res.end(JSON.stringify(maxFiles === 1 ? stored[0] : { files: stored }));
+			};
+			busboy.on("finish", () => void finish());
+			busboy.on("error", err => {
+				fail(badRequest(`Malformed upload: ${(err as Error).message}`));
+				void finish();
+			});
+			// The client went away mid-upload: nothing of it is kept.
+			req.on("aborted", () => {
+				fail(badRequest("Upload interrupted"));
+				void finish();
+			});
+			let received = 0;
+			const counter = new Transform({
+				transform(chunk: Buffer, _enc, done) {
+					received += chunk.length;
+					if (received > maxRequest) return done(appError("PAYLOAD_TOO_LARGE", "The upload is too large"));
+					done(null, chunk);
+				},
+			});
+			counter.on("error", err => {
+				fail(err);
+				req.unpipe(counter);
+				req.resume();
+				void finish();
+			});
+			req.pipe(counter).pipe(busboy);
 		},
 
 		clientIp(this: ApiThis, req: IncomingMessage): string {

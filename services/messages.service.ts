@@ -65,7 +65,8 @@ const SYSTEM_TEXT: Record<string, string> = {
 	avatar_changed: "changed the group picture",
 };
 
-const attachmentRule = { type: "string", max: 2048, pattern: /^(https?:\/\/\S+\/files\/[A-Za-z0-9_-]+|\/files\/[A-Za-z0-9_-]+)$/ } as const;
+/** A file of this server: its id, its /files/<id> path, or a URL ending in that path. */
+const attachmentRule = { type: "string", max: 2048, pattern: /^(?:https?:\/\/\S+)?(?:\/files\/)?[a-f0-9]{32}$/ } as const;
 
 const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 	name: "messages",
@@ -126,13 +127,17 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				// it gets the first message back, and nothing is pushed again.
 				const dedupeKey = clientId ? `${conversationId}:${me.id}:${clientId}` : `${conversationId}:${me.id}:auto:${crypto.randomUUID()}`;
 				const { conversation, blockedBy } = (await ctx.call("conversations.authorizeSend", { conversationId, senderId: me.id })) as { conversation: ConversationDoc; blockedBy: number[] };
+				// Attachments must be files of this server that the sender uploaded; the message's
+				// type follows the first one.
+				let files: { url: string; fileType: string }[] = [];
+				if (attachments.length > 0) files = (await ctx.call("files.verifyAttachments", { refs: attachments, ownerId: me.id })) as typeof files;
 				const now = new Date();
 				const { msg, created } = await this.insertWithSeq(conversationId, {
 					conversation_id: conversationId,
 					sender_id: me.id,
-					type: attachments.length > 0 ? "file" : "text",
+					type: files.length === 0 ? "text" : files[0].fileType === "image" ? "image" : "file",
 					content,
-					attachments,
+					attachments: files.map(f => f.url),
 					client_id: clientId ?? null,
 					dedupe_key: dedupeKey,
 					seen_by: [],

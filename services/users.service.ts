@@ -412,6 +412,26 @@ const UsersService: ServiceSchema = {
 			},
 		},
 
+		uploadAvatar: {
+			params: {
+				$$strict: "remove",
+				fileName: { type: "string", min: 1, max: 500 },
+				mimeType: { type: "string", optional: true, max: 200 },
+				base64: { type: "string", min: 1 },
+			},
+			async handler(this: UsersThis, ctx: Ctx<{ fileName: string; mimeType?: string; base64: string }>) {
+				const caller = this.requireCaller(ctx);
+				// The files service checks it is an image from its bytes, and stores it.
+				const file = (await ctx.call("files.saveBase64", { ...ctx.params, onlyImages: true })) as { url: string; fileId: string };
+				ctx.meta.$statusCode = 200;
+				await this.models.User.update({ avatar_url: file.url, updated_at: new Date() }, { where: { id: caller.id } });
+				const user = await this.findUser(caller.id);
+				if (!user) throw unauthorized("This account no longer exists");
+				ctx.broadcast(EVENTS.userUpdated, { userId: caller.id });
+				return { url: file.url, user: await this.presentOne(user, caller) };
+			},
+		},
+
 		roles: {
 			async handler(this: UsersThis, ctx: Ctx) {
 				this.requireCaller(ctx);
