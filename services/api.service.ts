@@ -465,9 +465,12 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 			let finished = false;
 			const active = new Set<NodeJS.ReadableStream & { destroy(err?: Error): void }>();
 			const uploads: Promise<{ fileId: string } | null>[] = [];
-			const fail = (err: unknown) => {
+			// Busboy stalls if a file stream it still writes to is destroyed: while it parses, a
+			// failure only marks the request (the rest is drained and discarded); once the request
+			// is dead (aborted, malformed), the streams in flight are ended too.
+			const fail = (err: unknown, endStreams = false) => {
 				failure ??= err;
-				for (const file of active) file.destroy(err as Error);
+				if (endStreams) for (const file of active) file.destroy(err as Error);
 			};
 			busboy.on("file", (fieldname, file, filename, _encoding, mimetype) => {
 				if (fieldname !== field) {
@@ -506,12 +509,12 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 			};
 			busboy.on("finish", () => void finish());
 			busboy.on("error", err => {
-				fail(badRequest(`Malformed upload: ${(err as Error).message}`));
+				fail(badRequest(`Malformed upload: ${(err as Error).message}`), true);
 				void finish();
 			});
 			// The client went away mid-upload: nothing of it is kept.
 			req.on("aborted", () => {
-				fail(badRequest("Upload interrupted"));
+				fail(badRequest("Upload interrupted"), true);
 				void finish();
 			});
 			let received = 0;
@@ -523,7 +526,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				},
 			});
 			counter.on("error", err => {
-				fail(err);
+				fail(err, true);
 				req.unpipe(counter);
 				req.resume();
 				void finish();
