@@ -3,8 +3,9 @@
  * and rendered by Swagger UI at GET /docs. Hand-written: keep it in step with the aliases in
  * services/api.service.ts, the parameter rules in services/users.service.ts,
  * services/conversations.service.ts, services/messages.service.ts and
- * services/notifications.service.ts, the shapes of lib/chat.ts (presentConversation,
- * presentMessage) and of presentNotification, and CONTRACT.md.
+ * services/notifications.service.ts, services/files.service.ts (with the allow-list of
+ * lib/file-types.ts), the shapes of lib/chat.ts (presentConversation, presentMessage) and of
+ * presentNotification and presentFile, and CONTRACT.md.
  */
 import { MAX_CONTENT, MAX_GROUP_SIZE } from "./chat";
 import { ROLES } from "./constants";
@@ -57,6 +58,7 @@ const ERROR_RESPONSES = {
 	404: "NotFound",
 	409: "Conflict",
 	413: "PayloadTooLarge",
+	415: "UnsupportedMediaType",
 	429: "RateLimited",
 	503: "ServiceUnavailable",
 } as const;
@@ -86,7 +88,7 @@ function errorExample(statusCode: number, code: (typeof ERROR_CODES)[number], me
 	return { statusCode, code, message, traceId: "5f0c6a2e-8d3b-4c1e-9a57-2b6f1d9e0c42", ...(details === undefined ? {} : { details }) };
 }
 
-type Tag = "Health" | "Docs" | "Auth" | "Users" | "Roles" | "Conversations" | "Messages" | "Notifications";
+type Tag = "Health" | "Docs" | "Auth" | "Users" | "Roles" | "Conversations" | "Messages" | "Notifications" | "Files";
 
 interface OperationSpec {
 	operationId: string;
@@ -176,7 +178,55 @@ const PARTICIPANTS: Obj = {
 };
 const GROUP_NAME: Obj = { type: "string", nullable: true, maxLength: 100, description: "A group's name (trimmed).", example: "Book club" };
 const NOTIFICATION_ID: Obj = { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9_-]+$", example: "66a1f4b7e4b0a1b2c3d4e610" };
-const GROUP_AVATAR: Obj = { type: "string", nullable: true, maxLength: 2048, description: "A group's picture: an http(s) URL or a path on this server.", example: "/files/3f9a1c0d2b" };
+/** Files: an upload's id is 16 random bytes in hex; it is the capability to read the file. */
+const FILE_ID_EXAMPLE = "3f9a1c0d2b7e4f6a8c5d1e0b9a7f3c2d";
+const FILE_URL_EXAMPLE = `/files/${FILE_ID_EXAMPLE}`;
+const FILE_ID: Obj = { type: "string", pattern: "^[a-f0-9]{32}$", description: "32 lower-case hex characters, random and unguessable.", example: FILE_ID_EXAMPLE };
+/** At most this many files in one POST /upload/multiple (services/api.service.ts). */
+const MAX_UPLOAD_FILES = 10;
+/** The size limits of uploads, as text (the numbers are configured in the environment). */
+const FILE_LIMIT_TEXT = "25 MiB a file by default (`FILE_MAX_BYTES`)";
+/** Every type lib/file-types.ts accepts, as it is stored and served. */
+const FILE_MIME_TYPES = [
+	"image/png",
+	"image/jpeg",
+	"image/gif",
+	"image/webp",
+	"video/mp4",
+	"video/quicktime",
+	"video/webm",
+	"audio/mpeg",
+	"audio/mp4",
+	"audio/ogg",
+	"audio/wav",
+	"audio/flac",
+	"audio/webm",
+	"application/pdf",
+	"application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+	"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+	"application/vnd.openxmlformats-officedocument.presentationml.presentation",
+	"application/vnd.oasis.opendocument.text",
+	"application/vnd.oasis.opendocument.spreadsheet",
+	"application/vnd.oasis.opendocument.presentation",
+	"application/msword",
+	"application/vnd.ms-excel",
+	"application/vnd.ms-powerpoint",
+	"text/plain",
+	"text/csv",
+	"text/markdown",
+	"application/zip",
+	"application/gzip",
+	"application/x-7z-compressed",
+	"application/vnd.rar",
+];
+/** How the type of an upload is decided: the same text on every upload route. */
+const FILE_TYPES_TEXT =
+	"The type is decided from the file's content, never from the claimed type or the name " +
+	"(the name only tells apart formats that share a container: `.docx`/`.xlsx`/`.pptx`/`.odt`/`.ods`/`.odp` in a ZIP, `.doc`/`.xls`/`.ppt`, `.csv`/`.md` text, `.weba` audio). " +
+	"Accepted: images (PNG, JPEG, GIF, WebP), video (MP4, QuickTime, WebM), audio (MP3, MP4/M4A, Ogg, WAV, FLAC, WebM), PDF, " +
+	"office documents (docx, xlsx, pptx, odt, ods, odp, doc, xls, ppt), plain text (UTF-8 text, CSV, Markdown) and archives (zip, gzip, 7z, rar). " +
+	"SVG and HTML are never accepted, whatever they are called: served from this origin they could run script. Anything else is 415.";
+const GROUP_AVATAR: Obj = { type: "string", nullable: true, maxLength: 2048, description: "A group's picture: an http(s) URL or a path on this server.", example: FILE_URL_EXAMPLE };
 
 const schemas: Record<string, Obj> = {
 	Error: {
@@ -214,7 +264,7 @@ const schemas: Record<string, Obj> = {
 			id: { type: "integer", description: "Alias of `user_id`.", example: 42 },
 			username: { type: "string", example: "alice" },
 			email: { type: "string", format: "email", description: "Present only when the caller is this user or an admin.", example: "alice@example.com" },
-			avatar_url: { type: "string", nullable: true, description: "An http(s) URL or a path on this server.", example: "/files/3f9a1c0d2b" },
+			avatar_url: { type: "string", nullable: true, description: "An http(s) URL or a path on this server.", example: FILE_URL_EXAMPLE },
 			bio: { type: "string", nullable: true, maxLength: 500, example: "Coffee first." },
 			status: { type: "string", description: "Presence, e.g. `online` or `offline`.", example: "offline" },
 			role: { ...ROLE_NAME, description: "The most privileged of `roles` (admin, then moderator, then user)." },
@@ -325,7 +375,7 @@ const schemas: Record<string, Obj> = {
 				nullable: true,
 				maxLength: 2048,
 				description: "An http(s) URL or a path starting with `/`; `null` (or an empty string) removes the avatar.",
-				example: "/files/3f9a1c0d2b",
+				example: FILE_URL_EXAMPLE,
 			},
 			bio: { type: "string", nullable: true, maxLength: 500, description: "`null` removes it.", example: "Coffee first." },
 		},
@@ -725,7 +775,7 @@ const schemas: Record<string, Obj> = {
 					pattern: "^(https?://\\S+/files/[A-Za-z0-9_-]+|/files/[A-Za-z0-9_-]+)$",
 					description: "A file uploaded to this server: `/files/<id>` or its full URL.",
 				},
-				example: ["/files/3f9a1c0d2b"],
+				example: [FILE_URL_EXAMPLE],
 			},
 			clientId: {
 				type: "string",
@@ -734,6 +784,77 @@ const schemas: Record<string, Obj> = {
 				description: "The client's own id for this message. Sending again with a clientId this sender already used in this conversation returns the first message and notifies nobody again.",
 				example: "c-1718000000000-1",
 			},
+		},
+	},
+	File: {
+		type: "object",
+		description: "A stored upload. Anyone who has its `url` can read it without a token: the random `fileId` is the capability.",
+		required: ["fileId", "url", "fileType", "fileName", "size", "mimetype"],
+		properties: {
+			fileId: FILE_ID,
+			url: {
+				type: "string",
+				pattern: "^/files/[a-f0-9]{32}$",
+				description: "`/files/<fileId>`, a path on this server: use it in `<img src>`, in a message's `attachments`, as an avatar, or to delete the file.",
+				example: FILE_URL_EXAMPLE,
+			},
+			fileType: { type: "string", enum: ["image", "video", "audio", "document"], description: "The kind of file; everything that is not an image, a video or audio is a `document`.", example: "image" },
+			fileName: {
+				type: "string",
+				minLength: 1,
+				maxLength: 200,
+				description:
+					"The client's name for the file, for display only: cleaned of path parts, control characters, `\"` and leading dots, trimmed, at most 200 characters (`file` if nothing is left). " +
+					"The stored name never comes from the client.",
+				example: "holiday.png",
+			},
+			size: { type: "integer", minimum: 1, description: "Bytes.", example: 48213 },
+			mimetype: { type: "string", enum: FILE_MIME_TYPES, description: "Decided from the content (see the Files tag); served as the file's `Content-Type`.", example: "image/png" },
+		},
+	},
+	FileList: {
+		type: "object",
+		required: ["files"],
+		properties: {
+			files: { type: "array", minItems: 1, maxItems: MAX_UPLOAD_FILES, items: schema("File"), description: "The stored files, in the order they were sent." },
+		},
+	},
+	Base64UploadRequest: {
+		type: "object",
+		required: ["fileName", "base64"],
+		properties: {
+			fileName: { type: "string", minLength: 1, maxLength: 500, description: "The file's name, for display (cleaned as `File.fileName`).", example: "holiday.png" },
+			mimeType: { type: "string", maxLength: 200, description: "Optional and not trusted: the type is decided from the decoded bytes.", example: "image/png" },
+			base64: {
+				type: "string",
+				minLength: 1,
+				description:
+					"The file's bytes in base64 (the standard or the URL-safe alphabet; whitespace is ignored). A `data:<type>;base64,` prefix (a data: URL) is accepted and dropped. " +
+					"Decoded, at most the file limit (25 MiB by default); the whole JSON body may be up to 35 MiB.",
+				example: "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==",
+			},
+		},
+	},
+	DeleteFileRequest: {
+		type: "object",
+		description: "Name the file by `fileId` or by `fileUrl` (one is enough; with both, `fileId` is used).",
+		anyOf: [{ required: ["fileId"] }, { required: ["fileUrl"] }],
+		properties: {
+			fileId: { type: "string", maxLength: 64, description: "The file's id.", example: FILE_ID_EXAMPLE },
+			fileUrl: {
+				type: "string",
+				maxLength: 2048,
+				description: "The file's `url` (`/files/<fileId>`) or a full URL of it on this server (`https://host/files/<fileId>`, a query or fragment allowed).",
+				example: FILE_URL_EXAMPLE,
+			},
+		},
+	},
+	AvatarUploadResult: {
+		type: "object",
+		required: ["url", "user"],
+		properties: {
+			url: { type: "string", pattern: "^/files/[a-f0-9]{32}$", description: "The new avatar's file: now the caller's `avatar_url`.", example: FILE_URL_EXAMPLE },
+			user: schema("User"),
 		},
 	},
 };
@@ -781,6 +902,13 @@ const responses: Record<string, Obj> = {
 		"`NOT_FOUND`: no such notification, or it belongs to another user. The two answers are the same.",
 		{ notFound: errorExample(404, "NOT_FOUND", "Notification not found") },
 	),
+	UnsupportedMediaType: errorResponse(
+		"`UNSUPPORTED_MEDIA_TYPE`: the file's content is not of an accepted type (see the Files tag; SVG and HTML never are), whatever its name or claimed type. Nothing is kept.",
+		{ unsupported: errorExample(415, "UNSUPPORTED_MEDIA_TYPE", "This type of file is not accepted") },
+	),
+	FileNotFound: errorResponse("`NOT_FOUND`: no such file (or it was deleted).", {
+		notFound: errorExample(404, "NOT_FOUND", "File not found"),
+	}),
 	ConversationNotFound: errorResponse(
 		"`NOT_FOUND`: no such conversation, or the caller is not a member of it. The two answers are the same, so a conversation's existence never leaks.",
 		{ notFound: errorExample(404, "NOT_FOUND", "Conversation not found") },
@@ -807,6 +935,13 @@ const componentHeaders: Record<string, Obj> = {
 };
 
 const parameters: Record<string, Obj> = {
+	FileId: {
+		name: "fileId",
+		in: "path",
+		required: true,
+		description: "The file's id, as in its `url`. Anything that is not 32 lower-case hex characters answers 404, like an unknown id.",
+		schema: FILE_ID,
+	},
 	TraceId: {
 		name: "X-Trace-Id",
 		in: "header",

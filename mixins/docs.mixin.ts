@@ -15,6 +15,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type { Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import DbService from "moleculer-db";
+import { NO_GENERIC_DB_ACTIONS } from "./db-actions";
 import MongooseDbAdapter from "moleculer-db-adapter-mongoose";
 import mongoose from "mongoose";
 import { config } from "../lib/config";
@@ -200,17 +201,7 @@ export function createDocsMixin<C extends string>(options: DocsMixinOptions<C>):
 	}
 	const mixin: Partial<ServiceSchema<ServiceSettingSchema, DocsMixinThis<C>>> = {
 		mixins: [DbService],
-		actions: {
-			// moleculer-db's generic actions would bypass every membership and ownership check.
-			find: false,
-			count: false,
-			list: false,
-			create: false,
-			insert: false,
-			get: false,
-			update: false,
-			remove: false,
-		},
+		actions: { ...NO_GENERIC_DB_ACTIONS },
 		created(this: DocsMixinThis<C>) {
 			// moleculer-db made a MemoryAdapter from the (absent) schema adapter; choose ours now.
 			const url = config.mongoUrl;

@@ -6,6 +6,7 @@
  */
 import type { Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import DbService from "moleculer-db";
+import { NO_GENERIC_DB_ACTIONS } from "./db-actions";
 import SqlAdapter from "moleculer-db-adapter-sequelize";
 import { Sequelize, type ModelStatic, type Model } from "sequelize";
 import { SequelizeStorage, Umzug } from "umzug";
@@ -51,17 +52,7 @@ export function createSqlMixin<M>(options: SqlMixinOptions<M>): Partial<ServiceS
 		mixins: [DbService],
 		// Placeholder so moleculer-db's created() accepts the schema; the real model is set in connect().
 		model: { name: "placeholder", define: {} },
-		actions: {
-			// moleculer-db's generic actions would bypass every ownership check.
-			find: false,
-			count: false,
-			list: false,
-			create: false,
-			insert: false,
-			get: false,
-			update: false,
-			remove: false,
-		},
+		actions: { ...NO_GENERIC_DB_ACTIONS },
 		created(this: SqlMixinThis<M>) {
 			// One adapter per service instance (moleculer-db made a MemoryAdapter before us).
 			this.adapter = new (SqlAdapter as unknown as new () => object)() as unknown as SqlMixinThis<M>["adapter"];

@@ -19,7 +19,8 @@ import {
 	userIdRule,
 } from "../lib/chat";
 import { CHANNELS } from "../lib/durable-events";
-import { badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
+import { badRequest, conflict, forbidden, notFound, validationError } from "../lib/errors";
+import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
 import type { AuthUser } from "../lib/tokens";
 import { createDocsMixin, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
@@ -31,9 +32,9 @@ type Ctx<P = Record<string, never>> = Context<P, CallMeta & { socketId?: string 
 
 interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	announceInvite(conv: ConversationDoc, userIds: number[], inviter: AuthUser): void;
+	setMySettings(ctx: Ctx<unknown>, conversationId: string, set: Partial<MembershipDoc>): Promise<null>;
 	typingState: Map<string, { at: number; isTyping: boolean }>;
 	memberCache: Map<string, number>;
-	caller(ctx: Ctx<unknown>): AuthUser;
 	loadForMember(conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
 	membershipsOf(conversationId: string): Promise<MembershipDoc[]>;
 	addMembership(conversationId: string, userId: number, lastSeq: number): Promise<void>;
@@ -112,7 +113,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				avatar: { type: "string", optional: true, nullable: true, trim: true, max: 2048 },
 			},
 			async handler(this: ConvThis, ctx: Ctx<{ type?: string; isGroup?: boolean; participants?: number[]; participantIds?: number[]; name?: string | null; avatar?: string | null }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const p = ctx.params;
 				const given = p.participants ?? p.participantIds;
 				if (!given) throw validationError("participants is required", [{ field: "participants", type: "required", message: "Give the other participants" }]);
@@ -198,7 +199,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		list: {
 			params: { $$strict: "remove", limit: limitRule(50), before: { type: "string", optional: true, max: 200 } },
 			async handler(this: ConvThis, ctx: Ctx<{ limit: number; before?: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				// Requests addressed to me (pending, or declined by me) are listed by `requests`, not here.
 				const { items, next } = await this.listFor(me.id, ctx.params.limit, ctx.params.before, {
 					$or: [{ status: "accepted" }, { initiator_id: me.id }],
@@ -211,7 +212,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		requests: {
 			params: { $$strict: "remove", limit: limitRule(50), before: { type: "string", optional: true, max: 200 } },
 			async handler(this: ConvThis, ctx: Ctx<{ limit: number; before?: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { items, next } = await this.listFor(me.id, ctx.params.limit, ctx.params.before, { status: "pending", initiator_id: { $ne: me.id } });
 				if (next) ctx.meta.$responseHeaders = { "X-Next-Cursor": next };
 				return Promise.all(items.map(c => this.presentFor(c, me.id)));
@@ -220,7 +221,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 
 		settings: {
 			async handler(this: ConvThis, ctx: Ctx) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const memberships = (await this.stores.memberships.find({ user_id: me.id })) as MembershipDoc[];
 				const out: Record<string, { muted: boolean; pinned: boolean; hidden: boolean; muteUntil: string | null }> = {};
 				for (const m of memberships) {
@@ -233,7 +234,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		get: {
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv, membership } = await this.loadForMember(ctx.params.conversationId, me.id);
 				return presentConversation(conv, membership);
 			},
@@ -247,7 +248,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				avatar: { type: "string", optional: true, nullable: true, trim: true, max: 2048 },
 			},
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; name?: string | null; avatar?: string | null }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				this.requireGroupManager(conv, me.id);
 				const set: Record<string, unknown> = {};
@@ -273,7 +274,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		accept: {
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				// Already accepted, a group, or asked by the initiator: nothing changes.
 				if (conv.type !== "private" || conv.status === "accepted" || conv.initiator_id === me.id) return this.presentFor(conv, me.id);
@@ -287,7 +288,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		decline: {
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				if (conv.type !== "private" || conv.initiator_id === me.id) throw forbidden("Only the addressee of a message request can decline it");
 				if (conv.status === "declined") return this.presentFor(conv, me.id);
@@ -302,7 +303,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		addMember: {
 			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				this.requireGroupManager(conv, me.id);
 				const userId = ctx.params.userId;
@@ -326,7 +327,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		removeMember: {
 			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				if (conv.type !== "group") throw forbidden("Members are removed from groups only");
 				const target = ctx.params.userId;
@@ -348,7 +349,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		promoteModerator: {
 			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				if (conv.type !== "group" || conv.admin_id !== me.id) throw forbidden("Only the group admin promotes moderators");
 				const target = ctx.params.userId;
@@ -366,7 +367,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		demoteModerator: {
 			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				if (conv.type !== "group" || conv.admin_id !== me.id) throw forbidden("Only the group admin demotes moderators");
 				const target = ctx.params.userId;
@@ -382,7 +383,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		remove: {
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				if (conv.type === "group") {
 					if (conv.admin_id !== me.id) throw forbidden("Only the group admin deletes the group");
@@ -400,7 +401,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		markRead: {
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id), last_read_seq: { $lt: conv.last_seq } }, { $set: { last_read_seq: conv.last_seq } });
 				const last = conv.last_message;
@@ -416,41 +417,29 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		mute: {
 			params: { $$strict: "remove", conversationId: idRule, muted: { type: "boolean", convert: true }, muteUntil: { type: "date", convert: true, optional: true, nullable: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; muted: boolean; muteUntil?: Date | null }>) {
-				const me = this.caller(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				const until = ctx.params.muted && ctx.params.muteUntil ? ctx.params.muteUntil : null;
-				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { muted: ctx.params.muted, mute_until: until } });
-				ctx.meta.$statusCode = 204;
-				return null;
+				return this.setMySettings(ctx, ctx.params.conversationId, { muted: ctx.params.muted, mute_until: until });
 			},
 		},
 
 		pin: {
 			params: { $$strict: "remove", conversationId: idRule, pinned: { type: "boolean", convert: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; pinned: boolean }>) {
-				const me = this.caller(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
-				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { pinned: ctx.params.pinned } });
-				ctx.meta.$statusCode = 204;
-				return null;
+				return this.setMySettings(ctx, ctx.params.conversationId, { pinned: ctx.params.pinned });
 			},
 		},
 
 		hide: {
 			params: { $$strict: "remove", conversationId: idRule, hidden: { type: "boolean", convert: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; hidden: boolean }>) {
-				const me = this.caller(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
-				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { hidden: ctx.params.hidden } });
-				ctx.meta.$statusCode = 204;
-				return null;
+				return this.setMySettings(ctx, ctx.params.conversationId, { hidden: ctx.params.hidden });
 			},
 		},
 
 		nicknames: {
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				return Object.entries(conv.nicknames ?? {}).map(([id, nickname]) => ({ target_user_id: Number(id), targetUserId: Number(id), nickname }));
 			},
@@ -459,7 +448,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		setNickname: {
 			params: { $$strict: "remove", conversationId: idRule, targetUserId: userIdRule, nickname: { type: "string", trim: true, max: 50, nullable: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; targetUserId: number; nickname: string | null }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				if (!conv.participants.includes(ctx.params.targetUserId)) throw notFound("Member");
 				const field = `nicknames.${ctx.params.targetUserId}`;
@@ -473,7 +462,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		clearHistory: {
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				await this.stores.memberships.updateMany(
 					{ key: membershipKey(conv._id, me.id) },
@@ -487,7 +476,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		join: {
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				await this.loadForMember(ctx.params.conversationId, me.id);
 				return { room: conversationRoom(ctx.params.conversationId) };
 			},
@@ -496,7 +485,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		leave: {
 			params: { $$strict: "remove", conversationId: idRule },
 			handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				this.caller(ctx);
+				callerOf(ctx);
 				return { room: conversationRoom(ctx.params.conversationId) };
 			},
 		},
@@ -504,7 +493,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		typing: {
 			params: { $$strict: "remove", conversationId: idRule, isTyping: { type: "boolean", convert: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; isTyping: boolean }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conversationId, isTyping } = ctx.params;
 				// Membership is checked at most every 30 s per (conversation, user): typing is chatty.
 				const memberKey = membershipKey(conversationId, me.id);
@@ -526,7 +515,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		block: {
 			params: { $$strict: "remove", targetUserId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ targetUserId: number }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const target = ctx.params.targetUserId;
 				if (target === me.id) throw badRequest("You cannot block yourself");
 				await this.requireUsersExist(ctx, [target]);
@@ -543,7 +532,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		unblock: {
 			params: { $$strict: "remove", targetUserId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ targetUserId: number }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				await this.stores.blocks.removeMany({ key: `${me.id}:${ctx.params.targetUserId}` });
 				await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "user:unblocked", payload: { targetUserId: ctx.params.targetUserId } }]);
 				return null;
@@ -552,7 +541,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 
 		blocked: {
 			async handler(this: ConvThis, ctx: Ctx) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const rows = await this.stores.blocks.find({ blocker_id: me.id }, { sort: ["-created_at"] });
 				return rows.map(r => ({ targetUserId: r.blocked_id, target_user_id: r.blocked_id, created_at: new Date(r.created_at).toISOString() }));
 			},
@@ -689,6 +678,15 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 	},
 
 	methods: {
+		/** The caller's own settings of a conversation it belongs to; answers 204. */
+		async setMySettings(this: ConvThis, ctx: Ctx<unknown>, conversationId: string, set: Partial<MembershipDoc>) {
+			const me = callerOf(ctx);
+			const { conv } = await this.loadForMember(conversationId, me.id);
+			await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: set });
+			ctx.meta.$statusCode = 204;
+			return null;
+		},
+
 		/** A group_invite notification for each added user, through the durable event bus. */
 		announceInvite(this: ConvThis, conv: ConversationDoc, userIds: number[], inviter: AuthUser) {
 			const event = { eventId: `invite:${conv._id}:${crypto.randomUUID()}`, conversationId: conv._id, conversationName: conv.name, inviterId: inviter.id, inviterName: inviter.username, userIds };
@@ -703,13 +701,6 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 					}
 				}
 			});
-		},
-
-		caller(ctx: Ctx<unknown>): AuthUser {
-			const user = ctx.meta.user;
-			const id = Number(user?.id);
-			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
-			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
 		},
 
 		/** Not a member and not existing look the same: no conversation's existence leaks. */

@@ -9,11 +9,11 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { config } from "../lib/config";
-import { appError, badRequest, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
+import { appError, badRequest, forbidden, notFound, validationError } from "../lib/errors";
 import { type FileStorage, LocalDiskStorage } from "../lib/file-storage";
 import { SNIFF_BYTES, cleanFileName, detectType } from "../lib/file-types";
+import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
-import type { AuthUser } from "../lib/tokens";
 import { createDocsMixin, type Doc, type DocsMixinThis } from "../mixins/docs.mixin";
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta & { filename?: string; mimetype?: string; range?: string }>;
@@ -33,7 +33,6 @@ interface FileDoc extends Doc {
 
 interface FilesThis extends DocsMixinThis<"files"> {
 	storage: FileStorage;
-	caller(ctx: Ctx<unknown>): AuthUser;
 	store(ctx: Ctx<unknown>, source: Readable, fileName: string, onlyImages: boolean): Promise<ReturnType<typeof presentFile>>;
 	byId(fileId: string): Promise<FileDoc | null>;
 	fileIdOf(ref: string): string | null;
@@ -158,7 +157,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		remove: {
 			params: { $$strict: "remove", fileId: { type: "string", optional: true, max: 64 }, fileUrl: { type: "string", optional: true, max: 2048 } },
 			async handler(this: FilesThis, ctx: Ctx<{ fileId?: string; fileUrl?: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const ref = ctx.params.fileId ?? ctx.params.fileUrl;
 				if (!ref) throw validationError("Give fileId or fileUrl", [{ field: "fileId", type: "required", message: "fileId or fileUrl" }]);
 				const fileId = this.fileIdOf(ref);
@@ -178,7 +177,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 			visibility: "public",
 			params: { fileIds: { type: "array", items: "string", max: 20 } },
 			async handler(this: FilesThis, ctx: Ctx<{ fileIds: string[] }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				for (const fileId of ctx.params.fileIds) {
 					const file = await this.byId(fileId);
 					if (!file || file.owner_id !== me.id) continue;
@@ -208,13 +207,6 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 	},
 
 	methods: {
-		caller(ctx: Ctx<unknown>): AuthUser {
-			const user = ctx.meta.user;
-			const id = Number(user?.id);
-			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
-			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
-		},
-
 		async byId(this: FilesThis, fileId: string) {
 			return (await this.stores.files.findOne({ file_id: fileId })) as FileDoc | null;
 		},
@@ -226,7 +218,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		},
 
 		async store(this: FilesThis, ctx: Ctx<unknown>, source: Readable, fileName: string, onlyImages: boolean) {
-			const me = this.caller(ctx);
+			const me = callerOf(ctx);
 			let fileId: string | null = null;
 			try {
 				const { head, whole } = await peek(source, SNIFF_BYTES);

@@ -21,9 +21,9 @@ import {
 } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
 import { CHANNELS } from "../lib/durable-events";
-import { appError, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
+import { appError, forbidden, notFound, validationError } from "../lib/errors";
+import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
-import type { AuthUser } from "../lib/tokens";
 import { createDocsMixin, type DocsMixinThis, escapeRegex, isDuplicateKeyError } from "../mixins/docs.mixin";
 import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
@@ -42,7 +42,6 @@ interface MessagesThis extends DocsMixinThis<"messages">, PushThis, PublisherThi
 	heads: Map<string, number>;
 	locks: Map<string, Promise<unknown>>;
 	profiles: Map<number, { profile: SenderProfile; until: number }>;
-	caller(ctx: Ctx<unknown>): AuthUser;
 	access(ctx: Ctx<unknown>, conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
 	withLock<T>(key: string, fn: () => Promise<T>): Promise<T>;
 	maxSeq(conversationId: string): Promise<number>;
@@ -117,7 +116,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				clientId: { type: "string", optional: true, min: 1, max: 100 },
 			},
 			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string; content: string; attachments: string[]; clientId?: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conversationId, attachments, clientId } = ctx.params;
 				const content = ctx.params.content.trim();
 				if (!content && attachments.length === 0) {
@@ -165,7 +164,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		edit: {
 			params: { $$strict: "remove", messageId: idRule, content: { type: "string", min: 1, max: MAX_CONTENT } },
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string; content: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				if (msg.sender_id !== me.id || msg.type === "system") throw forbidden("Only the sender edits a message");
 				if (msg.deleted) throw appError("CONFLICT", "A deleted message cannot be edited");
@@ -183,7 +182,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		remove: {
 			params: { $$strict: "remove", messageId: idRule },
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				const groupManager = conv.type === "group" && (conv.admin_id === me.id || conv.moderator_ids.includes(me.id));
 				if (!(msg.sender_id === me.id && msg.type !== "system") && !groupManager) throw forbidden("Only the sender, or a group admin or moderator, deletes a message");
@@ -200,7 +199,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		markRead: {
 			params: { $$strict: "remove", messageId: idRule },
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				if (msg.sender_id === me.id) return null;
 				await ctx.call("conversations.advanceRead", { conversationId: conv._id, userId: me.id, seq: msg.seq });
@@ -219,7 +218,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		markDelivered: {
 			params: { $$strict: "remove", messageId: idRule },
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				if (msg.sender_id === me.id || msg.delivered_to.includes(me.id)) return null;
 				await this.stores.messages.updateById(msg._id, { $addToSet: { delivered_to: me.id } });
@@ -239,7 +238,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				after: { type: "number", integer: true, min: 0, convert: true, optional: true },
 			},
 			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string; limit: number; before?: number; after?: number }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const { conversationId, limit, before, after } = ctx.params;
 				if (before !== undefined && after !== undefined) throw validationError("Give before or after, not both", [{ field: "after", type: "forbidden", message: "Not with before" }]);
 				const { membership } = await this.access(ctx, conversationId, me.id);
@@ -260,7 +259,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				limit: limitRule(20),
 			},
 			async handler(this: MessagesThis, ctx: Ctx<{ query: string; conversationId?: string; limit: number }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				let scopes: { conversationId: string; clearedSeq: number }[];
 				if (ctx.params.conversationId) {
 					const { membership } = await this.access(ctx, ctx.params.conversationId, me.id);
@@ -337,13 +336,6 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 	},
 
 	methods: {
-		caller(ctx: Ctx<unknown>): AuthUser {
-			const user = ctx.meta.user;
-			const id = Number(user?.id);
-			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
-			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
-		},
-
 		async access(this: MessagesThis, ctx: Ctx<unknown>, conversationId: string, userId: number) {
 			return (await ctx.call("conversations.access", { conversationId, userId })) as { conv: ConversationDoc; membership: MembershipDoc };
 		},

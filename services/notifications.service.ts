@@ -8,9 +8,9 @@ import crypto from "node:crypto";
 import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { encodeCursor, decodeCursor, idRule, limitRule } from "../lib/chat";
 import { CHANNELS } from "../lib/durable-events";
-import { appError, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
+import { appError, forbidden, notFound, validationError } from "../lib/errors";
+import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
-import type { AuthUser } from "../lib/tokens";
 import { createDocsMixin, type Doc, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
 import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
@@ -70,7 +70,6 @@ interface BroadcastEvent {
 }
 
 interface NotifThis extends DocsMixinThis<"notifications">, PushThis, PublisherThis {
-	caller(ctx: Ctx<unknown>): AuthUser;
 	present(n: NotificationDoc): ReturnType<typeof presentNotification>;
 	deliver(userId: number, eventKey: string, n: NewNotification): Promise<boolean>;
 	pushCount(userIds: number[]): Promise<void>;
@@ -245,7 +244,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 				before: { type: "string", optional: true, max: 200 },
 			},
 			async handler(this: NotifThis, ctx: Ctx<{ unreadOnly: boolean; limit: number; before?: string }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const cursor = ctx.params.before ? decodeCursor(ctx.params.before) : null;
 				if (ctx.params.before && !cursor) throw validationError("Invalid cursor", [{ field: "before", type: "cursor", message: "Pass back the X-Next-Cursor value" }]);
 				const query: Record<string, unknown> = { user_id: me.id };
@@ -263,7 +262,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 
 		unreadCount: {
 			async handler(this: NotifThis, ctx: Ctx) {
-				return { count: await this.unread(this.caller(ctx).id) };
+				return { count: await this.unread(callerOf(ctx).id) };
 			},
 		},
 
@@ -288,7 +287,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 
 		readAll: {
 			async handler(this: NotifThis, ctx: Ctx) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				const changed = await this.stores.notifications.updateMany({ user_id: me.id, is_read: false }, { $set: { is_read: true } });
 				if (changed > 0) await this.pushCount([me.id]);
 				return { count: 0 };
@@ -316,7 +315,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 				userIds: { type: "array", optional: true, min: 1, max: 10_000, items: { type: "number", integer: true, positive: true, convert: true } },
 			},
 			async handler(this: NotifThis, ctx: Ctx<{ title: string; content: string; userIds?: number[] }>) {
-				const me = this.caller(ctx);
+				const me = callerOf(ctx);
 				// The roles in the token are not enough: the users service confirms from its database.
 				if (!(await ctx.call("users.isAdmin", { userId: me.id }))) throw forbidden("Only an admin may broadcast");
 				const userIds = ctx.params.userIds ? [...new Set(ctx.params.userIds)] : undefined;
@@ -329,27 +328,20 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 
 		ping: {
 			handler(this: NotifThis, ctx: Ctx) {
-				this.caller(ctx);
+				callerOf(ctx);
 				return { timestamp: new Date().toISOString() };
 			},
 		},
 	},
 
 	methods: {
-		caller(ctx: Ctx<unknown>): AuthUser {
-			const user = ctx.meta.user;
-			const id = Number(user?.id);
-			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
-			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
-		},
-
 		present(n: NotificationDoc) {
 			return presentNotification(n);
 		},
 
 		/** Another user's notification looks like none at all. */
 		async own(this: NotifThis, ctx: Ctx<unknown>, id: string) {
-			const me = this.caller(ctx);
+			const me = callerOf(ctx);
 			const n = (await this.stores.notifications.findById(id)) as NotificationDoc | null;
 			if (!n || n.user_id !== me.id) throw notFound("Notification");
 			return n;

@@ -9,6 +9,7 @@ import { DataTypes, Op, QueryTypes, UniqueConstraintError, type Model, type Mode
 import { config } from "../lib/config";
 import { EVENTS, ROLES, isAdmin, primaryRole } from "../lib/constants";
 import { conflict, forbidden, invalidCredentials, notFound, rateLimited, unauthorized, validationError } from "../lib/errors";
+import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
 import { usersMigrations } from "../lib/migrations/users";
 import { type AuthUser, hashRefreshToken, newRefreshToken, signAccessToken } from "../lib/tokens";
@@ -82,7 +83,6 @@ interface UsersMethods {
 	revokeFamily(familyId: string, tx?: Transaction): Promise<void>;
 	createUser(input: { username: string; email: string; password: string; roles: string[] }): Promise<UserRow>;
 	setRoles(userId: number, roles: string[], tx: Transaction): Promise<void>;
-	requireCaller(ctx: Ctx<unknown>): AuthUser;
 	callerIsAdmin(ctx: Ctx<unknown>): Promise<boolean>;
 	requireSelfOrAdmin(ctx: Ctx<unknown>, targetId: number): Promise<void>;
 	adminCount(tx: Transaction): Promise<number>;
@@ -238,7 +238,7 @@ const UsersService: ServiceSchema = {
 
 		me: {
 			async handler(this: UsersThis, ctx: Ctx) {
-				const caller = this.requireCaller(ctx);
+				const caller = callerOf(ctx);
 				const user = await this.findUser(caller.id);
 				if (!user) throw unauthorized("This account no longer exists");
 				return this.presentOne(user, caller);
@@ -253,7 +253,7 @@ const UsersService: ServiceSchema = {
 				limit: limitRule(50),
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ search?: string; page: number; limit: number }>) {
-				const caller = this.requireCaller(ctx);
+				const caller = callerOf(ctx);
 				const { search, page, limit } = ctx.params;
 				const where = search
 					? {
@@ -290,7 +290,7 @@ const UsersService: ServiceSchema = {
 				limit: limitRule(20),
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ q: string; limit: number }>) {
-				const caller = this.requireCaller(ctx);
+				const caller = callerOf(ctx);
 				const pattern = likePrefix(ctx.params.q);
 				const rows = await this.sequelize.query<UserRow>(
 					`SELECT * FROM users
@@ -306,7 +306,7 @@ const UsersService: ServiceSchema = {
 		get: {
 			params: { $$strict: "remove", id: idParam },
 			async handler(this: UsersThis, ctx: Ctx<{ id: number }>) {
-				const caller = this.requireCaller(ctx);
+				const caller = callerOf(ctx);
 				const user = await this.findUser(ctx.params.id);
 				if (!user) throw notFound("User");
 				return this.presentOne(user, caller);
@@ -319,7 +319,7 @@ const UsersService: ServiceSchema = {
 				ids: { type: "array", max: 100, items: { type: "number", integer: true, positive: true, convert: true } },
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ ids: number[] }>) {
-				const caller = this.requireCaller(ctx);
+				const caller = callerOf(ctx);
 				const ids = [...new Set(ctx.params.ids)];
 				if (ids.length === 0) return [];
 				const rows = (await this.models.User.findAll({ where: { id: ids }, raw: true })) as unknown as UserRow[];
@@ -359,7 +359,7 @@ const UsersService: ServiceSchema = {
 					}
 				}
 				const updated = (await this.findUser(id)) as UserRow;
-				const presented = await this.presentOne(updated, this.requireCaller(ctx));
+				const presented = await this.presentOne(updated, callerOf(ctx));
 				ctx.broadcast(EVENTS.userUpdated, { userId: id });
 				return presented;
 			},
@@ -393,7 +393,7 @@ const UsersService: ServiceSchema = {
 				newPassword: passwordRule,
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ oldPassword: string; newPassword: string }>) {
-				const caller = this.requireCaller(ctx);
+				const caller = callerOf(ctx);
 				this.checkPasswordBytes("newPassword", ctx.params.newPassword);
 				const user = await this.findUser(caller.id);
 				if (!user) throw unauthorized("This account no longer exists");
@@ -420,7 +420,7 @@ const UsersService: ServiceSchema = {
 				base64: { type: "string", min: 1 },
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ fileName: string; mimeType?: string; base64: string }>) {
-				const caller = this.requireCaller(ctx);
+				const caller = callerOf(ctx);
 				// The files service checks it is an image from its bytes, and stores it.
 				const file = (await ctx.call("files.saveBase64", { ...ctx.params, onlyImages: true })) as { url: string; fileId: string };
 				ctx.meta.$statusCode = 200;
@@ -434,7 +434,7 @@ const UsersService: ServiceSchema = {
 
 		roles: {
 			async handler(this: UsersThis, ctx: Ctx) {
-				this.requireCaller(ctx);
+				callerOf(ctx);
 				return this.sequelize.query<{ id: number; name: string }>("SELECT id, name FROM roles ORDER BY id", { type: QueryTypes.SELECT });
 			},
 		},
@@ -459,7 +459,7 @@ const UsersService: ServiceSchema = {
 					await this.setRoles(id, roles, tx);
 				});
 				const user = (await this.findUser(id)) as UserRow;
-				return this.presentOne(user, this.requireCaller(ctx));
+				return this.presentOne(user, callerOf(ctx));
 			},
 		},
 
@@ -617,23 +617,15 @@ const UsersService: ServiceSchema = {
 			});
 		},
 
-		/** The caller from ctx.meta.user (set by the gateway, or by hand in the REPL), checked. */
-		requireCaller(this: UsersThis, ctx: Ctx<unknown>): AuthUser {
-			const user = ctx.meta.user;
-			const id = Number(user?.id);
-			if (!user || !Number.isSafeInteger(id) || id <= 0) throw unauthorized();
-			return { id, username: String(user.username ?? ""), roles: Array.isArray(user.roles) ? user.roles : [] };
-		},
-
 		/** Roles are read from the database, not trusted from the token, for admin-only acts. */
 		async callerIsAdmin(this: UsersThis, ctx: Ctx<unknown>) {
-			const caller = this.requireCaller(ctx);
+			const caller = callerOf(ctx);
 			const roles = (await this.rolesOf([caller.id])).get(caller.id) ?? [];
 			return roles.includes("admin");
 		},
 
 		async requireSelfOrAdmin(this: UsersThis, ctx: Ctx<unknown>, targetId: number) {
-			const caller = this.requireCaller(ctx);
+			const caller = callerOf(ctx);
 			if (caller.id === targetId) return;
 			if (!(await this.callerIsAdmin(ctx))) throw forbidden("Only the user itself or an admin may do this");
 		},
