@@ -185,7 +185,7 @@ const FILE_ID: Obj = { type: "string", pattern: "^[a-f0-9]{32}$", description: "
 /** At most this many files in one POST /upload/multiple (services/api.service.ts). */
 const MAX_UPLOAD_FILES = 10;
 /** The size limits of uploads, as text (the numbers are configured in the environment). */
-const FILE_LIMIT_TEXT = "25 MiB a file by default (`FILE_MAX_BYTES`)";
+const FILE_LIMIT_TEXT = "25 MiB by default (`FILE_MAX_BYTES`)";
 /** Every type lib/file-types.ts accepts, as it is stored and served. */
 const FILE_MIME_TYPES = [
 	"image/png",
@@ -916,6 +916,10 @@ const responses: Record<string, Obj> = {
 };
 
 const componentHeaders: Record<string, Obj> = {
+	FileLocation: {
+		description: "The stored file's `url`.",
+		schema: { type: "string", example: FILE_URL_EXAMPLE },
+	},
 	XTraceId: {
 		description: "The request's trace id: the client's own `X-Trace-Id` if it sent a sane one (1–128 of `A-Z a-z 0-9 . _ : -`), else a new UUID. Also in the error envelope as `traceId`.",
 		schema: { type: "string", example: "5f0c6a2e-8d3b-4c1e-9a57-2b6f1d9e0c42" },
@@ -993,6 +997,103 @@ const securitySchemes: Record<string, Obj> = {
 		description: "The httpOnly cookie `refreshToken` (path `/auth`) set by register, login and refresh. Read only by POST /auth/refresh and POST /auth/logout, as an alternative to `refreshToken` in the body.",
 	},
 };
+
+// ---- Files: shared pieces of the upload and download operations ----
+
+const FILE_LOCATION: Obj = { Location: ref("headers", "FileLocation") };
+
+/** A multipart/form-data request body with one file field (or an array of them). */
+function multipartBody(field: string, maxFiles: number): Obj {
+	const binary: Obj = { type: "string", format: "binary" };
+	const property: Obj =
+		maxFiles === 1
+			? { ...binary, description: "The file. Any other (text) fields are ignored." }
+			: { type: "array", minItems: 1, maxItems: maxFiles, items: binary, description: `1 to ${maxFiles} files, the field repeated once per file. Any other (text) fields are ignored.` };
+	return {
+		required: true,
+		content: { "multipart/form-data": { schema: { type: "object", required: [field], properties: { [field]: property } } } },
+	};
+}
+
+/** The 400, 413 and 415 answers of a multipart upload; after any of them nothing of the request is kept. */
+function multipartUploadErrors(field: string, maxFiles: number): Obj {
+	return {
+		400: errorResponse(
+			`\`VALIDATION_ERROR\`: no file in the field \`${field}\`, a file in another field, an empty file, or more than ${maxFiles} file(s). ` +
+				"`BAD_REQUEST`: the multipart body is malformed (or the client went away mid-upload). Nothing of the request is kept.",
+			{
+				noFile: errorExample(400, "VALIDATION_ERROR", `No file in the field "${field}"`, [{ field, type: "required", message: "Missing file" }]),
+				wrongField: errorExample(400, "VALIDATION_ERROR", `Send the file in the field "${field}"`, [{ field: "upload", type: "field", message: `Expected "${field}"` }]),
+				emptyFile: errorExample(400, "VALIDATION_ERROR", "The file is empty", [{ field: "file", type: "required", message: "Empty file" }]),
+				tooManyFiles: errorExample(400, "VALIDATION_ERROR", `At most ${maxFiles} file(s)`, [{ field, type: "arrayMax", message: `At most ${maxFiles}` }]),
+				malformed: errorExample(400, "BAD_REQUEST", "Malformed upload: Unexpected end of multipart data"),
+			},
+		),
+		413: errorResponse(
+			`\`PAYLOAD_TOO_LARGE\`: a file is over the limit (${FILE_LIMIT_TEXT}), or the whole request is over ${maxFiles === 1 ? "that limit" : `${maxFiles} times that limit`} plus 1 MiB. Nothing of the request is kept.`,
+			{
+				fileTooLarge: errorExample(413, "PAYLOAD_TOO_LARGE", "A file may be at most 26214400 bytes"),
+				requestTooLarge: errorExample(413, "PAYLOAD_TOO_LARGE", "The upload is too large"),
+			},
+		),
+		415: errorResponse(
+			"`UNSUPPORTED_MEDIA_TYPE`: a file's content is not of an accepted type (see the Files tag; SVG and HTML never are), whatever its name or claimed type; " +
+				"or the request is not `multipart/form-data`. Nothing of the request is kept.",
+			{
+				unsupported: errorExample(415, "UNSUPPORTED_MEDIA_TYPE", "This type of file is not accepted"),
+				notMultipart: errorExample(415, "UNSUPPORTED_MEDIA_TYPE", "Send multipart/form-data"),
+			},
+		),
+	};
+}
+
+/** The 400 and 413 answers of a base64 upload (POST /upload/file-base64 and POST /users/upload-avatar). */
+const BASE64_UPLOAD_ERRORS: Obj = {
+	400: errorResponse(
+		"`VALIDATION_ERROR`: a missing or bad field, `base64` that is not base64, an empty file, or a `base64` string longer than the file limit allows (about 4/3 of it). " +
+			"`BAD_REQUEST`: malformed JSON. Nothing is kept.",
+		{
+			notBase64: errorExample(400, "VALIDATION_ERROR", "base64 is not valid base64", [{ field: "base64", type: "base64", message: "Not base64" }]),
+			emptyFile: errorExample(400, "VALIDATION_ERROR", "The file is empty", [{ field: "file", type: "required", message: "Empty file" }]),
+			missingField: errorExample(400, "VALIDATION_ERROR", "Parameters validation error", [{ field: "fileName", type: "required", message: "The 'fileName' field is required." }]),
+			badJson: errorExample(400, "BAD_REQUEST", "Malformed JSON body"),
+		},
+	),
+	413: errorResponse(`\`PAYLOAD_TOO_LARGE\`: the JSON body is over 35 MiB, or the decoded file is over the limit (${FILE_LIMIT_TEXT}). Nothing is kept.`, {
+		bodyTooLarge: errorExample(413, "PAYLOAD_TOO_LARGE", "Request body too large"),
+		fileTooLarge: errorExample(413, "PAYLOAD_TOO_LARGE", "A file may be at most 26214400 bytes"),
+	}),
+};
+
+/** The Range request header GET /files/{fileId} understands. */
+const RANGE_HEADER: Obj = {
+	name: "Range",
+	in: "header",
+	required: false,
+	description:
+		"One byte range: `bytes=<first>-<last>`, `bytes=<first>-` (to the end) or `bytes=-<n>` (the last n bytes); a `<last>` past the end is cut to the end. " +
+		"Any other form (several ranges, other units) is ignored and the whole file is sent.",
+	schema: { type: "string", maxLength: 100, example: "bytes=0-1023" },
+};
+
+/** The headers of a served file (200 and 206). Its `Content-Type` is the stored `mimetype`. */
+const FILE_HEADERS: Obj = {
+	"Content-Length": { description: "Bytes in this answer: the whole file, or the range.", schema: { type: "integer", minimum: 1, example: 48213 } },
+	"Content-Disposition": {
+		description: "`inline` for images, video and audio, `attachment` for documents; with the file's name (`filename` in ASCII, `filename*` in UTF-8).",
+		schema: { type: "string", example: "inline; filename=\"holiday.png\"; filename*=UTF-8''holiday.png" },
+	},
+	"X-Content-Type-Options": { description: "Browsers must not guess another type than the stored one.", schema: { type: "string", enum: ["nosniff"] } },
+	"Accept-Ranges": { description: "Range requests are supported.", schema: { type: "string", enum: ["bytes"] } },
+	"Cache-Control": { description: "A file never changes under its id.", schema: { type: "string", example: "private, max-age=31536000, immutable" } },
+	"Content-Security-Policy": {
+		description: "Even if a browser rendered the file as a page, it could run nothing.",
+		schema: { type: "string", example: "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox" },
+	},
+};
+
+/** The bytes of a served file, of whatever type was stored. */
+const FILE_BYTES: Obj = { "*/*": { schema: { type: "string", format: "binary" } } };
 
 // ---- Operations ----
 
@@ -1161,6 +1262,26 @@ const paths: Record<string, Obj> = {
 			},
 		}),
 	},
+	"/users/upload-avatar": {
+		post: operation({
+			operationId: "uploadAvatar",
+			tag: "Users",
+			summary: "Upload the caller's avatar (base64 JSON)",
+			description:
+				"The same body and limits as POST /upload/file-base64 (a `data:` URL prefix is accepted; the JSON body may be up to 35 MiB), but only images are accepted: " +
+				"PNG, JPEG, GIF or WebP, decided from the content. The image is stored as a file and its `url` becomes the caller's `avatar_url`. " +
+				"The previous avatar's file is not deleted.",
+			bearer: true,
+			requestBody: body(schema("Base64UploadRequest")),
+			responses: {
+				200: ok("The avatar is set.", schema("AvatarUploadResult")),
+				...BASE64_UPLOAD_ERRORS,
+				415: errorResponse("`UNSUPPORTED_MEDIA_TYPE`: the file is not a PNG, JPEG, GIF or WebP image (decided from its content, whatever its name or claimed type). Nothing is kept.", {
+					notImage: errorExample(415, "UNSUPPORTED_MEDIA_TYPE", "Only images are accepted here"),
+				}),
+			},
+		}),
+	},
 	"/users": {
 		get: operation({
 			operationId: "listUsers",
@@ -1246,6 +1367,117 @@ const paths: Record<string, Obj> = {
 			bearer: true,
 			responses: {
 				200: ok("The caller's blocks.", arrayOf(schema("Block"))),
+			},
+		}),
+	},
+
+	"/upload/single": {
+		post: operation({
+			operationId: "uploadFile",
+			tag: "Files",
+			summary: "Upload one file (multipart)",
+			description:
+				"`multipart/form-data` with the file in the field `file`. The file is streamed to storage as it arrives and may be at most " +
+				`${FILE_LIMIT_TEXT}. ${FILE_TYPES_TEXT} ` +
+				"All or nothing: an upload that is refused, fails or is interrupted keeps nothing.",
+			bearer: true,
+			requestBody: multipartBody("file", 1),
+			responses: {
+				201: ok("Stored.", schema("File")),
+				...multipartUploadErrors("file", 1),
+			},
+		}),
+	},
+	"/upload/multiple": {
+		post: operation({
+			operationId: "uploadFiles",
+			tag: "Files",
+			summary: `Upload up to ${MAX_UPLOAD_FILES} files (multipart)`,
+			description:
+				`\`multipart/form-data\` with 1 to ${MAX_UPLOAD_FILES} files, each in a field \`files\`. Every file is checked as in POST /upload/single ` +
+				`(at most ${FILE_LIMIT_TEXT}; its type decided from its content). ` +
+				"All or nothing: if any file is refused, or the upload fails or is interrupted, none of the request's files is kept.",
+			bearer: true,
+			requestBody: multipartBody("files", MAX_UPLOAD_FILES),
+			responses: {
+				201: ok("All the files are stored.", schema("FileList")),
+				...multipartUploadErrors("files", MAX_UPLOAD_FILES),
+			},
+		}),
+	},
+	"/upload/file-base64": {
+		post: operation({
+			operationId: "uploadFileBase64",
+			tag: "Files",
+			summary: "Upload one file as base64 (JSON)",
+			description:
+				"For clients that cannot send multipart. `base64` may be a `data:` URL; `mimeType` is not trusted (the type is decided from the decoded bytes, as for POST /upload/single). " +
+				`The decoded file may be at most ${FILE_LIMIT_TEXT}; the JSON body up to 35 MiB. A refused upload keeps nothing.`,
+			bearer: true,
+			requestBody: body(schema("Base64UploadRequest")),
+			responses: {
+				201: ok("Stored; `Location` is the file's `url`.", schema("File"), FILE_LOCATION),
+				...BASE64_UPLOAD_ERRORS,
+				...errors(415),
+			},
+		}),
+	},
+	"/upload": {
+		delete: operation({
+			operationId: "deleteFile",
+			tag: "Files",
+			summary: "Delete an uploaded file (its uploader or an admin)",
+			description:
+				"Only the user who uploaded the file, or an admin, may delete it. It stops being served at once (GET /files/{fileId} answers 404); " +
+				"messages and avatars that point to it keep the dead link.",
+			bearer: true,
+			requestBody: body(schema("DeleteFileRequest")),
+			responses: {
+				204: noContent("Deleted."),
+				400: errorResponse("`VALIDATION_ERROR`: neither `fileId` nor `fileUrl` is given, or one is too long.", {
+					missing: errorExample(400, "VALIDATION_ERROR", "Give fileId or fileUrl", [{ field: "fileId", type: "required", message: "fileId or fileUrl" }]),
+				}),
+				403: errorResponse("`FORBIDDEN`: the caller is neither the file's uploader nor an admin.", {
+					notOwner: errorExample(403, "FORBIDDEN", "Only the uploader or an admin deletes a file"),
+				}),
+				404: errorResponse("`NOT_FOUND`: no such file, or `fileId` / `fileUrl` does not name a file of this server.", {
+					notFound: errorExample(404, "NOT_FOUND", "File not found"),
+				}),
+				...errors(413),
+			},
+		}),
+	},
+	"/files/{fileId}": {
+		get: operation({
+			operationId: "downloadFile",
+			tag: "Files",
+			summary: "A file's bytes (no token)",
+			description:
+				"Needs no token, so `<img src>`, `<video src>` and links work: the unguessable id is the capability (share a file's `url` only with whom may read it). " +
+				"Answers the bytes with the stored `mimetype` as `Content-Type`; images, video and audio are `inline`, everything else an `attachment`. " +
+				"One byte range may be asked with `Range` (206); a range that starts past the end is 416. Not rate-limited.",
+			parameters: [ref("parameters", "FileId"), RANGE_HEADER],
+			responses: {
+				200: { description: "The whole file, with the stored `mimetype` as `Content-Type`.", headers: headers(FILE_HEADERS), content: FILE_BYTES },
+				206: {
+					description: "The asked range of the file (a `Range` request).",
+					headers: headers({
+						...FILE_HEADERS,
+						"Content-Range": { description: "`bytes <first>-<last>/<size>`.", schema: { type: "string", example: "bytes 0-1023/48213" } },
+					}),
+					content: FILE_BYTES,
+				},
+				400: errorResponse("`VALIDATION_ERROR`: `fileId` is longer than 64 characters.", {
+					tooLong: errorExample(400, "VALIDATION_ERROR", "Parameters validation error", [
+						{ field: "fileId", type: "stringMax", message: "The 'fileId' field length must be less than or equal to 64 characters long.", expected: 64 },
+					]),
+				}),
+				404: ref("responses", "FileNotFound"),
+				416: {
+					description: "The range cannot be satisfied (it starts past the end of the file). No body.",
+					headers: headers({ "Content-Range": { description: "`bytes */<size>`: the file's size.", schema: { type: "string", example: "bytes */48213" } } }),
+				},
+				...errors(503),
 			},
 		}),
 	},
@@ -1667,7 +1899,7 @@ const DESCRIPTION = `REST API of Parley, a self-hostable chat backend. Every rou
 ## Authentication
 
 Register or log in under \`/auth\` to get an **access token** (a JWT, valid **15 minutes** by default) and a **refresh token**.
-Send the access token on every other route as \`Authorization: Bearer <accessToken>\`; a missing, malformed or expired token is \`401 UNAUTHORIZED\`.
+Send the access token on every other route (except \`GET /files/{fileId}\`, see Files) as \`Authorization: Bearer <accessToken>\`; a missing, malformed or expired token is \`401 UNAUTHORIZED\`.
 The refresh token is also set as an httpOnly cookie \`refreshToken\` (path \`/auth\`). \`POST /auth/refresh\` spends it and returns a new pair
 (rotation); presenting a spent refresh token again revokes that whole login. \`POST /auth/logout\` revokes it and clears the cookie.
 
@@ -1676,7 +1908,14 @@ The refresh token is also set as an httpOnly cookie \`refreshToken\` (path \`/au
 Every error is JSON: \`{ statusCode, code, message, traceId, details? }\` with \`code\` one of ${ERROR_CODES.map(c => `\`${c}\``).join(", ")}.
 Status codes follow their HTTP meaning (400, 401, 403, 404, 409, 413, 415, 429, 503; a 500 never carries a stack trace).
 \`VALIDATION_ERROR\` lists the failed fields in \`details\`. Wrong login credentials are \`400 INVALID_CREDENTIALS\`.
-JSON bodies are limited to 1 MiB (413).
+JSON bodies are limited to 1 MiB (413), except on the base64 uploads \`POST /upload/file-base64\` and \`POST /users/upload-avatar\` (35 MiB).
+
+## Files
+
+Upload with \`POST /upload/single\` or \`POST /upload/multiple\` (multipart) or \`POST /upload/file-base64\` (JSON); each answers the stored
+\`File\`, whose \`url\` (\`/files/<fileId>\`) goes into a message's \`attachments\` or an avatar. \`GET /files/{fileId}\` needs no token, so
+\`<img src>\` works: the random 32-hex-character id is the capability. A file may be at most ${FILE_LIMIT_TEXT}, or it is 413; its type is decided
+from its content against an allow-list (415; never SVG or HTML). An upload that is refused, fails or is interrupted keeps nothing.
 
 ## Rate limits
 
@@ -1732,6 +1971,12 @@ export const openApiDocument: Record<string, unknown> = {
 				"A conversation the caller is not a member of answers 404, exactly like one that does not exist.",
 		},
 		{ name: "Messages", description: "A conversation's messages. Bearer token required; non-members get 404." },
+		{
+			name: "Files",
+			description:
+				"Uploads (Bearer token required), serving (no token: the unguessable file id is the capability) and deletion (the uploader or an admin). " +
+				`A file may be at most ${FILE_LIMIT_TEXT}. ${FILE_TYPES_TEXT} An upload that is refused, fails or is interrupted keeps nothing.`,
+		},
 		{
 			name: "Notifications",
 			description: "The caller's notifications (new messages, message requests, group invitations, admin broadcasts). Bearer token required; another user's notification answers 404.",
