@@ -40,41 +40,47 @@
  * (SIGTERM, then SIGKILL after 10 s), temp dirs removed and databases dropped in every case,
  * Ctrl-C included.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
-import fs from "node:fs";
 import http from "node:http";
-import net from "node:net";
-import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import mongoose from "mongoose";
-import { Client } from "pg";
 import { io as connectSocket, type Socket as ClientSocket } from "socket.io-client";
+import {
+	amqpUrl,
+	configureCleanup,
+	createPostgresDatabase,
+	dropAtCleanup,
+	fmt,
+	fmtMs,
+	freePort,
+	handleSignals,
+	isInterrupted,
+	LatencyRecorder,
+	logTail,
+	makeTempDir,
+	positiveNumberEnv,
+	printMachine,
+	printTable,
+	redact,
+	registerBenchUser,
+	runMain,
+	type HealthBody,
+	type ServerNode,
+	sleep,
+	startNode,
+	startProcess,
+	stopNode,
+	waitForHealth,
+} from "./common";
 
 // ---- settings ----
 
-const ROOT = path.resolve(__dirname, "..");
 const WARMUP_SECONDS = 2;
 const DRAIN_MS = 5_000;
-const HEALTH_TIMEOUT_MS = 60_000;
 const CONNECT_TIMEOUT_MS = 15_000;
 const SETUP_ACK_TIMEOUT_MS = 15_000;
-const KILL_GRACE_MS = 10_000;
-const DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672";
 const MiB = 1024 * 1024;
-
-function positiveNumberEnv(name: string, fallback: number, integer: boolean): number {
-	const raw = process.env[name];
-	if (raw == null || raw.trim() === "") return fallback;
-	const value = Number(raw);
-	if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-		throw new Error(`${name} must be ${integer ? "a whole number >= 1" : "a number > 0"}, got "${raw}"`);
-	}
-	return value;
-}
-
-const JWT_SECRET = crypto.randomBytes(32).toString("base64url"); // 43 characters
 
 interface Settings {
 	clients: number;
@@ -96,129 +102,18 @@ function readSettings(): Settings {
 	return s;
 }
 
-// ---- cleanup: every child, socket, temp dir and database is registered here as soon as it exists ----
+// ---- cleanup (bench/common.ts): children, temp dirs, databases, and the open sockets ----
 
-interface ServerNode {
-	name: string;
-	child: ChildProcess;
-	logFile: string;
-	exited: Promise<void>;
-	exitInfo: string | null;
-}
-
-const nodes: ServerNode[] = [];
 const sockets = new Set<ClientSocket>();
-const tempDirs: string[] = [];
-const databasesToDrop: (() => Promise<void>)[] = [];
-let cleanupPromise: Promise<void> | null = null;
-
-async function stopNode(node: ServerNode): Promise<void> {
-	if (node.exitInfo !== null) return;
-	node.child.kill("SIGTERM");
-	let timer: NodeJS.Timeout | undefined;
-	const killed = new Promise<"timeout">(resolve => {
-		timer = setTimeout(() => resolve("timeout"), KILL_GRACE_MS);
-	});
-	const outcome = await Promise.race([node.exited.then(() => "exited" as const), killed]);
-	clearTimeout(timer);
-	if (outcome === "timeout" && node.exitInfo === null) {
-		console.error(`${node.name}: still running ${KILL_GRACE_MS / 1000}s after SIGTERM, sending SIGKILL`);
-		node.child.kill("SIGKILL");
-		await node.exited;
-	}
-}
 
 function closeSockets(): void {
 	for (const socket of sockets) socket.disconnect();
 	sockets.clear();
 }
 
-function cleanup(): Promise<void> {
-	cleanupPromise ??= (async () => {
-		closeSockets();
-		await Promise.all(nodes.map(n => stopNode(n).catch((err: unknown) => console.error(`stopping ${n.name}:`, err))));
-		for (const drop of databasesToDrop) {
-			await drop().catch((err: unknown) => console.error("dropping a bench database:", err));
-		}
-		for (const dir of tempDirs) {
-			try {
-				fs.rmSync(dir, { recursive: true, force: true });
-			} catch (err) {
-				console.error(`removing ${dir}:`, err);
-			}
-		}
-	})();
-	return cleanupPromise;
-}
-
-let interrupted = false;
-
-function handleSignals(): void {
-	for (const signal of ["SIGINT", "SIGTERM"] as const) {
-		process.on(signal, () => {
-			if (interrupted) return;
-			interrupted = true;
-			console.error(`\n${signal}: stopping the servers and cleaning up...`);
-			void cleanup().finally(() => process.exit(1));
-		});
-	}
-}
+configureCleanup({ beforeStop: closeSockets, databaseLabel: "a bench database" });
 
 // ---- helpers ----
-
-function makeTempDir(label: string): string {
-	const dir = fs.mkdtempSync(path.join(os.tmpdir(), `parley-bench-chat-${label}-`));
-	tempDirs.push(dir);
-	return dir;
-}
-
-function freePort(): Promise<number> {
-	return new Promise((resolve, reject) => {
-		const server = net.createServer();
-		server.unref();
-		server.on("error", reject);
-		server.listen(0, "127.0.0.1", () => {
-			const { port } = server.address() as net.AddressInfo;
-			server.close(() => resolve(port));
-		});
-	});
-}
-
-function tcpReachable(host: string, port: number, timeoutMs = 2_000): Promise<string | null> {
-	return new Promise(resolve => {
-		const socket = net.connect({ host, port });
-		const done = (reason: string | null) => {
-			socket.destroy();
-			resolve(reason);
-		};
-		socket.setTimeout(timeoutMs, () => done(`no answer from ${host}:${port} within ${timeoutMs} ms`));
-		socket.once("connect", () => done(null));
-		socket.once("error", err => done(`${host}:${port} not reachable (${(err as NodeJS.ErrnoException).code ?? err.message})`));
-	});
-}
-
-function redact(url: string): string {
-	try {
-		const u = new URL(url);
-		if (u.password) u.password = "***";
-		return u.toString();
-	} catch {
-		return url;
-	}
-}
-
-function logTail(file: string, lines = 40): string {
-	try {
-		const text = fs.readFileSync(file, "utf8").trimEnd();
-		return text ? text.split("\n").slice(-lines).join("\n") : "(empty log)";
-	} catch {
-		return "(no log)";
-	}
-}
-
-function sleep(ms: number): Promise<void> {
-	return new Promise(resolve => setTimeout(resolve, ms));
-}
 
 /** Runs `fn` over `items`, at most `limit` at a time, results in order. */
 async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
@@ -234,91 +129,6 @@ async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T, index: nu
 	return out;
 }
 
-const PARLEY_VARIABLES = ["TRANSPORTER", "DATABASE_URL", "MONGO_URL", "SERVICES", "NAMESPACE", "NODE_ID", "PORT", "HOST", "DATA_DIR", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ADMIN_USERNAME", "NODE_OPTIONS"];
-
-/** The environment of a node: this process's, minus every Parley setting, plus `extra`. */
-function nodeEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-	const env: NodeJS.ProcessEnv = { ...process.env };
-	for (const name of PARLEY_VARIABLES) delete env[name];
-	return {
-		...env,
-		RATE_LIMIT: "0",
-		RATE_LIMIT_AUTH: "0",
-		BCRYPT_ROUNDS: "4",
-		LOG_LEVEL: "warn",
-		JWT_SECRET,
-		// A token must outlive the run (the default 15 min is close to a long run).
-		ACCESS_TOKEN_TTL: "3600",
-		...extra,
-	};
-}
-
-/** `node --import tsx <args>` in the project root, output to <logDir>/<name>.log. */
-function startProcess(name: string, logDir: string, args: string[], env: NodeJS.ProcessEnv): ServerNode {
-	const logFile = path.join(logDir, `${name}.log`);
-	const fd = fs.openSync(logFile, "a");
-	let child: ChildProcess;
-	try {
-		child = spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env, stdio: ["ignore", fd, fd] });
-	} finally {
-		fs.closeSync(fd);
-	}
-	const node: ServerNode = { name, child, logFile, exitInfo: null, exited: Promise.resolve() };
-	node.exited = new Promise(resolve => {
-		child.once("exit", (code, signal) => {
-			node.exitInfo = signal ? `signal ${signal}` : `code ${code}`;
-			resolve();
-		});
-		child.once("error", err => {
-			node.exitInfo = `spawn error: ${err.message}`;
-			resolve();
-		});
-	});
-	nodes.push(node);
-	return node;
-}
-
-/** `node --import tsx bin/runner.ts --config moleculer.config.ts`, as `npm start`. */
-function startNode(name: string, logDir: string, extraEnv: Record<string, string>): ServerNode {
-	return startProcess(name, logDir, ["bin/runner.ts", "--config", "moleculer.config.ts"], nodeEnv(extraEnv));
-}
-
-interface HealthBody {
-	status?: string;
-	node?: string;
-	services?: string[];
-	cluster?: string[];
-}
-
-/** Polls GET /health until it answers 200 and `ready(body)`; fails early if a node dies. */
-async function waitForHealth(baseUrl: string, watched: ServerNode[], ready: (body: HealthBody) => boolean = () => true): Promise<HealthBody> {
-	const deadline = Date.now() + HEALTH_TIMEOUT_MS;
-	let last: string | undefined;
-	for (;;) {
-		for (const node of watched) {
-			if (node.exitInfo !== null) {
-				throw new Error(`${node.name} exited (${node.exitInfo}) before it was ready. Last lines of ${path.basename(node.logFile)}:\n${logTail(node.logFile)}`);
-			}
-		}
-		try {
-			const res = await fetch(`${baseUrl}/health`, { signal: AbortSignal.timeout(2_000) });
-			const text = await res.text();
-			last = `${res.status} ${text.slice(0, 200)}`;
-			if (res.status === 200) {
-				const body = JSON.parse(text) as HealthBody;
-				if (ready(body)) return body;
-			}
-		} catch (err) {
-			last = (err as Error).message;
-		}
-		if (Date.now() > deadline) {
-			const logs = watched.map(n => `--- ${path.basename(n.logFile)} ---\n${logTail(n.logFile)}`).join("\n");
-			throw new Error(`${baseUrl}/health not ready within ${HEALTH_TIMEOUT_MS / 1000}s (last: ${last ?? "no answer"})\n${logs}`);
-		}
-		await sleep(200);
-	}
-}
-
 /** A node that died during a run makes the figures meaningless: say so with its log. */
 function assertAlive(watched: ServerNode[]): void {
 	for (const node of watched) {
@@ -329,48 +139,10 @@ function assertAlive(watched: ServerNode[]): void {
 }
 
 async function registerUser(baseUrl: string): Promise<{ token: string; userId: number }> {
-	const tag = crypto.randomBytes(5).toString("hex");
-	const res = await fetch(`${baseUrl}/auth/register`, {
-		method: "POST",
-		headers: { "content-type": "application/json" },
-		body: JSON.stringify({ username: `bench_${tag}`, email: `bench_${tag}@example.test`, password: "bench password 123" }),
-		signal: AbortSignal.timeout(15_000),
-	});
-	const text = await res.text();
-	if (res.status !== 201) throw new Error(`POST /auth/register answered ${res.status}: ${text.slice(0, 500)}`);
-	const body = JSON.parse(text) as { accessToken?: unknown; user?: { id?: unknown; user_id?: unknown } };
-	const token = body.accessToken;
+	const { token, body, text } = await registerBenchUser(baseUrl);
 	const userId = Number(body.user?.id ?? body.user?.user_id);
-	if (typeof token !== "string" || !token) throw new Error(`POST /auth/register: no accessToken in ${text.slice(0, 500)}`);
 	if (!Number.isInteger(userId)) throw new Error(`POST /auth/register: no user id in ${text.slice(0, 500)}`);
 	return { token, userId };
-}
-
-// ---- percentiles (as bench/http.ts) ----
-
-class LatencyRecorder {
-	private values = new Float64Array(1 << 14);
-	private count = 0;
-
-	get size(): number {
-		return this.count;
-	}
-
-	add(ms: number): void {
-		if (this.count === this.values.length) {
-			const bigger = new Float64Array(this.values.length * 2);
-			bigger.set(this.values);
-			this.values = bigger;
-		}
-		this.values[this.count++] = ms;
-	}
-
-	/** Nearest-rank percentile, as HdrHistogram reports it. */
-	percentile(p: number): number {
-		if (this.count === 0) return Number.NaN;
-		const sorted = this.values.subarray(0, this.count).sort();
-		return sorted[Math.min(this.count - 1, Math.max(0, Math.ceil((p / 100) * this.count) - 1))];
-	}
 }
 
 // ---- the client harness ----
@@ -525,8 +297,8 @@ async function runLoad(mode: string, target: Target, settings: Settings): Promis
 	const runTag = crypto.randomBytes(3).toString("hex");
 	const prefix = `bench-${runTag}-`;
 	const messages = new Map<string, SentMessage>();
-	const latencies = new LatencyRecorder();
-	const ackLatencies = new LatencyRecorder();
+	const latencies = new LatencyRecorder(1 << 14);
+	const ackLatencies = new LatencyRecorder(1 << 14);
 	const ackErrorCodes = new Map<string, number>();
 	let sent = 0;
 	let ackedOk = 0;
@@ -695,7 +467,7 @@ async function runMode(mode: string, body: () => Promise<ModeResult>): Promise<v
 				`${fmt(result.deliveredPerSec, 1)} deliveries/s (offered ${fmt(result.offeredPerSec, 0)}/s), p50 ${fmtMs(result.p50)} ms, p99 ${fmtMs(result.p99)} ms, ack p50 ${fmtMs(result.ackP50)} ms, drain ${fmt(result.drainMs / 1000, 1)}s`,
 		);
 	} catch (err) {
-		if (interrupted) throw err;
+		if (isInterrupted()) throw err;
 		const message = err instanceof Error ? err.message : String(err);
 		console.error(`\n  ${mode} failed: ${message}`);
 		rows.push({ mode, result: null, failure: message.split("\n")[0] });
@@ -706,7 +478,7 @@ async function runMode(mode: string, body: () => Promise<ModeResult>): Promise<v
 
 async function embeddedMode(settings: Settings): Promise<ModeResult> {
 	console.log("\n== embedded: one process, every service, embedded stores ==");
-	const dir = makeTempDir("embedded");
+	const dir = makeTempDir("chat-embedded");
 	const port = await freePort();
 	const node = startNode("embedded", dir, { PORT: String(port), DATA_DIR: path.join(dir, "data") });
 	const base = `http://127.0.0.1:${port}`;
@@ -721,51 +493,12 @@ async function embeddedMode(settings: Settings): Promise<ModeResult> {
 	}
 }
 
-async function amqpUrl(): Promise<{ url: string; skip: string | null }> {
-	const given = process.env.BENCH_AMQP_URL || process.env.TEST_AMQP_URL;
-	const source = process.env.BENCH_AMQP_URL ? "BENCH_AMQP_URL" : process.env.TEST_AMQP_URL ? "TEST_AMQP_URL" : "default";
-	const url = given || DEFAULT_AMQP_URL;
-	let parsed: URL;
-	try {
-		parsed = new URL(url);
-	} catch {
-		return { url, skip: `${source} is not a URL` };
-	}
-	if (!/^amqps?:$/.test(parsed.protocol)) return { url, skip: `${source} ${redact(url)} is not an amqp:// URL` };
-	const port = parsed.port ? Number(parsed.port) : parsed.protocol === "amqps:" ? 5671 : 5672;
-	const reason = await tcpReachable(parsed.hostname || "127.0.0.1", port);
-	return { url, skip: reason ? `${source} ${redact(url)}: ${reason}` : null };
-}
-
-async function createPostgresDatabase(serverUrl: string): Promise<string> {
-	const name = `parley_bench_${crypto.randomBytes(4).toString("hex")}`;
-	const admin = new Client({ connectionString: serverUrl });
-	await admin.connect();
-	try {
-		await admin.query(`CREATE DATABASE ${name}`);
-	} finally {
-		await admin.end();
-	}
-	databasesToDrop.push(async () => {
-		const c = new Client({ connectionString: serverUrl });
-		await c.connect();
-		try {
-			await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-		} finally {
-			await c.end();
-		}
-	});
-	const url = new URL(serverUrl);
-	url.pathname = `/${name}`;
-	return url.toString();
-}
-
 /** TEST_MONGO_URL with a database of its own; registered to be dropped at the end. */
 function mongoDatabase(serverUrl: string): string {
 	const url = new URL(serverUrl);
 	url.pathname = `/parley_bench_${crypto.randomBytes(4).toString("hex")}`;
 	const dbUrl = url.toString();
-	databasesToDrop.push(async () => {
+	dropAtCleanup(async () => {
 		const conn = mongoose.createConnection(dbUrl, { serverSelectionTimeoutMS: 5_000 });
 		try {
 			await conn.asPromise();
@@ -785,7 +518,7 @@ async function clusterMode(settings: Settings, amqp: string): Promise<ModeResult
 			`users: ${pgServer ? `PostgreSQL ${redact(pgServer)}` : "embedded PGlite"}; documents: ${mongoServer ? `MongoDB ${redact(mongoServer)}` : "embedded NeDB"} ==`,
 	);
 	const namespace = `bench-${crypto.randomBytes(4).toString("hex")}`;
-	const dir = makeTempDir("cluster");
+	const dir = makeTempDir("chat-cluster");
 	const common = { TRANSPORTER: amqp, NAMESPACE: namespace };
 
 	const servicesEnv: Record<string, string> = { ...common, SERVICES: "users,conversations,messages", DATA_DIR: path.join(dir, "services-data") };
@@ -819,7 +552,7 @@ async function clusterMode(settings: Settings, amqp: string): Promise<ModeResult
 
 async function relayMode(settings: Settings): Promise<ModeResult> {
 	console.log("\n== relay: bare Socket.IO server, namespace /chat, rooms only (no auth, no storage, no broker) ==");
-	const dir = makeTempDir("relay");
+	const dir = makeTempDir("chat-relay");
 	const port = await freePort();
 	const env: NodeJS.ProcessEnv = { ...process.env };
 	delete env.NODE_OPTIONS;
@@ -888,25 +621,8 @@ async function runRelay(port: number): Promise<void> {
 
 // ---- output ----
 
-function fmt(n: number, digits = 2): string {
-	if (!Number.isFinite(n)) return "-";
-	return n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
-}
-
-function fmtMs(n: number): string {
-	return fmt(n, n < 10 ? 2 : 1);
-}
-
 function errorCount(r: ModeResult): number {
 	return r.ackFailed + r.ackMissing + r.disconnects;
-}
-
-function printTable(header: string[], body: string[][], right: Set<number>): void {
-	const widths = header.map((h, i) => Math.max(h.length, ...body.map(line => line[i].length)));
-	const line = (cells: string[]) => `| ${cells.map((c, i) => (right.has(i) ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join(" | ")} |`;
-	console.log(line(header));
-	console.log(`|${widths.map((w, i) => (right.has(i) ? `${"-".repeat(w + 1)}:` : `${"-".repeat(w + 2)}`)).join("|")}|`);
-	for (const cells of body) console.log(line(cells));
 }
 
 function printResults(settings: Settings): void {
@@ -938,10 +654,8 @@ function printResults(settings: Settings): void {
 
 async function main(): Promise<void> {
 	const settings = readSettings();
-	const cpus = os.cpus();
 	console.log("Parley chat (Socket.IO) benchmark");
-	console.log(`machine:  ${cpus.length} cores (${cpus[0]?.model.trim() ?? "unknown cpu"}), ${Math.round(os.totalmem() / 1024 ** 3)} GiB, ${os.platform()} ${os.release()}`);
-	console.log(`node:     ${process.version}`);
+	const cpus = printMachine();
 	console.log(
 		`settings: ${settings.clients} clients in ${settings.conversations} conversations, ${settings.rate} msg/s per client, ` +
 			`${settings.duration}s measured after ${WARMUP_SECONDS}s warm-up, drain up to ${DRAIN_MS / 1000}s`,
@@ -988,16 +702,5 @@ if (relayIndex >= 0) {
 	});
 } else {
 	handleSignals();
-	main()
-		.then(
-			() => 0,
-			(err: unknown) => {
-				console.error(`\nbench failed: ${err instanceof Error ? err.message : String(err)}`);
-				return 1;
-			},
-		)
-		.then(async code => {
-			await cleanup();
-			if (!interrupted) process.exit(code);
-		});
+	runMain(main);
 }

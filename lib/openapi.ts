@@ -1050,7 +1050,7 @@ function multipartUploadErrors(field: string, maxFiles: number): Obj {
 /** The 400 and 413 answers of a base64 upload (POST /upload/file-base64 and POST /users/upload-avatar). */
 const BASE64_UPLOAD_ERRORS: Obj = {
 	400: errorResponse(
-		"`VALIDATION_ERROR`: a missing or bad field, `base64` that is not base64, an empty file, or a `base64` string longer than the file limit allows (about 4/3 of it). " +
+		"`VALIDATION_ERROR`: a missing or bad field, `base64` that is not base64, or an empty file. " +
 			"`BAD_REQUEST`: malformed JSON. Nothing is kept.",
 		{
 			notBase64: errorExample(400, "VALIDATION_ERROR", "base64 is not valid base64", [{ field: "base64", type: "base64", message: "Not base64" }]),
