@@ -27,6 +27,7 @@ import {
 	configureCleanup,
 	createPostgresDatabase,
 	fmt,
+	dropAtCleanup,
 	fmtMs,
 	freePort,
 	handleSignals,
@@ -42,6 +43,7 @@ import {
 	stopNode,
 	waitForHealth,
 } from "./common";
+import { removeNamespaceTopology } from "../lib/durable-events";
 
 // ---- autocannon (ships no types): the part of its API used here ----
 
@@ -188,6 +190,8 @@ async function clusterMode(amqp: string): Promise<void> {
 	const namespace = `bench-${crypto.randomBytes(4).toString("hex")}`;
 	const dir = makeTempDir("cluster");
 	const common = { TRANSPORTER: amqp, NAMESPACE: namespace };
+	// Messages published in this throw-away namespace wait in durable queues: remove them at the end.
+	dropAtCleanup(() => removeNamespaceTopology(amqp, namespace));
 
 	const usersEnv: Record<string, string> = { ...common, SERVICES: "users", DATA_DIR: path.join(dir, "users-data") };
 	if (pgServer) {

@@ -64,6 +64,25 @@ export function prefixed(name: string, namespace: string): string {
 	return namespace ? `${namespace}.${name}` : name;
 }
 
+/**
+ * Delete the durable queues and exchanges of a namespace (tests and benchmarks that made a
+ * throw-away namespace); a real cluster keeps them, that is the point of them.
+ */
+export async function removeNamespaceTopology(url: string, namespace: string): Promise<void> {
+	const connection = await amqplib.connect(url);
+	try {
+		const ch = await connection.createChannel();
+		for (const name of Object.values(CHANNELS)) {
+			for (const group of CONSUMER_GROUPS[name]) await ch.deleteQueue(`${group}.${prefixed(name, namespace)}`);
+			await ch.deleteExchange(prefixed(name, namespace));
+		}
+		await ch.deleteQueue(prefixed(DEAD_LETTER_QUEUE, namespace));
+		await ch.deleteExchange(prefixed(DEAD_LETTER_QUEUE, namespace));
+	} finally {
+		await connection.close();
+	}
+}
+
 export class DurablePublisher {
 	private connection: amqplib.ChannelModel | null = null;
 	private channel: amqplib.ConfirmChannel | null = null;

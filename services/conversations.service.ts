@@ -619,26 +619,37 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			},
 		},
 
-		/** Who gets a notification for a new message: not the sender, not who blocked it, not who muted. */
+		/**
+		 * Who gets a notification for a new message: not the sender, not who blocked it, not who
+		 * muted the conversation. A sender that already knows the conversation and the blocks
+		 * (messages.send) passes them in, and only the mutes are read.
+		 */
 		notificationTargets: {
 			visibility: "public",
-			params: { conversationId: idRule, senderId: userIdRule },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
+			params: {
+				conversationId: idRule,
+				senderId: userIdRule,
+				known: {
+					type: "object",
+					optional: true,
+					props: { type: "string", name: { type: "string", nullable: true }, status: "string", participants: { type: "array", items: "number" }, blockedBy: { type: "array", items: "number" } },
+				},
+			},
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number; known?: { type: string; name: string | null; status: string; participants: number[]; blockedBy: number[] } }>) {
 				const { conversationId, senderId } = ctx.params;
-				const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
-				if (!conv) return null;
-				const others = conv.participants.filter(p => p !== senderId);
-				const [memberships, blockers] = await Promise.all([
-					this.membershipsOf(conversationId),
-					this.stores.blocks.find({ blocker_id: { $in: others }, blocked_id: senderId }),
-				]);
-				const muted = new Set(memberships.filter(m => isMuted(m)).map(m => m.user_id));
-				const blocked = new Set(blockers.map(b => b.blocker_id as number));
-				const type = conv.status === "pending" ? "message_request" : "message";
+				let known = ctx.params.known;
+				if (!known) {
+					const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
+					if (!conv) return null;
+					const blockers = await this.stores.blocks.find({ blocker_id: { $in: conv.participants }, blocked_id: senderId });
+					known = { type: conv.type, name: conv.name, status: conv.status, participants: conv.participants, blockedBy: blockers.map(b => b.blocker_id as number) };
+				}
+				const muted = new Set((await this.membershipsOf(conversationId)).filter(m => isMuted(m)).map(m => m.user_id));
+				const type = known.status === "pending" ? "message_request" : "message";
 				return {
-					conversationType: conv.type,
-					conversationName: conv.name,
-					recipients: others.filter(id => !muted.has(id) && !blocked.has(id)).map(userId => ({ userId, type })),
+					conversationType: known.type,
+					conversationName: known.name,
+					recipients: known.participants.filter(id => id !== senderId && !muted.has(id) && !known.blockedBy.includes(id)).map(userId => ({ userId, type })),
 				};
 			},
 		},

@@ -29,6 +29,8 @@ import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
+/** What messages.send already knows of the conversation, so the notification step need not read it again. */
+type KnownConversation = { type: string; name: string | null; status: string; participants: number[]; blockedBy: number[] };
 /** A context, or the broker itself for work that no request started (the outbox sweep). */
 type Caller = { call(action: string, params?: unknown): Promise<unknown> };
 
@@ -37,7 +39,11 @@ const MAX_CACHED_HEADS = 10_000;
 
 interface MessagesThis extends DocsMixinThis<"messages">, PushThis, PublisherThis {
 	outboxTimer: NodeJS.Timeout | null;
-	announce(msg: MessageDoc, sender: SenderProfile): Promise<void>;
+	notifiedBatch: Set<string>;
+	notifiedTimer: NodeJS.Timeout | null;
+	announce(msg: MessageDoc, sender: SenderProfile, known?: KnownConversation): Promise<void>;
+	markNotified(messageId: string): void;
+	flushNotified(): Promise<void>;
 	sweepOutbox(): Promise<void>;
 	heads: Map<string, number>;
 	locks: Map<string, Promise<unknown>>;
@@ -156,7 +162,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				await this.push(ctx, [{ rooms: recipients.map(userRoom), event: "message:created", payload: presented }]);
 				// Published after the message is stored, without holding up the sender's ack;
 				// if it fails now, the outbox sweep publishes it later.
-				this.inBackground("message.created publish", () => this.announce(msg, presented.sender));
+				const known = { type: conversation.type, name: conversation.name, status: conversation.status, participants: conversation.participants, blockedBy };
+				this.inBackground("message.created publish", () => this.announce(msg, presented.sender, known));
 				return presented;
 			},
 		},
@@ -421,8 +428,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		/** message.created on the durable bus (one event per message), then the outbox flag. */
-		async announce(this: MessagesThis, msg: MessageDoc, sender: SenderProfile) {
-			const targets = (await this.broker.call("conversations.notificationTargets", { conversationId: msg.conversation_id, senderId: msg.sender_id })) as {
+		async announce(this: MessagesThis, msg: MessageDoc, sender: SenderProfile, known?: KnownConversation) {
+			const targets = (await this.broker.call("conversations.notificationTargets", { conversationId: msg.conversation_id, senderId: msg.sender_id, known })) as {
 				conversationType: string;
 				conversationName: string | null;
 				recipients: { userId: number; type: string }[];
@@ -441,7 +448,22 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					recipients: targets.recipients,
 				});
 			}
-			await this.stores.messages.updateById(msg._id, { $set: { notified: true } });
+			this.markNotified(msg._id);
+		},
+
+		/** Outbox flags are set in batches: one write for many messages. */
+		markNotified(this: MessagesThis, messageId: string) {
+			this.notifiedBatch.add(messageId);
+			if (this.notifiedTimer) return;
+			this.notifiedTimer = setTimeout(() => this.inBackground("outbox flags", () => this.flushNotified()), 250);
+		},
+
+		async flushNotified(this: MessagesThis) {
+			this.notifiedTimer = null;
+			const ids = [...this.notifiedBatch];
+			this.notifiedBatch.clear();
+			// If this write is lost (the node dies), the sweep publishes again: harmless, events are idempotent.
+			if (ids.length > 0) await this.stores.messages.updateMany({ _id: { $in: ids } }, { $set: { notified: true } });
 		},
 
 		/** Messages whose event did not make it to the bus (it was down, the node died): publish again. */
@@ -466,6 +488,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		this.locks = new Map();
 		this.profiles = new Map();
 		this.outboxTimer = null;
+		this.notifiedBatch = new Set();
+		this.notifiedTimer = null;
 	},
 
 	started(this: MessagesThis) {
@@ -475,8 +499,10 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		this.outboxTimer.unref();
 	},
 
-	stopped(this: MessagesThis) {
+	async stopped(this: MessagesThis) {
 		if (this.outboxTimer) clearInterval(this.outboxTimer);
+		if (this.notifiedTimer) clearTimeout(this.notifiedTimer);
+		await this.flushNotified().catch(() => undefined);
 	},
 };
 

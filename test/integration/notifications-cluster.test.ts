@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import amqplib from "amqplib";
-import { CHANNELS, DEAD_LETTER_QUEUE, prefixed } from "../../lib/durable-events";
+import { CHANNELS, DEAD_LETTER_QUEUE, prefixed, removeNamespaceTopology } from "../../lib/durable-events";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { call, connectSocket, type TestSocket, waitForEvent } from "../helpers/sockets";
 import { createTestDatabase, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, TEST_AMQP_URL, tempDir, waitFor } from "../helpers/system";
@@ -55,15 +55,7 @@ describe("notifications survive a dead notifications node (RabbitMQ cluster)", {
 		for (const p of [api, chat, notifications]) await p?.stop("SIGTERM");
 		await dropDb?.();
 		// The durable queues of this test's namespace would stay in RabbitMQ forever.
-		const conn = await amqplib.connect(TEST_AMQP_URL);
-		const ch = await conn.createChannel();
-		for (const name of Object.values(CHANNELS)) {
-			await ch.deleteQueue(`notifications.${prefixed(name, namespace)}`).catch(() => undefined);
-			await ch.deleteExchange(prefixed(name, namespace)).catch(() => undefined);
-		}
-		await ch.deleteQueue(prefixed(DEAD_LETTER_QUEUE, namespace)).catch(() => undefined);
-		await ch.deleteExchange(prefixed("DEAD_LETTER", namespace)).catch(() => undefined);
-		await conn.close();
+		await removeNamespaceTopology(TEST_AMQP_URL, namespace);
 	});
 
 	it(`${N} messages sent while the notifications node is dead become exactly ${N} notifications`, async () => {
