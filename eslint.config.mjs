@@ -7,6 +7,13 @@ export default tseslint.config(
 	js.configs.recommended,
 	...tseslint.configs.recommended,
 	{
+		files: ["public/**/*.js"],
+		languageOptions: {
+			sourceType: "module",
+			globals: { window: "readonly", document: "readonly", fetch: "readonly", FormData: "readonly", location: "readonly", alert: "readonly", prompt: "readonly", confirm: "readonly", crypto: "readonly", CSS: "readonly", setTimeout: "readonly", clearTimeout: "readonly", io: "readonly", console: "readonly" },
+		},
+	},
+	{
 		languageOptions: {
 			globals: { process: "readonly", console: "readonly", Buffer: "readonly", setTimeout: "readonly", clearTimeout: "readonly", setInterval: "readonly", clearInterval: "readonly", URL: "readonly", fetch: "readonly", AbortController: "readonly", AbortSignal: "readonly", require: "readonly", module: "writable", __dirname: "readonly" },
 		},

@@ -186,11 +186,18 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		// Every response, routed or not, gets X-Trace-Id; it becomes the context's requestID,
 		// which Moleculer carries to every call on every node.
 		rootCallOptions(this: ApiThis, options: { requestID?: string }, req: GatewayRequest, res: ServerResponse) {
+			// The web client served from this origin is not a cross-origin caller: its Origin
+			// header (sent on module scripts and POSTs) must not be held against CORS_ORIGINS.
+			const origin = req.headers.origin;
+			if (origin && req.headers.host && (origin === `http://${req.headers.host}` || origin === `https://${req.headers.host}`)) delete req.headers.origin;
 			const traceId = traceIdOf(req);
 			req.traceId = traceId;
 			options.requestID = traceId;
 			res.setHeader("X-Trace-Id", traceId);
 		},
+
+		// The web client (public/) for every path no route claims.
+		assets: { folder: path.join(__dirname, "..", "public"), options: { index: "index.html", maxAge: "1h" } },
 
 		cors: {
 			origin: config.corsOrigins,

@@ -1,0 +1,119 @@
+/**
+ * The web client in public/, served by the gateway, driven in a real (headless) Chromium by two
+ * people: register, find each other, the message request, live messages both ways, read
+ * receipts, an image attachment, the notification badge, and a reload that keeps the session.
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { type Browser, type Page, chromium } from "playwright-core";
+import { startBroker, tempDir, type RunningSystem } from "../helpers/system";
+
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const skip = fs.existsSync(CHROMIUM) ? false : `No Chromium at ${CHROMIUM}: browser test skipped (.ci/run installs Debian's chromium; set CHROMIUM_PATH otherwise)`;
+const PNG = Buffer.concat([Buffer.from("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360000002000154a24f5a0000000049454e44ae426082", "hex")]);
+export const SCREENSHOT_DIR = path.join(os.tmpdir(), "parley-web-client");
+
+describe("web client in a real browser", { skip }, () => {
+	let sys: RunningSystem;
+	let browser: Browser;
+	const pageErrors: string[] = [];
+
+	before(async () => {
+		process.env.DATA_DIR = tempDir();
+		process.env.JWT_SECRET = "web-client-secret-0123456789";
+		process.env.BCRYPT_ROUNDS = "4";
+		process.env.RATE_LIMIT = "0";
+		process.env.RATE_LIMIT_AUTH = "0";
+		delete process.env.DATABASE_URL;
+		delete process.env.MONGO_URL;
+		delete process.env.TRANSPORTER;
+		sys = await startBroker(["api", "users", "conversations", "messages", "notifications", "files"]);
+		// As the machine's probe runs it: no sandbox as root, and none of Chromium's own network chatter.
+		browser = await chromium.launch({
+			executablePath: CHROMIUM,
+			args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+		});
+		fs.mkdirSync(SCREENSHOT_DIR, { recursive: true });
+	});
+
+	after(async () => {
+		await browser?.close();
+		await sys?.stop();
+	});
+
+	async function person(name: string): Promise<Page> {
+		const page = await (await browser.newContext()).newPage();
+		page.on("pageerror", err => pageErrors.push(`${name}: ${err.message}`));
+		await page.goto(`${sys.baseUrl}/`);
+		await page.fill("#register-form [name=username]", name);
+		await page.fill("#register-form [name=email]", `${name}@example.test`);
+		await page.fill("#register-form [name=password]", "a long password");
+		await page.click("#register-form button");
+		await page.waitForSelector("#app-view:not([hidden])");
+		await page.waitForSelector("#connection.online");
+		return page;
+	}
+
+	it("two people chat end to end through the page", async () => {
+		const alice = await person("alice");
+		const bob = await person("bob");
+		assert.equal(await alice.textContent("#me"), "alice");
+
+		// Alice finds Bob and writes: a message request.
+		await alice.fill("#search", "bo");
+		await alice.click("#search-results li[data-username=bob] button");
+		await alice.waitForSelector("#chat:not([hidden])");
+		assert.equal(await alice.textContent("#chat-title"), "bob");
+		await alice.fill("#text", "Hello Bob!");
+		await alice.press("#text", "Enter");
+		await alice.waitForSelector("#messages .message.mine .content:text-is('Hello Bob!')");
+
+		// Bob gets the request and the notification badge; he accepts and replies.
+		await bob.waitForSelector("#requests li .accept");
+		await bob.waitForSelector("#badge:not([hidden])");
+		assert.equal(await bob.textContent("#badge"), "1");
+		await bob.click("#requests li .accept");
+		await bob.waitForSelector("#messages .message .content:text-is('Hello Bob!')");
+		await bob.fill("#text", "Hi Alice, welcome");
+		await bob.press("#text", "Enter");
+
+		// Alice sees the reply live, and that Bob read her message.
+		await alice.waitForSelector("#messages .message:not(.mine) .content:text-is('Hi Alice, welcome')");
+		await alice.waitForSelector("#messages .message.mine .seen");
+
+		// An image attachment: uploaded, sent, previewed on the other side, served with its type.
+		await alice.setInputFiles("#file", { name: "dot.png", mimeType: "image/png", buffer: PNG });
+		await alice.waitForSelector("#pending-attachment:text('Attached: dot.png')");
+		await alice.fill("#text", "a picture");
+		await alice.press("#text", "Enter");
+		const img = await bob.waitForSelector("#messages .message img");
+		const src = await img.getAttribute("src");
+		assert.match(src ?? "", /^\/files\/[a-f0-9]{32}$/);
+		const served = await fetch(`${sys.baseUrl}${src}`);
+		assert.equal(served.headers.get("content-type"), "image/png");
+
+		// Bob's notifications list has Alice's messages.
+		await bob.click("#bell");
+		await bob.waitForSelector("#notification-list li");
+		assert.match((await bob.textContent("#notification-list")) ?? "", /Hello Bob!|a picture/);
+
+		// A reload keeps the session (refresh-token cookie) and the history.
+		await alice.reload();
+		await alice.waitForSelector("#app-view:not([hidden])");
+		await alice.click("#conversations li");
+		await alice.waitForSelector("#messages .message .content:text-is('Hi Alice, welcome')");
+		const seqs = await alice.$$eval("#messages .message", nodes => nodes.map(n => Number(n.getAttribute("data-seq"))));
+		assert.deepEqual(seqs, [1, 2, 3], "the whole history, in order");
+
+		await alice.screenshot({ path: path.join(SCREENSHOT_DIR, "alice.png") });
+		await bob.screenshot({ path: path.join(SCREENSHOT_DIR, "bob.png") });
+		assert.deepEqual(pageErrors, [], "no script errors in the page");
+
+		// Logging out ends the session for good.
+		await alice.click("#logout");
+		await alice.waitForSelector("#auth-view:not([hidden])");
+	});
+});
