@@ -24,6 +24,27 @@ const state = {
 	lastTypingSent: 0,
 };
 
+// ---------- errors: say what failed and what to do ----------
+
+const HINTS = {
+	RATE_LIMITED: "Slow down a little and try again.",
+	SERVICE_UNAVAILABLE: "The server is busy or restarting; try again in a moment.",
+	FORBIDDEN: "You are not allowed to do that here.",
+	NOT_FOUND: "It is gone, or you no longer have access.",
+	PAYLOAD_TOO_LARGE: "The file is too large.",
+	UNSUPPORTED_MEDIA_TYPE: "This type of file cannot be sent.",
+};
+
+function showError(what, err) {
+	const hint = HINTS[err?.code] ?? (err?.code === "VALIDATION_ERROR" ? "Check what you typed." : "Try again.");
+	$("banner-text").textContent = `${what} failed: ${err?.message ?? err}. ${hint}`;
+	$("banner").hidden = false;
+	clearTimeout(showError.timer);
+	showError.timer = setTimeout(() => ($("banner").hidden = true), 8000);
+}
+$("banner-close").addEventListener("click", () => ($("banner").hidden = true));
+window.addEventListener("unhandledrejection", e => showError("Something", e.reason));
+
 // ---------- REST ----------
 
 async function api(method, path, body, retry = true) {
@@ -224,6 +245,7 @@ function conversationItem(conv) {
 function renderConversations() {
 	const sorted = [...state.conversations].sort((a, b) => Number(b.pinned) - Number(a.pinned));
 	$("conversations").replaceChildren(...sorted.map(conversationItem));
+	$("conversations-empty").hidden = sorted.length > 0;
 }
 
 function renderRequests(requests) {
@@ -259,6 +281,7 @@ async function openConversation(conv) {
 	showTyping();
 	$("chat-empty").hidden = true;
 	$("chat").hidden = false;
+	$("app-view").classList.add("chat-open");
 	renderChatHeader();
 	$("messages").replaceChildren();
 	await emit(state.chat, "conversation:join", { conversationId: conv.id });
@@ -270,17 +293,30 @@ async function openConversation(conv) {
 }
 
 function closeChat() {
+	if (state.current) emit(state.chat, "conversation:leave", { conversationId: state.current.id }).catch(() => undefined);
 	state.current = null;
 	$("chat").hidden = true;
 	$("chat-empty").hidden = false;
+	$("app-view").classList.remove("chat-open");
 }
+$("back").addEventListener("click", () => closeChat());
 
 function renderChatHeader() {
 	const conv = state.current;
 	$("chat-title").textContent = titleOf(conv);
-	$("chat-members").textContent = conv.participants
-		.map(id => `${nameOf(id)}${conv.admin_id === id ? " (admin)" : conv.moderator_ids.includes(id) ? " (moderator)" : ""}`)
-		.join(", ");
+	const amAdmin = conv.admin_id === state.me.id;
+	const amModerator = conv.moderator_ids.includes(state.me.id);
+	$("chat-members").replaceChildren(
+		...conv.participants.map(id => {
+			const label = `${nameOf(id)}${conv.admin_id === id ? " (admin)" : conv.moderator_ids.includes(id) ? " (moderator)" : ""}`;
+			// The admin manages everyone, moderators manage plain members (CONTRACT.md "Group roles").
+			const plain = conv.admin_id !== id && !conv.moderator_ids.includes(id);
+			if (conv.type !== "group" || id === state.me.id || !(amAdmin || (amModerator && plain))) return el("span", { className: "member", textContent: label });
+			const button = el("button", { className: "member", textContent: label, title: "Manage this member" });
+			button.addEventListener("click", () => manageMember(id));
+			return button;
+		}),
+	);
 	$("mute").textContent = conv.muted ? "Unmute" : "Mute";
 	$("pin").textContent = conv.pinned ? "Unpin" : "Pin";
 	const isGroup = conv.type === "group";
@@ -289,6 +325,21 @@ function renderChatHeader() {
 	$("leave").hidden = !isGroup;
 	$("composer").hidden = conv.status === "declined";
 	$("text").placeholder = conv.status === "pending" && conv.initiator_id !== state.me.id ? "Accept the request to reply" : "Message";
+}
+
+async function manageMember(userId) {
+	const conv = state.current;
+	const isMod = conv.moderator_ids.includes(userId);
+	const choices = conv.admin_id === state.me.id ? [isMod ? "demote" : "promote", "remove"] : ["remove"];
+	const choice = prompt(`${nameOf(userId)}: type ${choices.join(" or ")}`)?.trim().toLowerCase();
+	if (!choice || !choices.includes(choice)) return;
+	const event = { promote: "conversation:promote-moderator", demote: "conversation:demote-moderator", remove: "conversation:remove-member" }[choice];
+	try {
+		state.current = await emit(state.chat, event, { conversationId: conv.id, userId });
+		renderChatHeader();
+	} catch (err) {
+		showError(`${choice} ${nameOf(userId)}`, err);
+	}
 }
 
 /** Catch up after a reconnect: everything after the last seq this page has. */
@@ -339,7 +390,7 @@ function messageItem(m) {
 			if (text && text.trim()) replaceMessage(await emit(state.chat, "message:edit", { messageId: m.id, content: text }));
 		});
 		const del = el("button", { textContent: "Delete" });
-		del.addEventListener("click", () => emit(state.chat, "message:delete", { messageId: m.id }).catch(err => alert(err.message)));
+		del.addEventListener("click", () => emit(state.chat, "message:delete", { messageId: m.id }).catch(err => showError("Deleting the message", err)));
 		meta.append(edit, del);
 	}
 	li.append(meta);
@@ -381,7 +432,7 @@ $("composer").addEventListener("submit", async e => {
 	try {
 		addMessages([await emit(state.chat, "message:send", { conversationId: state.current.id, content, attachments, clientId })]);
 	} catch (err) {
-		alert(err.message);
+		showError("Sending the message", err);
 	}
 });
 
@@ -401,7 +452,8 @@ $("file").addEventListener("change", async e => {
 	const data = await res.json();
 	if (!res.ok) {
 		$("pending-attachment").textContent = "";
-		return alert(data.message);
+		e.target.value = "";
+		return showError(`Uploading ${file.name}`, data);
 	}
 	state.pendingAttachment = data;
 	$("pending-attachment").textContent = `Attached: ${data.fileName}`;
@@ -437,7 +489,7 @@ $("add-member").addEventListener("click", async () => {
 	const name = prompt("Username to add");
 	if (!name) return;
 	const [user] = await api("GET", `/users/search?q=${encodeURIComponent(name)}&limit=1`);
-	if (!user) return alert("No such user");
+	if (!user) return showError("Adding a member", { message: `nobody is called ${name}`, code: "NOT_FOUND" });
 	state.current = await emit(state.chat, "conversation:add-member", { conversationId: state.current.id, userId: user.id });
 	renderChatHeader();
 });

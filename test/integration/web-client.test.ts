@@ -7,14 +7,35 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import zlib from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import { type Browser, type Page, chromium } from "playwright-core";
 import { startBroker, tempDir, type RunningSystem } from "../helpers/system";
 
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const skip = fs.existsSync(CHROMIUM) ? false : `No Chromium at ${CHROMIUM}: browser test skipped (.ci/run installs Debian's chromium; set CHROMIUM_PATH otherwise)`;
-const PNG = Buffer.concat([Buffer.from("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360000002000154a24f5a0000000049454e44ae426082", "hex")]);
-export const SCREENSHOT_DIR = path.join(os.tmpdir(), "parley-web-client");
+/** Screenshots of the main screens land here (the README's come from SCREENSHOT_DIR=docs/screenshots). */
+const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR || path.join(os.tmpdir(), "parley-web-client");
+
+/** A real PNG of one colour, big enough to see in a screenshot. */
+function solidPng(width: number, height: number, rgb: [number, number, number]): Buffer {
+	const chunk = (type: string, data: Buffer) => {
+		const body = Buffer.concat([Buffer.from(type, "latin1"), data]);
+		const out = Buffer.alloc(12 + data.length);
+		out.writeUInt32BE(data.length, 0);
+		body.copy(out, 4);
+		out.writeUInt32BE(zlib.crc32(body), 8 + data.length);
+		return out;
+	};
+	const header = Buffer.alloc(13);
+	header.writeUInt32BE(width, 0);
+	header.writeUInt32BE(height, 4);
+	header.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
+	const row = Buffer.concat([Buffer.from([0]), Buffer.from(Array.from({ length: width }, () => rgb).flat())]);
+	const pixels = zlib.deflateSync(Buffer.concat(Array.from({ length: height }, () => row)));
+	return Buffer.concat([Buffer.from("89504e470d0a1a0a", "hex"), chunk("IHDR", header), chunk("IDAT", pixels), chunk("IEND", Buffer.alloc(0))]);
+}
+const PNG = solidPng(160, 100, [47, 111, 237]);
 
 describe("web client in a real browser", { skip }, () => {
 	let sys: RunningSystem;
@@ -44,10 +65,13 @@ describe("web client in a real browser", { skip }, () => {
 		await sys?.stop();
 	});
 
-	async function person(name: string): Promise<Page> {
-		const page = await (await browser.newContext()).newPage();
+	async function person(name: string, shootLogin = false): Promise<Page> {
+		const page = await (await browser.newContext({ viewport: { width: 1200, height: 760 } })).newPage();
 		page.on("pageerror", err => pageErrors.push(`${name}: ${err.message}`));
 		await page.goto(`${sys.baseUrl}/`);
+		await page.waitForSelector("#auth-view:not([hidden])");
+		// What a newcomer sees first after npm start.
+		if (shootLogin) await page.screenshot({ path: path.join(SCREENSHOT_DIR, "1-login.png") });
 		await page.fill("#register-form [name=username]", name);
 		await page.fill("#register-form [name=email]", `${name}@example.test`);
 		await page.fill("#register-form [name=password]", "a long password");
@@ -58,7 +82,7 @@ describe("web client in a real browser", { skip }, () => {
 	}
 
 	it("two people chat end to end through the page", async () => {
-		const alice = await person("alice");
+		const alice = await person("alice", true);
 		const bob = await person("bob");
 		assert.equal(await alice.textContent("#me"), "alice");
 
@@ -108,8 +132,16 @@ describe("web client in a real browser", { skip }, () => {
 		const seqs = await alice.$$eval("#messages .message", nodes => nodes.map(n => Number(n.getAttribute("data-seq"))));
 		assert.deepEqual(seqs, [1, 2, 3], "the whole history, in order");
 
-		await alice.screenshot({ path: path.join(SCREENSHOT_DIR, "alice.png") });
-		await bob.screenshot({ path: path.join(SCREENSHOT_DIR, "bob.png") });
+		// (Bob's notification list is still open from above.)
+		await bob.screenshot({ path: path.join(SCREENSHOT_DIR, "2-chat-desktop.png") });
+		await bob.click("#bell");
+		// A phone-sized window: one pane at a time.
+		await bob.setViewportSize({ width: 390, height: 760 });
+		await bob.screenshot({ path: path.join(SCREENSHOT_DIR, "3-chat-phone.png") });
+		await bob.click("#back");
+		await bob.waitForSelector("#conversations li");
+		assert.equal(await bob.isVisible("#messages"), false, "on a phone the list replaces the chat");
+		await bob.screenshot({ path: path.join(SCREENSHOT_DIR, "4-list-phone.png") });
 		assert.deepEqual(pageErrors, [], "no script errors in the page");
 
 		// Logging out ends the session for good.
