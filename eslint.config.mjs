@@ -10,7 +10,7 @@ export default tseslint.config(
 		files: ["public/**/*.js"],
 		languageOptions: {
 			sourceType: "module",
-			globals: { window: "readonly", document: "readonly", fetch: "readonly", FormData: "readonly", location: "readonly", alert: "readonly", prompt: "readonly", confirm: "readonly", crypto: "readonly", CSS: "readonly", setTimeout: "readonly", clearTimeout: "readonly", io: "readonly", console: "readonly" },
+			globals: { window: "readonly", document: "readonly", fetch: "readonly", FormData: "readonly", location: "readonly", alert: "readonly", prompt: "readonly", confirm: "readonly", crypto: "readonly", CSS: "readonly", setTimeout: "readonly", clearTimeout: "readonly", io: "readonly", console: "readonly", FileReader: "readonly" },
 		},
 	},
 	{

@@ -21,6 +21,7 @@ const state = {
 	chat: null,
 	notif: null,
 	typingTimers: new Map(),
+	blocked: new Set(),
 	lastTypingSent: 0,
 };
 
@@ -97,8 +98,9 @@ async function enter(data) {
 	$("auth-view").hidden = true;
 	$("app-view").hidden = false;
 	$("me").textContent = state.me.username;
+	showAvatar();
 	connectSockets();
-	await Promise.all([loadConversations(), loadNotifications()]);
+	await Promise.all([loadConversations(), loadNotifications(), loadBlocks()]);
 }
 
 $("login-form").addEventListener("submit", async e => {
@@ -127,6 +129,29 @@ $("logout").addEventListener("click", async () => {
 	state.chat?.close();
 	state.notif?.close();
 	location.reload();
+});
+
+function showAvatar() {
+	$("avatar").hidden = !state.me.avatar_url;
+	if (state.me.avatar_url) $("avatar").src = state.me.avatar_url;
+}
+
+$("avatar-file").addEventListener("change", async e => {
+	const file = e.target.files[0];
+	if (!file) return;
+	const base64 = await new Promise(resolve => {
+		const reader = new FileReader();
+		reader.onload = () => resolve(String(reader.result));
+		reader.readAsDataURL(file);
+	});
+	try {
+		const { user } = await api("POST", "/users/upload-avatar", { fileName: file.name, mimeType: file.type, base64 });
+		state.me = user;
+		showAvatar();
+	} catch (err) {
+		showError("Changing your picture", err);
+	}
+	e.target.value = "";
 });
 
 // ---------- sockets ----------
@@ -173,6 +198,8 @@ function connectSockets() {
 			await rememberUsers([message.sender_id]);
 			addMessages([message]);
 			if (message.sender_id !== state.me.id) emit(chat, "message:read", { messageId: message.id }).catch(() => undefined);
+		} else if (message.sender_id !== state.me.id) {
+			emit(chat, "message:delivered", { messageId: message.id }).catch(() => undefined);
 		}
 		await loadConversations();
 	});
@@ -181,6 +208,12 @@ function connectSockets() {
 		const m = state.messages.find(x => x.id === messageId);
 		if (m) replaceMessage({ ...m, deleted: true, content: "", attachments: [] });
 	});
+	chat.on("message:status", ({ messageId, userId, status }) => {
+		const m = state.messages.find(x => x.id === messageId);
+		if (status === "delivered" && m && !m.delivered_to.includes(userId)) replaceMessage({ ...m, delivered_to: [...m.delivered_to, userId] });
+	});
+	chat.on("user:blocked", () => state.current && renderChatHeader());
+	chat.on("user:unblocked", () => state.current && renderChatHeader());
 	chat.on("message:read", ({ messageId, userId }) => {
 		const m = state.messages.find(x => x.id === messageId);
 		if (m && !m.seen_by.includes(userId)) replaceMessage({ ...m, seen_by: [...m.seen_by, userId] });
@@ -311,6 +344,18 @@ function renderChatHeader() {
 			const label = `${nameOf(id)}${conv.admin_id === id ? " (admin)" : conv.moderator_ids.includes(id) ? " (moderator)" : ""}`;
 			// The admin manages everyone, moderators manage plain members (CONTRACT.md "Group roles").
 			const plain = conv.admin_id !== id && !conv.moderator_ids.includes(id);
+			if (conv.type === "private" && id !== state.me.id) {
+				const button = el("button", { className: "member", textContent: label, title: "Set a nickname" });
+				button.addEventListener("click", async () => {
+					const nickname = prompt(`Nickname for ${nameOf(id)} in this chat (empty removes it)`, conv.nicknames?.[id] ?? "");
+					if (nickname === null) return;
+					await api("POST", `/conversations/${conv.id}/nicknames`, { targetUserId: id, nickname: nickname.trim() || null });
+					state.current = await emit(state.chat, "conversation:get", { conversationId: conv.id });
+					renderChatHeader();
+					await loadConversations();
+				});
+				return button;
+			}
 			if (conv.type !== "group" || id === state.me.id || !(amAdmin || (amModerator && plain))) return el("span", { className: "member", textContent: label });
 			const button = el("button", { className: "member", textContent: label, title: "Manage this member" });
 			button.addEventListener("click", () => manageMember(id));
@@ -322,6 +367,9 @@ function renderChatHeader() {
 	const isGroup = conv.type === "group";
 	const manager = isGroup && (conv.admin_id === state.me.id || conv.moderator_ids.includes(state.me.id));
 	$("add-member").hidden = !manager;
+	$("block").hidden = isGroup;
+	const other = conv.participants.find(p => p !== state.me.id);
+	$("block").textContent = state.blocked.has(other) ? "Unblock" : "Block";
 	$("leave").hidden = !isGroup;
 	$("composer").hidden = conv.status === "declined";
 	$("text").placeholder = conv.status === "pending" && conv.initiator_id !== state.me.id ? "Accept the request to reply" : "Message";
@@ -383,6 +431,7 @@ function messageItem(m) {
 	const meta = el("div", { className: "meta" });
 	if (m.edited_at && !m.deleted) meta.append(el("span", { textContent: "edited" }));
 	if (mine && m.seen_by.length > 0) meta.append(el("span", { className: "seen", textContent: "✓ seen" }));
+	else if (mine && m.delivered_to.length > 0) meta.append(el("span", { className: "delivered", textContent: "delivered" }));
 	if (mine && !m.deleted) {
 		const edit = el("button", { textContent: "Edit" });
 		edit.addEventListener("click", async () => {
@@ -462,6 +511,26 @@ $("file").addEventListener("change", async e => {
 
 // ---------- conversation settings ----------
 
+async function loadBlocks() {
+	state.blocked = new Set((await api("GET", "/blocks")).map(b => b.targetUserId));
+}
+
+$("block").addEventListener("click", async () => {
+	const other = state.current.participants.find(p => p !== state.me.id);
+	const blocking = !state.blocked.has(other);
+	if (blocking && !confirm(`Block ${nameOf(other)}? Neither of you can message the other.`)) return;
+	await emit(state.chat, blocking ? "user:block" : "user:unblock", { targetUserId: other });
+	await loadBlocks();
+	renderChatHeader();
+});
+$("clear").addEventListener("click", async () => {
+	if (!confirm("Clear this conversation's history for you? The others keep theirs.")) return;
+	await api("DELETE", `/conversations/${state.current.id}/messages`);
+	state.messages = [];
+	$("messages").replaceChildren();
+	await loadConversations();
+});
+
 $("mute").addEventListener("click", async () => {
 	await api("POST", `/conversations/${state.current.id}/mute`, { muted: !state.current.muted });
 	state.current = await emit(state.chat, "conversation:get", { conversationId: state.current.id });
@@ -527,6 +596,25 @@ $("search").addEventListener("input", async () => {
 });
 $("search-form").addEventListener("submit", e => e.preventDefault());
 
+$("message-search-form").addEventListener("submit", async e => {
+	e.preventDefault();
+	const query = $("message-search").value.trim();
+	if (!query) return $("message-results").replaceChildren();
+	const { messages, total } = await emit(state.chat, "message:search", { query, limit: 20 });
+	await rememberUsers(messages.map(m => m.sender_id));
+	$("message-results").replaceChildren(
+		el("li", { className: "empty-list", textContent: total === 0 ? "No message matches." : `${total} found` }),
+		...messages.map(m => {
+			const li = el("li", { className: "found", textContent: `${nameOf(m.sender_id)}: ${m.content}` });
+			li.addEventListener("click", async () => {
+				const conv = state.conversations.find(c => c.id === m.conversation_id) ?? (await emit(state.chat, "conversation:get", { conversationId: m.conversation_id }));
+				await openConversation(conv);
+			});
+			return li;
+		}),
+	);
+});
+
 $("create-group").addEventListener("click", async () => {
 	const conv = await emit(state.chat, "conversation:create", { type: "group", participants: [...picked], name: $("group-name").value.trim() || undefined });
 	picked.clear();
@@ -548,7 +636,12 @@ async function loadNotifications() {
 	setBadge(count);
 	$("notification-list").replaceChildren(
 		...list.map(n => {
-			const li = el("li", { className: n.is_read ? "" : "unread", textContent: `${n.title}: ${n.content}` });
+			const remove = el("button", { textContent: "×", title: "Delete", ariaLabel: "Delete notification" });
+			remove.addEventListener("click", async e => {
+				e.stopPropagation();
+				await emit(state.notif, "notification:delete", { notificationId: n.id });
+			});
+			const li = el("li", { className: n.is_read ? "" : "unread" }, el("span", { textContent: `${n.title}: ${n.content}` }), remove);
 			li.addEventListener("click", async () => {
 				if (!n.is_read) await emit(state.notif, "notification:read", { notificationId: n.id });
 				const conv = n.related_id && state.conversations.find(c => c.id === n.related_id);

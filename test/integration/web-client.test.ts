@@ -147,5 +147,48 @@ describe("web client in a real browser", { skip }, () => {
 		// Logging out ends the session for good.
 		await alice.click("#logout");
 		await alice.waitForSelector("#auth-view:not([hidden])");
+		await alice.reload();
+		await alice.waitForSelector("#auth-view:not([hidden])");
+	});
+
+	it("a group with roles, message search and blocking through the page", async () => {
+		const dana = await person("dana");
+		const eve = await person("eve");
+		const finn = await person("finn");
+		// Dana picks Eve and Finn and makes a group.
+		for (const name of ["eve", "finn"]) {
+			await dana.fill("#search", name);
+			await dana.check(`#search-results li[data-username=${name}] input[type=checkbox]`);
+		}
+		await dana.fill("#group-name", "Trio");
+		await dana.click("#create-group");
+		await dana.waitForSelector("#chat-title:text-is('Trio')");
+		await eve.waitForSelector("#conversations li[title=Trio]");
+		// The admin makes Eve a moderator (the page asks what to do with the member).
+		dana.once("dialog", dialog => void dialog.accept("promote"));
+		await dana.click("#chat-members button:text('eve')");
+		await dana.waitForSelector("#chat-members :text('eve (moderator)')");
+		await eve.click("#conversations li[title=Trio]");
+		await eve.waitForSelector("#chat-members :text('dana (admin)')");
+		await eve.waitForSelector("#add-member:not([hidden])");
+		await eve.fill("#text", "zebra crossing at noon");
+		await eve.press("#text", "Enter");
+		// Finn finds it by searching.
+		await finn.waitForSelector("#conversations li[title=Trio]");
+		await finn.fill("#message-search", "ZEBRA");
+		await finn.press("#message-search", "Enter");
+		await finn.waitForSelector("#message-results .found:text('zebra crossing at noon')");
+		// Blocking in a private chat: the page says what failed and what to do.
+		await finn.fill("#search", "dana");
+		await finn.click("#search-results li[data-username=dana] button:text('Chat')");
+		await finn.waitForSelector("#chat-title:text-is('dana')");
+		finn.once("dialog", dialog => void dialog.accept());
+		await finn.click("#block");
+		await finn.waitForSelector("#block:text-is('Unblock')");
+		await finn.fill("#text", "can you read this?");
+		await finn.press("#text", "Enter");
+		await finn.waitForSelector("#banner:not([hidden])");
+		assert.match((await finn.textContent("#banner-text")) ?? "", /Sending the message failed: .*not allowed/);
+		assert.deepEqual(pageErrors, [], "no script errors in the page");
 	});
 });
