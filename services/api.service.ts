@@ -83,6 +83,11 @@ function refreshCookie(token: string | null, secure: boolean): string {
 
 const bodyParsers = { json: { limit: MiB, strict: true }, urlencoded: false };
 
+/** Route hook: the trace id, client address and user agent into ctx.meta. */
+function passCallMeta(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
+	this.setCallMeta(ctx, req);
+}
+
 /** The documentation page: Swagger UI from the swagger-ui-dist package, served locally (no CDN). */
 const DOCS_HTML = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Parley API</title>
@@ -284,9 +289,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 						this.handleUpload(req, res, "files", 10);
 					},
 				},
-				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
-					this.setCallMeta(ctx, req);
-				},
+				onBeforeCall: passCallMeta,
 			},
 			{
 				name: "base64-uploads",
@@ -300,9 +303,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 					"POST upload/file-base64": "files.saveBase64",
 					"POST users/upload-avatar": "users.uploadAvatar",
 				},
-				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
-					this.setCallMeta(ctx, req);
-				},
+				onBeforeCall: passCallMeta,
 			},
 			{
 				name: "auth",
@@ -382,9 +383,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 					"PATCH notifications/:notificationId/read": "notifications.markRead",
 					"DELETE notifications/:notificationId": "notifications.remove",
 				},
-				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
-					this.setCallMeta(ctx, req);
-				},
+				onBeforeCall: passCallMeta,
 			},
 		],
 	},
