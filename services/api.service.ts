@@ -6,20 +6,20 @@
 import crypto from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import path from "node:path";
-import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
-import ApiGateway from "moleculer-web";
-import SocketIOService from "moleculer-io";
 import { Transform } from "node:stream";
 import Busboy, { type BusboyHeaders } from "@fastify/busboy";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import SocketIOService from "moleculer-io";
+import ApiGateway from "moleculer-web";
 import serveStatic from "serve-static";
 import type { Socket } from "socket.io";
 import { config } from "../lib/config";
 import { appError, badRequest, forbidden, rateLimited, toEnvelope, unauthorized, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
 import { openApiDocument } from "../lib/openapi";
-import { type PushItem, type RoomsChange, SOCKET_PUSH_EVENT, SOCKET_ROOMS_EVENT } from "../mixins/push.mixin";
 import { RateLimiter } from "../lib/rate-limiter";
 import { type AuthUser, extractBearer, verifyAccessToken } from "../lib/tokens";
+import { type PushItem, type RoomsChange, SOCKET_PUSH_EVENT, SOCKET_ROOMS_EVENT } from "../mixins/push.mixin";
 
 const MiB = 1024 * 1024;
 const REFRESH_COOKIE = "refreshToken";
