@@ -12,4 +12,8 @@ export const isAdmin = (user: { roles?: readonly string[] } | null | undefined) 
 export const EVENTS = {
 	userDeleted: "users.user.deleted",
 	userUpdated: "users.user.updated",
+	/** A gateway node's users with at least one /chat socket on it: sent on change and every PRESENCE_INTERVAL_MS. */
+	presenceSnapshot: "presence.snapshot",
 } as const;
+
+export const PRESENCE_INTERVAL_MS = 20_000;

@@ -266,7 +266,7 @@ const schemas: Record<string, Obj> = {
 			email: { type: "string", format: "email", description: "Present only when the caller is this user or an admin.", example: "alice@example.com" },
 			avatar_url: { type: "string", nullable: true, description: "An http(s) URL or a path on this server.", example: FILE_URL_EXAMPLE },
 			bio: { type: "string", nullable: true, maxLength: 500, example: "Coffee first." },
-			status: { type: "string", description: "Presence, e.g. `online` or `offline`.", example: "offline" },
+			status: { type: "string", enum: ["online", "offline"], description: "`online` while the user has at least one `/chat` socket open on any gateway node, `offline` otherwise.", example: "offline" },
 			role: { ...ROLE_NAME, description: "The most privileged of `roles` (admin, then moderator, then user)." },
 			roles: { type: "array", items: ROLE_NAME, example: ["user"] },
 			created_at: TIMESTAMP,

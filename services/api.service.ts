@@ -14,6 +14,7 @@ import ApiGateway from "moleculer-web";
 import serveStatic from "serve-static";
 import type { Socket } from "socket.io";
 import { config } from "../lib/config";
+import { EVENTS, PRESENCE_INTERVAL_MS } from "../lib/constants";
 import { appError, badRequest, forbidden, rateLimited, toEnvelope, unauthorized, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
 import { openApiDocument } from "../lib/openapi";
@@ -33,6 +34,10 @@ interface GatewayRequest extends IncomingMessage {
 }
 
 interface ApiThis extends Service {
+	/** Open /chat sockets per user on this node, for presence. */
+	presence: Map<number, number>;
+	presenceTimer: NodeJS.Timeout | null;
+	announcePresence(): void;
 	userLimiter: RateLimiter;
 	authLimiter: RateLimiter;
 	socketLimiter: RateLimiter;
@@ -540,6 +545,11 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 			req.pipe(counter).pipe(busboy);
 		},
 
+		/** Who is online on this node, to every users service (a snapshot, so a missed one heals). */
+		announcePresence(this: ApiThis) {
+			this.broker.broadcast(EVENTS.presenceSnapshot, { nodeID: this.broker.nodeID, userIds: [...this.presence.keys()] }, ["users"]).catch(() => undefined);
+		},
+
 		clientIp(this: ApiThis, req: IncomingMessage): string {
 			if (config.trustProxy) {
 				const forwarded = req.headers["x-forwarded-for"];
@@ -619,15 +629,30 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		this.userLimiter = new RateLimiter(config.rateLimit);
 		this.authLimiter = new RateLimiter(config.rateLimitAuth);
 		this.socketLimiter = new RateLimiter(config.rateLimit);
+		this.presence = new Map();
+		this.presenceTimer = null;
 	},
 
 	started(this: ApiThis) {
+		this.presenceTimer = setInterval(() => this.announcePresence(), PRESENCE_INTERVAL_MS);
+		this.presenceTimer.unref();
 		for (const nsp of ["/chat", "/notifications"]) {
 			this.io.of(nsp).on("connection", socket => {
 				const user = socket.data.user as AuthUser | undefined;
 				if (!user) return;
 				// Every event for a user goes to this room, so each of its devices gets it.
 				socket.join(`user:${user.id}`);
+				if (nsp === "/chat") {
+					const before = this.presence.get(user.id) ?? 0;
+					this.presence.set(user.id, before + 1);
+					if (before === 0) this.announcePresence();
+					socket.on("disconnect", () => {
+						const left = (this.presence.get(user.id) ?? 1) - 1;
+						if (left > 0) return void this.presence.set(user.id, left);
+						this.presence.delete(user.id);
+						this.announcePresence();
+					});
+				}
 				if (nsp === "/notifications") {
 					// The badge is right from the first moment.
 					this.broker
@@ -643,6 +668,10 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		this.userLimiter.stop();
 		this.authLimiter.stop();
 		this.socketLimiter.stop();
+		if (this.presenceTimer) clearInterval(this.presenceTimer);
+		// Leaving: nobody is online here any more.
+		this.presence.clear();
+		this.announcePresence();
 	},
 };
 

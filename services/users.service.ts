@@ -4,10 +4,10 @@
  */
 import crypto from "node:crypto";
 import bcrypt from "bcryptjs";
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { DataTypes, Op, QueryTypes, UniqueConstraintError, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
 import { config } from "../lib/config";
-import { EVENTS, ROLES, isAdmin, primaryRole } from "../lib/constants";
+import { EVENTS, PRESENCE_INTERVAL_MS, ROLES, isAdmin, primaryRole } from "../lib/constants";
 import { conflict, forbidden, invalidCredentials, notFound, rateLimited, unauthorized, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
@@ -70,10 +70,14 @@ function defineModels(sequelize: Sequelize) {
 }
 type UserModels = ReturnType<typeof defineModels>;
 
-type UsersThis = SqlMixinThis<UserModels> & Service & UsersMethods;
+type UsersThis = SqlMixinThis<UserModels> & Service & UsersMethods & {
+	/** Per gateway node: who has a /chat socket there, and when the node last said so. */
+	presence: Map<string, { userIds: Set<number>; at: number }>;
+};
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
 
 interface UsersMethods {
+	isOnline(userId: number): boolean;
 	findUser(id: number, tx?: Transaction): Promise<UserRow | null>;
 	findUserByLogin(field: "email" | "username", value: string): Promise<UserRow | null>;
 	rolesOf(ids: number[], tx?: Transaction): Promise<Map<number, string[]>>;
@@ -104,7 +108,7 @@ const likePrefix = (s: string) => s.toLowerCase().replace(/[\\%_]/g, c => "\\" +
 // takes as long as for a wrong password (no account enumeration by timing).
 const DUMMY_HASH = bcrypt.hashSync(crypto.randomBytes(16).toString("hex"), 10);
 
-const UsersService: ServiceSchema = {
+const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 	name: "users",
 	mixins: [
 		createSqlMixin<UserModels>({
@@ -505,7 +509,27 @@ const UsersService: ServiceSchema = {
 		},
 	},
 
+	events: {
+		[EVENTS.presenceSnapshot](this: UsersThis, ctx: Context<{ nodeID: string; userIds: number[] }>) {
+			this.presence.set(ctx.params.nodeID, { userIds: new Set(ctx.params.userIds), at: Date.now() });
+		},
+		/** A gateway that died without a word: its users are not online through it any more. */
+		"$node.disconnected"(this: UsersThis, ctx: Context<{ node: { id: string } }>) {
+			this.presence.delete(ctx.params.node.id);
+		},
+	},
+
 	methods: {
+		isOnline(this: UsersThis, userId: number) {
+			// A node silent for three snapshot intervals is presumed gone.
+			const fresh = Date.now() - 3 * PRESENCE_INTERVAL_MS;
+			for (const [node, entry] of this.presence) {
+				if (entry.at < fresh) this.presence.delete(node);
+				else if (entry.userIds.has(userId)) return true;
+			}
+			return false;
+		},
+
 		async findUser(this: UsersThis, id: number, tx?: Transaction) {
 			return (await this.models.User.findByPk(id, { raw: true, transaction: tx })) as unknown as UserRow | null;
 		},
@@ -540,7 +564,7 @@ const UsersService: ServiceSchema = {
 					username: row.username,
 					avatar_url: row.avatar_url,
 					bio: row.bio,
-					status: row.status,
+					status: this.isOnline(row.id) ? "online" : "offline",
 					role: primaryRole(userRoles),
 					roles: userRoles,
 					created_at: new Date(row.created_at).toISOString(),
@@ -676,6 +700,10 @@ const UsersService: ServiceSchema = {
 				this.logger.warn(`Admin bootstrap: ${(err as Error).message}`);
 			}
 		},
+	},
+
+	created(this: UsersThis) {
+		this.presence = new Map();
 	},
 
 	async afterConnected(this: UsersThis) {

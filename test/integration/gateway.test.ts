@@ -9,7 +9,7 @@ import type { ActionHandler, ActionSchema, Context, Middleware } from "moleculer
 import { io as connectSocket, type Socket } from "socket.io-client";
 import type { CallMeta } from "../../lib/meta";
 import { openApiDocument } from "../../lib/openapi";
-import { http, registerUser, startBroker, tempDir, type RunningSystem } from "../helpers/system";
+import { http, registerUser, startBroker, tempDir, type RunningSystem, waitFor } from "../helpers/system";
 
 const SECRET = "gateway-test-secret-0123456789abcdef";
 const ORIGIN = "http://localhost:5173";
@@ -182,6 +182,23 @@ describe("gateway", () => {
 				chat.close();
 				notif.close();
 			}
+		});
+
+		it("shows a user online while it has a /chat socket, on any device, and offline after the last one", async () => {
+			const u = await registerUser(base, "presence");
+			const other = await registerUser(base, "watcher");
+			const statusOf = async () => (await http(base, "GET", `/users/${u.id}`, { token: other.accessToken })).body.status;
+			assert.equal(await statusOf(), "offline");
+			const first = await connect(base, "/chat", { auth: { token: u.accessToken } });
+			const second = await connect(base, "/chat", { auth: { token: u.accessToken } });
+			await waitFor(async () => (await statusOf()) === "online");
+			first.close();
+			await new Promise(r => setTimeout(r, 200));
+			assert.equal(await statusOf(), "online", "one device is still connected");
+			second.close();
+			await waitFor(async () => (await statusOf()) === "offline");
+			const batch = await http(base, "POST", "/users/batch", { token: other.accessToken, body: { ids: [u.id, other.id] } });
+			assert.deepEqual(batch.body.map((x: { status: string }) => x.status), ["offline", "offline"]);
 		});
 
 		it("accepts the Authorization header on the handshake", async () => {
