@@ -21,6 +21,7 @@ const state = {
 	chat: null,
 	notif: null,
 	typingTimers: new Map(),
+	notifications: [],
 	blocked: new Set(),
 	lastTypingSent: 0,
 };
@@ -322,7 +323,20 @@ async function openConversation(conv) {
 	await rememberUsers(page.map(m => m.sender_id));
 	addMessages(page.reverse());
 	await emit(state.chat, "conversation:mark-read", { conversationId: conv.id });
+	// Reading the chat reads its notifications too.
+	for (const n of state.notifications.filter(x => !x.is_read && x.related_id === conv.id)) {
+		await emit(state.notif, "notification:read", { notificationId: n.id }).catch(() => undefined);
+	}
 	await loadConversations();
+	await showPresence();
+}
+
+/** For a private chat: whether the other person is online now. */
+async function showPresence() {
+	const conv = state.current;
+	if (!conv || conv.type !== "private") return ($("chat-presence").textContent = "");
+	const other = await api("GET", `/users/${conv.participants.find(p => p !== state.me.id)}`).catch(() => null);
+	if (other && state.current === conv) $("chat-presence").textContent = other.status === "online" ? "● online" : "offline";
 }
 
 function closeChat() {
@@ -634,6 +648,7 @@ function setBadge(count) {
 async function loadNotifications() {
 	const [list, { count }] = await Promise.all([api("GET", "/notifications?limit=30"), api("GET", "/notifications/unread/count")]);
 	setBadge(count);
+	state.notifications = list;
 	$("notification-list").replaceChildren(
 		...list.map(n => {
 			const remove = el("button", { textContent: "×", title: "Delete", ariaLabel: "Delete notification" });
