@@ -156,8 +156,10 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					updated_at: now,
 				});
 				const [presented] = await this.present(ctx, [msg]);
-				if (!created) return presented;
+				// The conversation's head is moved on a retry too (the writes are no-ops when already
+				// done), so a first attempt that died half-way is healed; nothing is pushed again.
 				await this.record(ctx, msg);
+				if (!created) return presented;
 				const recipients = conversation.participants.filter(p => !blockedBy.includes(p));
 				await this.push(ctx, [{ rooms: recipients.map(userRoom), event: "message:created", payload: presented }]);
 				// Published after the message is stored, without holding up the sender's ack;
