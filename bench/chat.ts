@@ -43,7 +43,6 @@
 import crypto from "node:crypto";
 import http from "node:http";
 import path from "node:path";
-import { removeNamespaceTopology } from "../lib/durable-events";
 import { performance } from "node:perf_hooks";
 import mongoose from "mongoose";
 import { io as connectSocket, type Socket as ClientSocket } from "socket.io-client";
@@ -66,6 +65,7 @@ import {
 	redact,
 	registerBenchUser,
 	runMain,
+	throwAwayCluster,
 	type HealthBody,
 	type ServerNode,
 	sleep,
@@ -518,11 +518,8 @@ async function clusterMode(settings: Settings, amqp: string): Promise<ModeResult
 		`\n== cluster: 2 api nodes + 1 users,conversations,messages node through RabbitMQ (${redact(amqp)}); ` +
 			`users: ${pgServer ? `PostgreSQL ${redact(pgServer)}` : "embedded PGlite"}; documents: ${mongoServer ? `MongoDB ${redact(mongoServer)}` : "embedded NeDB"} ==`,
 	);
-	const namespace = `bench-${crypto.randomBytes(4).toString("hex")}`;
+	const { namespace, common } = throwAwayCluster(amqp);
 	const dir = makeTempDir("chat-cluster");
-	const common = { TRANSPORTER: amqp, NAMESPACE: namespace };
-	// Messages published in this throw-away namespace wait in durable queues: remove them at the end.
-	dropAtCleanup(() => removeNamespaceTopology(amqp, namespace));
 
 	const servicesEnv: Record<string, string> = { ...common, SERVICES: "users,conversations,messages", DATA_DIR: path.join(dir, "services-data") };
 	if (pgServer) {

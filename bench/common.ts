@@ -12,6 +12,7 @@ import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { removeNamespaceTopology } from "../lib/durable-events";
 import { Client } from "pg";
 
 // ---- settings ----
@@ -397,4 +398,14 @@ export function printTable(header: string[], body: string[][], right: Set<number
 	console.log(line(header));
 	console.log(`|${widths.map((w, i) => (right.has(i) ? `${"-".repeat(w + 1)}:` : `${"-".repeat(w + 2)}`)).join("|")}|`);
 	for (const cells of body) console.log(line(cells));
+}
+
+/**
+ * A throw-away Moleculer namespace on RabbitMQ for one cluster run, and the environment its nodes
+ * share. Events published in it wait in durable queues, so those are removed at cleanup.
+ */
+export function throwAwayCluster(amqp: string): { namespace: string; common: Record<string, string> } {
+	const namespace = `bench-${crypto.randomBytes(4).toString("hex")}`;
+	dropAtCleanup(() => removeNamespaceTopology(amqp, namespace));
+	return { namespace, common: { TRANSPORTER: amqp, NAMESPACE: namespace } };
 }

@@ -20,14 +20,12 @@
  * Exit code 0 on success, 1 on failure (child processes are stopped and temp dirs removed
  * in every case, Ctrl-C included).
  */
-import crypto from "node:crypto";
 import path from "node:path";
 import {
 	amqpUrl,
 	configureCleanup,
 	createPostgresDatabase,
 	fmt,
-	dropAtCleanup,
 	fmtMs,
 	freePort,
 	handleSignals,
@@ -39,11 +37,11 @@ import {
 	redact,
 	registerBenchUser,
 	runMain,
+	throwAwayCluster,
 	startNode,
 	stopNode,
 	waitForHealth,
 } from "./common";
-import { removeNamespaceTopology } from "../lib/durable-events";
 
 // ---- autocannon (ships no types): the part of its API used here ----
 
@@ -187,11 +185,8 @@ async function clusterMode(amqp: string): Promise<void> {
 	const store = pgServer ? "postgres" : "pglite";
 	const mode = `cluster/amqp+${store}`;
 	console.log(`\n== cluster: api node + users node through RabbitMQ (${redact(amqp)}), users store: ${pgServer ? `PostgreSQL ${redact(pgServer)}` : "embedded PGlite"} ==`);
-	const namespace = `bench-${crypto.randomBytes(4).toString("hex")}`;
+	const { namespace, common } = throwAwayCluster(amqp);
 	const dir = makeTempDir("cluster");
-	const common = { TRANSPORTER: amqp, NAMESPACE: namespace };
-	// Messages published in this throw-away namespace wait in durable queues: remove them at the end.
-	dropAtCleanup(() => removeNamespaceTopology(amqp, namespace));
 
 	const usersEnv: Record<string, string> = { ...common, SERVICES: "users", DATA_DIR: path.join(dir, "users-data") };
 	if (pgServer) {
