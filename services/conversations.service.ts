@@ -33,6 +33,7 @@ type Ctx<P = Record<string, never>> = Context<P, CallMeta & { socketId?: string 
 interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	announceInvite(conv: ConversationDoc, userIds: number[], inviter: AuthUser): void;
 	setMySettings(ctx: Ctx<unknown>, conversationId: string, set: Partial<MembershipDoc>): Promise<null>;
+	changeModerator(ctx: Ctx<unknown>, conv: ConversationDoc, target: number, promoted: boolean, actorId: number): Promise<ReturnType<typeof presentConversation>>;
 	typingState: Map<string, { at: number; isTyping: boolean }>;
 	memberCache: Map<string, number>;
 	loadForMember(conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
@@ -356,11 +357,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (!conv.participants.includes(target)) throw notFound("Member");
 				if (target === conv.admin_id) throw badRequest("The admin is already above moderators");
 				if (conv.moderator_ids.includes(target)) return this.presentFor(conv, me.id);
-				await this.stores.conversations.updateById(conv._id, { $addToSet: { moderator_ids: target }, $set: { updated_at: new Date() } });
-				await this.systemMessage(ctx, conv._id, "moderator_promoted", target, me.id);
-				const fresh = await this.reload(conv._id);
-				await this.pushToParticipants(ctx, fresh.participants, "conversation:moderator-updated", { conversationId: conv._id, userId: target, promoted: true });
-				return this.presentFor(fresh, me.id);
+				return this.changeModerator(ctx, conv, target, true, me.id);
 			},
 		},
 
@@ -372,11 +369,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (conv.type !== "group" || conv.admin_id !== me.id) throw forbidden("Only the group admin demotes moderators");
 				const target = ctx.params.userId;
 				if (!conv.moderator_ids.includes(target)) return this.presentFor(conv, me.id);
-				await this.stores.conversations.updateById(conv._id, { $pull: { moderator_ids: target }, $set: { updated_at: new Date() } });
-				await this.systemMessage(ctx, conv._id, "moderator_demoted", target, me.id);
-				const fresh = await this.reload(conv._id);
-				await this.pushToParticipants(ctx, fresh.participants, "conversation:moderator-updated", { conversationId: conv._id, userId: target, promoted: false });
-				return this.presentFor(fresh, me.id);
+				return this.changeModerator(ctx, conv, target, false, me.id);
 			},
 		},
 
@@ -689,6 +682,16 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 	},
 
 	methods: {
+		/** Promote or demote a checked member: store it, say it in a system message, tell everyone. */
+		async changeModerator(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc, target: number, promoted: boolean, actorId: number) {
+			const change = promoted ? { $addToSet: { moderator_ids: target } } : { $pull: { moderator_ids: target } };
+			await this.stores.conversations.updateById(conv._id, { ...change, $set: { updated_at: new Date() } });
+			await this.systemMessage(ctx, conv._id, promoted ? "moderator_promoted" : "moderator_demoted", target, actorId);
+			const fresh = await this.reload(conv._id);
+			await this.pushToParticipants(ctx, fresh.participants, "conversation:moderator-updated", { conversationId: conv._id, userId: target, promoted });
+			return this.presentFor(fresh, actorId);
+		},
+
 		/** The caller's own settings of a conversation it belongs to; answers 204. */
 		async setMySettings(this: ConvThis, ctx: Ctx<unknown>, conversationId: string, set: Partial<MembershipDoc>) {
 			const me = callerOf(ctx);
