@@ -72,6 +72,14 @@ export const config = {
 	get fileMaxBytes() {
 		return intEnv("FILE_MAX_BYTES", 25 * 1024 * 1024, 1);
 	},
+	/** Bytes of files one user may keep (FILE_QUOTA_BYTES, default 1 GiB). */
+	get fileQuotaBytes() {
+		return intEnv("FILE_QUOTA_BYTES", 1024 * 1024 * 1024, 1);
+	},
+	/** Large request bodies (base64 uploads) read at once on this node; more wait their turn with 503. */
+	get largeBodiesInFlight() {
+		return intEnv("LARGE_BODIES_IN_FLIGHT", 4, 1);
+	},
 	get accessTokenTtlSeconds() {
 		return intEnv("ACCESS_TOKEN_TTL", 15 * 60, 1);
 	},
@@ -81,8 +89,17 @@ export const config = {
 	get bcryptRounds() {
 		return intEnv("BCRYPT_ROUNDS", 10, 4);
 	},
-	get trustProxy() {
-		return process.env.TRUST_PROXY === "true" || process.env.TRUST_PROXY === "1";
+	/**
+	 * How many reverse proxies in front of the gateway append to X-Forwarded-For: `true` is one,
+	 * a number is that many, `false` or unset is none (the socket's address is the client's).
+	 */
+	get trustProxyHops() {
+		const raw = (process.env.TRUST_PROXY ?? "").trim().toLowerCase();
+		if (raw === "" || raw === "false" || raw === "0") return 0;
+		if (raw === "true") return 1;
+		const hops = Number(raw);
+		if (!Number.isInteger(hops) || hops < 0 || hops > 32) throw new Error(`Environment variable TRUST_PROXY must be true, false or a number of proxies, got "${raw}"`);
+		return hops;
 	},
 	get logLevel() {
 		return process.env.LOG_LEVEL || "info";

@@ -12,6 +12,8 @@ export const isAdmin = (user: { roles?: readonly string[] } | null | undefined) 
 export const EVENTS = {
 	userDeleted: "users.user.deleted",
 	userUpdated: "users.user.updated",
+	/** A login, or every login of an account, ended (SessionRevocation); every gateway node ends its sockets. */
+	sessionsRevoked: "users.sessions.revoked",
 	/** A gateway node's users with at least one /chat socket on it: sent on change and every PRESENCE_INTERVAL_MS. */
 	presenceSnapshot: "presence.snapshot",
 } as const;

@@ -9,6 +9,8 @@ export interface CallMeta {
 	userAgent?: string;
 	/** Only on /auth routes: the refresh token cookie. */
 	refreshCookie?: string;
+	/** Only on POST /auth/logout with a valid bearer token: the login that token belongs to. */
+	session?: { userId: number; sid: string | null };
 	$statusCode?: number;
 	$location?: string;
 	$responseType?: string;

@@ -1,5 +1,10 @@
 /**
  * Access tokens (JWT, HS256) and refresh tokens (opaque, stored only as a SHA-256 hash).
+ *
+ * An access token names its login (`sid`, the refresh token family) and the account's token
+ * version at issue time (`ver`). Logout revokes one `sid`; a password or role change raises the
+ * version, which revokes every older token of the account; deleting the account revokes all.
+ * The gateway keeps those revocations in memory (lib/session-revocations.ts).
  */
 import crypto from "node:crypto";
 import jwt from "jsonwebtoken";
@@ -16,12 +21,29 @@ export interface AccessTokenClaims {
 	sub: string;
 	username: string;
 	roles: string[];
+	/** The login (refresh token family) this token belongs to. */
+	sid?: string;
+	/** The account's token version when the token was issued. */
+	ver?: number;
 	iat: number;
 	exp: number;
 }
 
-export function signAccessToken(user: AuthUser): string {
-	return jwt.sign({ username: user.username, roles: user.roles }, jwtSecret(), {
+/** A verified access token: the user, and what the gateway needs to end its session. */
+export interface AccessSession {
+	user: AuthUser;
+	sid: string | null;
+	ver: number;
+	/** Seconds since the epoch, as in the token. */
+	iat: number;
+	exp: number;
+}
+
+export function signAccessToken(user: AuthUser, session: { sid?: string; ver?: number } = {}): string {
+	const claims: Record<string, unknown> = { username: user.username, roles: user.roles };
+	if (session.sid) claims.sid = session.sid;
+	if (session.ver !== undefined) claims.ver = session.ver;
+	return jwt.sign(claims, jwtSecret(), {
 		algorithm: "HS256",
 		subject: String(user.id),
 		expiresIn: config.accessTokenTtlSeconds,
@@ -32,16 +54,28 @@ export function signAccessToken(user: AuthUser): string {
  * Verify an access token; null when it is missing, malformed, expired, signed with another
  * secret or with another algorithm (only HS256 is accepted, so `alg: none` is refused).
  */
-export function verifyAccessToken(token: string | null | undefined): AuthUser | null {
+export function verifyAccessSession(token: string | null | undefined): AccessSession | null {
 	if (!token) return null;
 	try {
 		const claims = jwt.verify(token, jwtSecret(), { algorithms: ["HS256"] }) as Partial<AccessTokenClaims>;
 		const id = Number(claims.sub);
 		if (!Number.isSafeInteger(id) || id <= 0 || typeof claims.username !== "string" || !Array.isArray(claims.roles)) return null;
-		return { id, username: claims.username, roles: claims.roles.filter((r): r is string => typeof r === "string") };
+		if (typeof claims.exp !== "number" || typeof claims.iat !== "number") return null;
+		return {
+			user: { id, username: claims.username, roles: claims.roles.filter((r): r is string => typeof r === "string") },
+			sid: typeof claims.sid === "string" ? claims.sid : null,
+			ver: Number.isSafeInteger(claims.ver) ? (claims.ver as number) : 0,
+			iat: claims.iat,
+			exp: claims.exp,
+		};
 	} catch {
 		return null;
 	}
+}
+
+/** The user of a valid access token, or null (see verifyAccessSession). */
+export function verifyAccessToken(token: string | null | undefined): AuthUser | null {
+	return verifyAccessSession(token)?.user ?? null;
 }
 
 /** Accepts "Bearer <jwt>" or the raw JWT. */

@@ -1,23 +1,35 @@
 /**
- * users: accounts, roles and tokens (PostgreSQL, or the embedded PGlite).
- * Owns the tables users, roles, user_role, tokens; nothing else reads them.
+ * users: accounts, roles, tokens and ended sessions (PostgreSQL, or the embedded PGlite).
+ * Owns the tables users, roles, user_role, tokens, session_revocations; nothing else reads them.
  */
 import crypto from "node:crypto";
 import bcrypt from "bcryptjs";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { DataTypes, Op, QueryTypes, UniqueConstraintError, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
 import { config } from "../lib/config";
-import { EVENTS, PRESENCE_INTERVAL_MS, ROLES, isAdmin, primaryRole } from "../lib/constants";
+import { EVENTS, PRESENCE_INTERVAL_MS, ROLES, primaryRole } from "../lib/constants";
 import { conflict, forbidden, invalidCredentials, notFound, rateLimited, unauthorized, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
 import { usersMigrations } from "../lib/migrations/users";
+import type { RevocationReason, SessionRevocation } from "../lib/session-revocations";
 import { type AuthUser, hashRefreshToken, newRefreshToken, signAccessToken } from "../lib/tokens";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 
 /** Failed logins for one account before each further attempt must wait (doubling, capped). */
 const FREE_FAILED_LOGINS = 5;
 const MAX_LOGIN_BLOCK_SECONDS = 15 * 60;
+/** Nodes' clocks differ a little: a revocation outlives the tokens it covers by this much. */
+const REVOCATION_MARGIN_SECONDS = 5;
+/** Revocation rows are deleted this long after every token they cover has expired. */
+const REVOCATION_KEEP_SECONDS = 24 * 3600;
+const REVOCATION_PRUNE_EVERY_MS = 10 * 60_000;
+/** The only avatar there is: a file of this server, by its canonical path. */
+const AVATAR_PATH = /^\/files\/([a-f0-9]{32})$/;
+const FILE_ID = /^[a-f0-9]{32}$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const USERNAME = /^[A-Za-z0-9_.-]{3,32}$/;
+const EMAIL_LIKE = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
 
 interface UserRow {
 	id: number;
@@ -29,6 +41,8 @@ interface UserRow {
 	status: string;
 	failed_logins: number;
 	login_blocked_until: Date | null;
+	token_version: number;
+	origin: string;
 	created_at: Date;
 	updated_at: Date;
 }
@@ -47,6 +61,15 @@ export interface PublicUser {
 	updated_at: string;
 }
 
+/** What ends: one login (sid), every token below a version, or every token of the account. */
+interface Revocation {
+	userId: number;
+	reason: RevocationReason;
+	sid?: string;
+	minVersion?: number;
+	all?: boolean;
+}
+
 function defineModels(sequelize: Sequelize) {
 	const common = { timestamps: false, underscored: true, freezeTableName: true };
 	const User = sequelize.define<Model<UserRow>>(
@@ -61,6 +84,8 @@ function defineModels(sequelize: Sequelize) {
 			status: DataTypes.STRING(16),
 			failed_logins: DataTypes.INTEGER,
 			login_blocked_until: DataTypes.DATE,
+			token_version: { type: DataTypes.INTEGER, defaultValue: 0 },
+			origin: { type: DataTypes.STRING(16), defaultValue: "register" },
 			created_at: { type: DataTypes.DATE, defaultValue: DataTypes.NOW },
 			updated_at: { type: DataTypes.DATE, defaultValue: DataTypes.NOW },
 		},
@@ -73,26 +98,40 @@ type UserModels = ReturnType<typeof defineModels>;
 type UsersThis = SqlMixinThis<UserModels> & Service & UsersMethods & {
 	/** Per gateway node: who has a /chat socket there, and when the node last said so. */
 	presence: Map<string, { userIds: Set<number>; at: number }>;
+	lastRevocationPrune: number;
+	dummy: { rounds: number; hash: Promise<string> } | null;
 };
+
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
 
 interface UsersMethods {
 	isOnline(userId: number): boolean;
 	findUser(id: number, tx?: Transaction): Promise<UserRow | null>;
+	lockUser(id: number, tx: Transaction, mode: "share" | "update"): Promise<UserRow | null>;
 	findUserByLogin(field: "email" | "username", value: string): Promise<UserRow | null>;
 	rolesOf(ids: number[], tx?: Transaction): Promise<Map<number, string[]>>;
-	present(rows: UserRow[], viewer: AuthUser | null | undefined): Promise<PublicUser[]>;
-	presentOne(row: UserRow, viewer: AuthUser | null | undefined): Promise<PublicUser>;
+	present(rows: UserRow[], viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>): Promise<PublicUser[]>;
+	presentOne(row: UserRow, viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>): Promise<PublicUser>;
+	blockedAmong(ctx: Ctx<unknown> | undefined, viewerId: number, others: number[]): Promise<Set<number>>;
 	issueTokens(ctx: Ctx<unknown>, user: UserRow, familyId?: string, tx?: Transaction): Promise<{ accessToken: string; refreshToken: string }>;
-	revokeFamily(familyId: string, tx?: Transaction): Promise<void>;
-	createUser(input: { username: string; email: string; password: string; roles: string[] }): Promise<UserRow>;
+	revokeFamily(familyId: string, tx: Transaction, userId?: number): Promise<number>;
+	revokeSessions(ctx: Ctx<unknown>, revocation: Revocation, tx?: Transaction): Promise<void>;
+	pruneRevocations(): Promise<void>;
+	countPasswordAttempt(userId: number): Promise<void>;
+	checkOwnPassword(userId: number, password: string): Promise<UserRow>;
+	dummyHash(): Promise<string>;
+	createUser(input: { username: string; email: string; password: string; roles: string[]; origin?: "register" | "bootstrap" }): Promise<UserRow>;
 	setRoles(userId: number, roles: string[], tx: Transaction): Promise<void>;
+	lockRoleChanges(tx: Transaction): Promise<void>;
 	callerIsAdmin(ctx: Ctx<unknown>): Promise<boolean>;
 	requireSelfOrAdmin(ctx: Ctx<unknown>, targetId: number): Promise<void>;
 	adminCount(tx: Transaction): Promise<number>;
 	checkPasswordBytes(field: string, password: string): void;
 	uniqueViolation(err: unknown): never;
+	avatarFileId(url: string | null | undefined): string | null;
+	releaseFiles(ctx: Ctx<unknown>, urls: (string | null | undefined)[]): void;
 	bootstrapAdmin(): Promise<void>;
+	bootstrapRefusal(message: string): Error;
 }
 
 const idParam = { type: "number", integer: true, positive: true, convert: true } as const;
@@ -104,9 +143,7 @@ const limitRule = (def: number) => ({ type: "number", integer: true, min: 1, max
 /** LIKE pattern for a literal prefix: the user's %, _ and \ match themselves. */
 const likePrefix = (s: string) => s.toLowerCase().replace(/[\\%_]/g, c => "\\" + c) + "%";
 
-// A real bcrypt hash to compare against when the account does not exist, so the answer
-// takes as long as for a wrong password (no account enumeration by timing).
-const DUMMY_HASH = bcrypt.hashSync(crypto.randomBytes(16).toString("hex"), 10);
+const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every(x => b.includes(x));
 
 const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 	name: "users",
@@ -139,7 +176,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				ctx.meta.$statusCode = 201;
 				ctx.meta.$location = `/users/${user.id}`;
 				const viewer = { id: user.id, username: user.username, roles: ["user"] };
-				return { user: await this.presentOne(user, viewer), ...tokens };
+				return { user: await this.presentOne(user, viewer, ctx), ...tokens };
 			},
 		},
 
@@ -160,28 +197,24 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const login = (email || username) as string;
 				const user = await this.findUserByLogin(login.includes("@") ? "email" : "username", login);
 				if (!user) {
-					await bcrypt.compare(password, DUMMY_HASH);
+					await bcrypt.compare(password, await this.dummyHash());
 					throw invalidCredentials();
 				}
-				const now = Date.now();
-				if (user.login_blocked_until && user.login_blocked_until.getTime() > now) {
-					throw rateLimited((user.login_blocked_until.getTime() - now) / 1000);
-				}
-				if (!(await bcrypt.compare(password, user.password_hash))) {
-					const failures = user.failed_logins + 1;
-					const blockSeconds = failures >= FREE_FAILED_LOGINS ? Math.min(MAX_LOGIN_BLOCK_SECONDS, 2 ** (failures - FREE_FAILED_LOGINS)) : 0;
-					await this.models.User.update(
-						{ failed_logins: failures, login_blocked_until: blockSeconds ? new Date(now + blockSeconds * 1000) : null },
-						{ where: { id: user.id } },
+				await this.countPasswordAttempt(user.id);
+				if (!(await bcrypt.compare(password, user.password_hash))) throw invalidCredentials();
+				const result = await this.sequelize.transaction(async tx => {
+					// The right password clears the counter. Matching the hash we compared against, under the
+					// row lock, means a password change that committed meanwhile wins over this login.
+					const [fresh] = await this.sequelize.query<UserRow>(
+						"UPDATE users SET failed_logins = 0, login_blocked_until = NULL WHERE id = :id AND password_hash = :hash RETURNING *",
+						{ replacements: { id: user.id, hash: user.password_hash }, type: QueryTypes.SELECT, transaction: tx },
 					);
-					throw invalidCredentials();
-				}
-				if (user.failed_logins > 0) {
-					await this.models.User.update({ failed_logins: 0, login_blocked_until: null }, { where: { id: user.id } });
-				}
-				const presented = await this.presentOne(user, { id: user.id, username: user.username, roles: [] });
-				const tokens = await this.issueTokens(ctx, user);
-				return { user: presented, ...tokens };
+					if (!fresh) return null;
+					return { fresh, tokens: await this.issueTokens(ctx, fresh, undefined, tx) };
+				});
+				if (!result) throw invalidCredentials();
+				const presented = await this.presentOne(result.fresh, { id: user.id, username: user.username, roles: [] }, ctx);
+				return { user: presented, ...result.tokens };
 			},
 		},
 
@@ -196,20 +229,30 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				if (!presented) throw unauthorized("Refresh token required");
 				const hash = hashRefreshToken(presented);
 				const result = await this.sequelize.transaction(async tx => {
+					const [owner] = await this.sequelize.query<{ user_id: number }>("SELECT user_id FROM tokens WHERE token_hash = :hash", {
+						replacements: { hash },
+						type: QueryTypes.SELECT,
+						transaction: tx,
+					});
+					if (!owner) return { error: "unknown" as const };
+					// The account before the token, the order a password or role change takes them in: a
+					// refresh racing one waits for it (and sees its revocation) or is revoked by it.
+					const user = await this.lockUser(owner.user_id, tx, "share");
+					if (!user) return { error: "unknown" as const };
 					const [row] = await this.sequelize.query<{ id: string; user_id: number; family_id: string; expires_at: Date; used_at: Date | null; revoked_at: Date | null }>(
 						"SELECT id, user_id, family_id, expires_at, used_at, revoked_at FROM tokens WHERE token_hash = :hash FOR UPDATE",
 						{ replacements: { hash }, type: QueryTypes.SELECT, transaction: tx },
 					);
 					if (!row) return { error: "unknown" as const };
 					if (row.used_at || row.revoked_at) {
-						// A spent token came back: someone holds a copy. End the whole login.
-						await this.revokeFamily(row.family_id, tx);
+						// A spent token came back: someone holds a copy. End the whole login, its access tokens too.
+						if ((await this.revokeFamily(row.family_id, tx)) > 0) {
+							await this.revokeSessions(ctx, { userId: row.user_id, sid: row.family_id, reason: "token_reuse" }, tx);
+						}
 						return { error: "reused" as const };
 					}
 					if (row.expires_at.getTime() <= Date.now()) return { error: "expired" as const };
 					await this.sequelize.query("UPDATE tokens SET used_at = now() WHERE id = :id", { replacements: { id: row.id }, transaction: tx });
-					const user = await this.findUser(row.user_id, tx);
-					if (!user) return { error: "unknown" as const };
 					return { tokens: await this.issueTokens(ctx, user, row.family_id, tx) };
 				});
 				if ("error" in result) {
@@ -228,12 +271,26 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ refreshToken?: string }>) {
 				const presented = ctx.params.refreshToken || ctx.meta.refreshCookie;
+				// The logins to end: family id → its user.
+				const ending = new Map<string, number>();
 				if (presented) {
-					const [row] = await this.sequelize.query<{ family_id: string }>("SELECT family_id FROM tokens WHERE token_hash = :hash", {
+					const [row] = await this.sequelize.query<{ family_id: string; user_id: number }>("SELECT family_id, user_id FROM tokens WHERE token_hash = :hash", {
 						replacements: { hash: hashRefreshToken(presented) },
 						type: QueryTypes.SELECT,
 					});
-					if (row) await this.revokeFamily(row.family_id);
+					if (row) ending.set(row.family_id, row.user_id);
+				}
+				// The gateway names the login of a valid bearer token sent along: a client that lost its
+				// refresh token can still end its session, and one that sends both ends both.
+				const session = ctx.meta.session;
+				const sid = typeof session?.sid === "string" && UUID.test(session.sid) ? session.sid.toLowerCase() : null;
+				const userId = Number(session?.userId);
+				if (sid && Number.isSafeInteger(userId) && userId > 0 && !ending.has(sid)) ending.set(sid, userId);
+				for (const [familyId, owner] of ending) {
+					await this.sequelize.transaction(async tx => {
+						// Nothing left to end (logged out before): nothing to record either.
+						if ((await this.revokeFamily(familyId, tx, owner)) > 0) await this.revokeSessions(ctx, { userId: owner, sid: familyId, reason: "logout" }, tx);
+					});
 				}
 				ctx.meta.$statusCode = 204;
 				return null;
@@ -245,7 +302,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const caller = callerOf(ctx);
 				const user = await this.findUser(caller.id);
 				if (!user) throw unauthorized("This account no longer exists");
-				return this.presentOne(user, caller);
+				return this.presentOne(user, caller, ctx);
 			},
 		},
 
@@ -259,14 +316,14 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			async handler(this: UsersThis, ctx: Ctx<{ search?: string; page: number; limit: number }>) {
 				const caller = callerOf(ctx);
 				const { search, page, limit } = ctx.params;
-				const where = search
-					? {
-							[Op.or]: [
-								this.sequelize.where(this.sequelize.fn("lower", this.sequelize.col("username")), { [Op.like]: "%" + likePrefix(search) }),
-								this.sequelize.where(this.sequelize.fn("lower", this.sequelize.col("email")), { [Op.like]: likePrefix(search) }),
-							],
-						}
-					: {};
+				let where = {};
+				if (search) {
+					const lower = (col: string) => this.sequelize.fn("lower", this.sequelize.col(col));
+					// Usernames are public: by prefix. An email only by the whole address (an admin: by
+					// prefix), so that nobody can spell out another user's address letter by letter.
+					const byEmail = (await this.callerIsAdmin(ctx)) ? { [Op.like]: likePrefix(search) } : { [Op.eq]: search.toLowerCase() };
+					where = { [Op.or]: [this.sequelize.where(lower("username"), { [Op.like]: likePrefix(search) }), this.sequelize.where(lower("email"), byEmail)] };
+				}
 				const { rows, count } = await this.models.User.findAndCountAll({
 					where,
 					order: [
@@ -278,7 +335,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					raw: true,
 				});
 				return {
-					data: await this.present(rows as unknown as UserRow[], caller),
+					data: await this.present(rows as unknown as UserRow[], caller, ctx),
 					total: count,
 					page,
 					limit,
@@ -295,15 +352,16 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ q: string; limit: number }>) {
 				const caller = callerOf(ctx);
-				const pattern = likePrefix(ctx.params.q);
+				// As in list: usernames by prefix, emails by the whole address unless the caller is an admin.
+				const byEmail = (await this.callerIsAdmin(ctx)) ? "lower(email) LIKE :pattern" : "lower(email) = :exact";
 				const rows = await this.sequelize.query<UserRow>(
 					`SELECT * FROM users
-					 WHERE lower(username) LIKE :pattern OR lower(email) LIKE :pattern
-					 ORDER BY (lower(username) = :exact) DESC, length(username), lower(username), id
+					 WHERE lower(username) LIKE :pattern OR ${byEmail}
+					 ORDER BY (lower(username) = :exact OR lower(email) = :exact) DESC, length(username), lower(username), id
 					 LIMIT :limit`,
-					{ replacements: { pattern, exact: ctx.params.q.toLowerCase(), limit: ctx.params.limit }, type: QueryTypes.SELECT },
+					{ replacements: { pattern: likePrefix(ctx.params.q), exact: ctx.params.q.toLowerCase(), limit: ctx.params.limit }, type: QueryTypes.SELECT },
 				);
-				return this.present(rows, caller);
+				return this.present(rows, caller, ctx);
 			},
 		},
 
@@ -313,7 +371,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const caller = callerOf(ctx);
 				const user = await this.findUser(ctx.params.id);
 				if (!user) throw notFound("User");
-				return this.presentOne(user, caller);
+				return this.presentOne(user, caller, ctx);
 			},
 		},
 
@@ -329,7 +387,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const rows = (await this.models.User.findAll({ where: { id: ids }, raw: true })) as unknown as UserRow[];
 				const byId = new Map(rows.map(r => [r.id, r]));
 				// In the order asked for; unknown ids are left out.
-				return this.present(ids.map(id => byId.get(id)).filter((r): r is UserRow => !!r), caller);
+				return this.present(ids.map(id => byId.get(id)).filter((r): r is UserRow => !!r), caller, ctx);
 			},
 		},
 
@@ -341,29 +399,65 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				email: { ...emailRule, optional: true },
 				avatar_url: { type: "string", optional: true, nullable: true, max: 2048, trim: true },
 				bio: { type: "string", optional: true, nullable: true, max: 500 },
+				currentPassword: { type: "string", optional: true, min: 1, max: 200 },
 			},
-			async handler(this: UsersThis, ctx: Ctx<{ id: number; username?: string; email?: string; avatar_url?: string | null; bio?: string | null }>) {
-				const { id, ...changes } = ctx.params;
+			async handler(this: UsersThis, ctx: Ctx<{ id: number; username?: string; email?: string; avatar_url?: string | null; bio?: string | null; currentPassword?: string }>) {
+				const caller = callerOf(ctx);
+				const { id, currentPassword, ...changes } = ctx.params;
 				await this.requireSelfOrAdmin(ctx, id);
-				if (changes.avatar_url && !/^(https?:\/\/|\/)/i.test(changes.avatar_url)) {
-					throw validationError("avatar_url must be an http(s) URL or a path on this server", [{ field: "avatar_url", type: "url", message: "Must be an http(s) URL or a path" }]);
-				}
 				const user = await this.findUser(id);
 				if (!user) throw notFound("User");
 				const patch: Partial<UserRow> = {};
 				if (changes.username !== undefined) patch.username = changes.username;
-				if (changes.email !== undefined) patch.email = changes.email.toLowerCase();
-				if (changes.avatar_url !== undefined) patch.avatar_url = changes.avatar_url || null;
 				if (changes.bio !== undefined) patch.bio = changes.bio;
-				if (Object.keys(patch).length > 0) {
+				// Everything is checked before anything is written.
+				if (changes.avatar_url !== undefined) {
+					const wanted = changes.avatar_url || null;
+					// Sending back the avatar the profile has (a PUT of the whole profile) is no change.
+					if (wanted !== user.avatar_url) {
+						// Only a file of this server: no third-party URL that every viewer's browser would fetch.
+						if (wanted !== null && !AVATAR_PATH.test(wanted)) {
+							throw validationError("avatar_url must be /files/<id> of an image you uploaded, or null", [{ field: "avatar_url", type: "avatar", message: "Must be /files/<id> of an image you uploaded, or null" }]);
+						}
+						patch.avatar_url = wanted;
+					}
+				}
+				if (changes.email !== undefined && changes.email.toLowerCase() !== user.email) {
+					// A stolen access token must not be enough to move the account to another address:
+					// the caller proves it knows its own password (an admin too, for another account).
+					if (!currentPassword) {
+						throw validationError("Changing the email needs your current password", [{ field: "currentPassword", type: "required", message: "Your current password is required to change the email" }]);
+					}
+					await this.checkOwnPassword(caller.id, currentPassword);
+					patch.email = changes.email.toLowerCase();
+				}
+				// The files service answers the file, or VALIDATION_ERROR / FORBIDDEN (not an image, not yours).
+				if (patch.avatar_url) {
 					try {
-						await this.models.User.update({ ...patch, updated_at: new Date() }, { where: { id } });
+						await ctx.call("files.verifyImage", { ref: patch.avatar_url, ownerId: caller.id });
+					} catch (err) {
+						const e = err as Error & { type?: string };
+						if (e.type === "VALIDATION_ERROR") throw validationError(e.message, [{ field: "avatar_url", type: "avatar", message: e.message }]);
+						throw err;
+					}
+				}
+				if (Object.keys(patch).length > 0) {
+					let previousAvatar: string | null = null;
+					try {
+						await this.sequelize.transaction(async tx => {
+							const locked = await this.lockUser(id, tx, "update");
+							if (!locked) throw notFound("User");
+							previousAvatar = locked.avatar_url;
+							await this.models.User.update({ ...patch, updated_at: new Date() }, { where: { id }, transaction: tx });
+						});
 					} catch (err) {
 						this.uniqueViolation(err);
 					}
+					if (patch.avatar_url !== undefined && previousAvatar !== patch.avatar_url) this.releaseFiles(ctx, [previousAvatar]);
 				}
-				const updated = (await this.findUser(id)) as UserRow;
-				const presented = await this.presentOne(updated, callerOf(ctx));
+				const updated = await this.findUser(id);
+				if (!updated) throw notFound("User");
+				const presented = await this.presentOne(updated, caller, ctx);
 				ctx.broadcast(EVENTS.userUpdated, { userId: id });
 				return presented;
 			},
@@ -374,17 +468,21 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			async handler(this: UsersThis, ctx: Ctx<{ id: number }>) {
 				const { id } = ctx.params;
 				await this.requireSelfOrAdmin(ctx, id);
-				await this.sequelize.transaction(async tx => {
-					const user = await this.findUser(id, tx);
+				const avatar = await this.sequelize.transaction(async tx => {
+					await this.lockRoleChanges(tx);
+					const user = await this.lockUser(id, tx, "update");
 					if (!user) throw notFound("User");
 					const roles = (await this.rolesOf([id], tx)).get(id) ?? [];
 					if (roles.includes("admin") && (await this.adminCount(tx)) <= 1) {
 						throw conflict("The last admin cannot be deleted");
 					}
-					// user_role and tokens go with it (ON DELETE CASCADE).
+					// user_role and tokens go with it (ON DELETE CASCADE); its access tokens end with it.
 					await this.models.User.destroy({ where: { id }, transaction: tx });
+					await this.revokeSessions(ctx, { userId: id, all: true, reason: "account_deleted" }, tx);
+					return user.avatar_url;
 				});
 				ctx.broadcast(EVENTS.userDeleted, { userId: id });
+				this.releaseFiles(ctx, [avatar]);
 				ctx.meta.$statusCode = 204;
 				return null;
 			},
@@ -399,18 +497,26 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			async handler(this: UsersThis, ctx: Ctx<{ oldPassword: string; newPassword: string }>) {
 				const caller = callerOf(ctx);
 				this.checkPasswordBytes("newPassword", ctx.params.newPassword);
-				const user = await this.findUser(caller.id);
-				if (!user) throw unauthorized("This account no longer exists");
-				if (!(await bcrypt.compare(ctx.params.oldPassword, user.password_hash))) throw invalidCredentials();
+				// Counted like a login: a stolen access token must not be a way to guess the password.
+				const user = await this.checkOwnPassword(caller.id, ctx.params.oldPassword);
 				const hash = await bcrypt.hash(ctx.params.newPassword, config.bcryptRounds);
-				await this.sequelize.transaction(async tx => {
-					await this.models.User.update({ password_hash: hash, updated_at: new Date() }, { where: { id: user.id }, transaction: tx });
-					// Every login of this account ends: a stolen refresh token dies with the old password.
+				const changed = await this.sequelize.transaction(async tx => {
+					// Only over the hash that was checked: of two changes at once, the second fails.
+					const [row] = await this.sequelize.query<{ token_version: number }>(
+						`UPDATE users SET password_hash = :hash, token_version = token_version + 1, updated_at = now()
+						 WHERE id = :id AND password_hash = :old RETURNING token_version`,
+						{ replacements: { id: user.id, hash, old: user.password_hash }, type: QueryTypes.SELECT, transaction: tx },
+					);
+					if (!row) return false;
+					// Every login of this account ends, this one too: a stolen token dies with the old password.
 					await this.sequelize.query("UPDATE tokens SET revoked_at = now() WHERE user_id = :id AND revoked_at IS NULL", {
 						replacements: { id: user.id },
 						transaction: tx,
 					});
+					await this.revokeSessions(ctx, { userId: user.id, minVersion: row.token_version, reason: "password_changed" }, tx);
+					return true;
 				});
+				if (!changed) throw invalidCredentials();
 				ctx.meta.$statusCode = 204;
 				return null;
 			},
@@ -425,14 +531,27 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ fileName: string; mimeType?: string; base64: string }>) {
 				const caller = callerOf(ctx);
+				// A deleted account's token stores nothing.
+				if (!(await this.findUser(caller.id))) throw unauthorized("This account no longer exists");
 				// The files service checks it is an image from its bytes, and stores it.
 				const file = (await ctx.call("files.saveBase64", { ...ctx.params, onlyImages: true })) as { url: string; fileId: string };
 				ctx.meta.$statusCode = 200;
-				await this.models.User.update({ avatar_url: file.url, updated_at: new Date() }, { where: { id: caller.id } });
+				const url = FILE_ID.test(file.fileId) ? `/files/${file.fileId}` : file.url;
+				const previous = await this.sequelize.transaction(async tx => {
+					const locked = await this.lockUser(caller.id, tx, "update");
+					if (!locked) return undefined;
+					await this.models.User.update({ avatar_url: url, updated_at: new Date() }, { where: { id: caller.id }, transaction: tx });
+					return locked.avatar_url;
+				});
+				if (previous === undefined) {
+					this.releaseFiles(ctx, [url]);
+					throw unauthorized("This account no longer exists");
+				}
+				if (previous !== url) this.releaseFiles(ctx, [previous]);
 				const user = await this.findUser(caller.id);
 				if (!user) throw unauthorized("This account no longer exists");
 				ctx.broadcast(EVENTS.userUpdated, { userId: caller.id });
-				return { url: file.url, user: await this.presentOne(user, caller) };
+				return { url, user: await this.presentOne(user, caller, ctx) };
 			},
 		},
 
@@ -451,19 +570,67 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				roles: { type: "array", min: 1, max: ROLES.length, unique: true, items: { type: "enum", values: [...ROLES] } },
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ id: number; roles: string[] }>) {
-				if (!(await this.callerIsAdmin(ctx))) throw forbidden("Only an admin may change roles");
+				const caller = callerOf(ctx);
 				const { id, roles } = ctx.params;
 				await this.sequelize.transaction(async tx => {
-					const user = await this.findUser(id, tx);
+					// One role change at a time: two admins demoting each other at once must not leave none,
+					// and an admin demoted a moment ago changes nothing.
+					await this.lockRoleChanges(tx);
+					if (!((await this.rolesOf([caller.id], tx)).get(caller.id) ?? []).includes("admin")) throw forbidden("Only an admin may change roles");
+					const user = await this.lockUser(id, tx, "update");
 					if (!user) throw notFound("User");
 					const current = (await this.rolesOf([id], tx)).get(id) ?? [];
+					if (sameSet(current, roles)) return;
 					if (current.includes("admin") && !roles.includes("admin") && (await this.adminCount(tx)) <= 1) {
 						throw conflict("The last admin cannot lose the admin role");
 					}
 					await this.setRoles(id, roles, tx);
+					// Tokens carry the roles: the ones issued before end (a refresh gives the new roles).
+					const [row] = await this.sequelize.query<{ token_version: number }>(
+						"UPDATE users SET token_version = token_version + 1, updated_at = now() WHERE id = :id RETURNING token_version",
+						{ replacements: { id }, type: QueryTypes.SELECT, transaction: tx },
+					);
+					await this.revokeSessions(ctx, { userId: id, minVersion: row.token_version, reason: "roles_changed" }, tx);
 				});
-				const user = (await this.findUser(id)) as UserRow;
-				return this.presentOne(user, callerOf(ctx));
+				const user = await this.findUser(id);
+				if (!user) throw notFound("User");
+				return this.presentOne(user, caller, ctx);
+			},
+		},
+
+		/** For the gateways: every ended session whose access tokens may still be unexpired (not routed). */
+		revocations: {
+			visibility: "public",
+			async handler(this: UsersThis): Promise<SessionRevocation[]> {
+				const window = config.accessTokenTtlSeconds + REVOCATION_MARGIN_SECONDS;
+				const rows = await this.sequelize.query<{ user_id: number; family_id: string | null; min_version: number | null; all_tokens: boolean; reason: RevocationReason; created_at: Date }>(
+					`SELECT user_id, family_id, min_version, all_tokens, reason, created_at FROM session_revocations
+					 WHERE created_at > now() - make_interval(secs => :window) ORDER BY id`,
+					{ replacements: { window }, type: QueryTypes.SELECT },
+				);
+				return rows.map(r => {
+					const out: SessionRevocation = { userId: r.user_id, reason: r.reason, until: new Date(r.created_at).getTime() + window * 1000 };
+					if (r.family_id) out.sid = r.family_id;
+					if (r.min_version !== null) out.minVersion = r.min_version;
+					if (r.all_tokens) out.all = true;
+					return out;
+				});
+			},
+		},
+
+		/** For the files service, before it deletes files: which of these are some user's avatar (not routed). */
+		fileRefs: {
+			visibility: "public",
+			params: { fileIds: { type: "array", max: 1000, items: { type: "string", max: 64 } } },
+			async handler(this: UsersThis, ctx: Ctx<{ fileIds: string[] }>) {
+				const ids = [...new Set(ctx.params.fileIds)].filter(id => FILE_ID.test(id));
+				if (ids.length === 0) return [];
+				const rows = await this.sequelize.query<{ avatar_url: string }>("SELECT DISTINCT avatar_url FROM users WHERE length(avatar_url) <= 64 AND avatar_url IN (:urls)", {
+					replacements: { urls: ids.map(id => `/files/${id}`) },
+					type: QueryTypes.SELECT,
+				});
+				const used = new Set(rows.map(r => r.avatar_url));
+				return ids.filter(id => used.has(`/files/${id}`));
 			},
 		},
 
@@ -504,7 +671,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			params: { ids: { type: "array", max: 1000, items: { type: "number", integer: true, positive: true } } },
 			async handler(this: UsersThis, ctx: Ctx<{ ids: number[] }>) {
 				const rows = (await this.models.User.findAll({ where: { id: [...new Set(ctx.params.ids)] }, raw: true })) as unknown as UserRow[];
-				return this.present(rows, null);
+				return this.present(rows, null, ctx);
 			},
 		},
 	},
@@ -534,6 +701,15 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			return (await this.models.User.findByPk(id, { raw: true, transaction: tx })) as unknown as UserRow | null;
 		},
 
+		async lockUser(this: UsersThis, id: number, tx: Transaction, mode: "share" | "update") {
+			const [row] = await this.sequelize.query<UserRow>(`SELECT * FROM users WHERE id = :id FOR ${mode === "share" ? "SHARE" : "UPDATE"}`, {
+				replacements: { id },
+				type: QueryTypes.SELECT,
+				transaction: tx,
+			});
+			return row ?? null;
+		},
+
 		async findUserByLogin(this: UsersThis, field: "email" | "username", value: string) {
 			const [row] = await this.sequelize.query<UserRow>(`SELECT * FROM users WHERE lower(${field}) = :value`, {
 				replacements: { value: value.trim().toLowerCase() },
@@ -553,18 +729,25 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			return out;
 		},
 
-		async present(this: UsersThis, rows: UserRow[], viewer: AuthUser | null | undefined) {
-			const roles = await this.rolesOf(rows.map(r => r.id));
-			const viewerIsAdmin = isAdmin(viewer);
+		async present(this: UsersThis, rows: UserRow[], viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>) {
+			const viewerId = viewer?.id;
+			const roles = await this.rolesOf([...new Set([...rows.map(r => r.id), ...(viewerId ? [viewerId] : [])])]);
+			// Who sees emails is decided by the viewer's roles in the database, not by its (older) token.
+			const viewerIsAdmin = viewerId !== undefined && (roles.get(viewerId) ?? []).includes("admin");
+			const online = new Set(rows.filter(r => this.isOnline(r.id)).map(r => r.id));
+			const others = [...online].filter(id => id !== viewerId);
+			// Users with a block between them see each other offline, whoever blocked whom.
+			if (viewer && others.length > 0) for (const id of await this.blockedAmong(ctx, viewer.id, others)) online.delete(id);
 			return rows.map(row => {
 				const userRoles = roles.get(row.id) ?? [];
 				const out: PublicUser = {
 					user_id: row.id,
 					id: row.id,
 					username: row.username,
-					avatar_url: row.avatar_url,
+					// An avatar stored before they had to be files of this server is not shown.
+					avatar_url: this.avatarFileId(row.avatar_url) ? row.avatar_url : null,
 					bio: row.bio,
-					status: this.isOnline(row.id) ? "online" : "offline",
+					status: online.has(row.id) ? "online" : "offline",
 					role: primaryRole(userRoles),
 					roles: userRoles,
 					created_at: new Date(row.created_at).toISOString(),
@@ -576,14 +759,32 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			});
 		},
 
-		async presentOne(this: UsersThis, row: UserRow, viewer: AuthUser | null | undefined) {
-			const [out] = await this.present([row], viewer);
+		async presentOne(this: UsersThis, row: UserRow, viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>) {
+			const [out] = await this.present([row], viewer, ctx);
 			return out;
+		},
+
+		/** Which of `others` have a block with the viewer, either way (the conversations service owns blocks). */
+		async blockedAmong(this: UsersThis, ctx: Ctx<unknown> | undefined, viewerId: number, others: number[]) {
+			const params = { userId: viewerId, others };
+			try {
+				const ids = ctx ? await ctx.call("conversations.blockRelations", params) : await this.broker.call("conversations.blockRelations", params);
+				if (!Array.isArray(ids)) throw new Error("conversations.blockRelations did not answer a list");
+				return new Set(ids.map(Number));
+			} catch (err) {
+				const e = err as { type?: string; name?: string; message?: string };
+				// No chat in this cluster: there are no blocks.
+				if (e.type === "SERVICE_NOT_FOUND" || e.name === "ServiceNotFoundError") return new Set<number>();
+				// Unknown: better offline than telling a blocked user that its blocker is there.
+				this.logger.warn(`Blocks unknown (${e.message}); showing ${others.length} user(s) offline`);
+				return new Set(others);
+			}
 		},
 
 		async issueTokens(this: UsersThis, ctx: Ctx<unknown>, user: UserRow, familyId?: string, tx?: Transaction) {
 			const roles = (await this.rolesOf([user.id], tx)).get(user.id) ?? [];
 			const refreshToken = newRefreshToken();
+			const family = familyId ?? crypto.randomUUID();
 			await this.sequelize.query(
 				`INSERT INTO tokens (user_id, token_hash, family_id, expires_at, user_agent, ip)
 				 VALUES (:userId, :hash, :family, :expires, :ua, :ip)`,
@@ -591,7 +792,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					replacements: {
 						userId: user.id,
 						hash: hashRefreshToken(refreshToken),
-						family: familyId ?? crypto.randomUUID(),
+						family,
 						expires: new Date(Date.now() + config.refreshTokenTtlSeconds * 1000),
 						ua: ctx.meta.userAgent?.slice(0, 256) ?? null,
 						ip: ctx.meta.clientIp?.slice(0, 64) ?? null,
@@ -606,14 +807,101 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					transaction: tx,
 				});
 			}
-			return { accessToken: signAccessToken({ id: user.id, username: user.username, roles }), refreshToken };
+			// The access token names its login and the account's version, so that either can be revoked.
+			const accessToken = signAccessToken({ id: user.id, username: user.username, roles }, { sid: family, ver: user.token_version ?? 0 });
+			return { accessToken, refreshToken };
 		},
 
-		async revokeFamily(this: UsersThis, familyId: string, tx?: Transaction) {
-			await this.sequelize.query("UPDATE tokens SET revoked_at = now() WHERE family_id = :familyId AND revoked_at IS NULL", {
-				replacements: { familyId },
-				transaction: tx,
+		/** End a login's refresh tokens; how many were still alive. */
+		async revokeFamily(this: UsersThis, familyId: string, tx: Transaction, userId?: number) {
+			const rows = await this.sequelize.query<{ id: string }>(
+				`UPDATE tokens SET revoked_at = now() WHERE family_id = :familyId AND revoked_at IS NULL${userId === undefined ? "" : " AND user_id = :userId"} RETURNING id`,
+				{ replacements: { familyId, userId: userId ?? null }, type: QueryTypes.SELECT, transaction: tx },
+			);
+			return rows.length;
+		},
+
+		/**
+		 * Record that sessions ended (in `tx`, with the change that ends them) and, once that is
+		 * committed, tell every gateway node, which then refuses those access tokens and drops their sockets.
+		 */
+		async revokeSessions(this: UsersThis, ctx: Ctx<unknown>, revocation: Revocation, tx?: Transaction) {
+			await this.sequelize.query(
+				"INSERT INTO session_revocations (user_id, family_id, min_version, all_tokens, reason) VALUES (:userId, :sid, :minVersion, :all, :reason)",
+				{
+					replacements: { userId: revocation.userId, sid: revocation.sid ?? null, minVersion: revocation.minVersion ?? null, all: !!revocation.all, reason: revocation.reason },
+					transaction: tx,
+				},
+			);
+			const announce = () => {
+				const payload: SessionRevocation = {
+					userId: revocation.userId,
+					reason: revocation.reason,
+					until: Date.now() + (config.accessTokenTtlSeconds + REVOCATION_MARGIN_SECONDS) * 1000,
+				};
+				if (revocation.sid) payload.sid = revocation.sid;
+				if (revocation.minVersion !== undefined) payload.minVersion = revocation.minVersion;
+				if (revocation.all) payload.all = true;
+				// A gateway that misses it still learns it from users.revocations within a minute.
+				void ctx.broadcast(EVENTS.sessionsRevoked, payload, ["api"]);
+				void this.pruneRevocations();
+			};
+			if (tx) tx.afterCommit(announce);
+			else announce();
+		},
+
+		/** Now and then: rows no unexpired token can match any more go (outside any transaction). */
+		async pruneRevocations(this: UsersThis) {
+			if (Date.now() - this.lastRevocationPrune < REVOCATION_PRUNE_EVERY_MS) return;
+			this.lastRevocationPrune = Date.now();
+			try {
+				await this.sequelize.query("DELETE FROM session_revocations WHERE created_at < now() - make_interval(secs => :keep)", {
+					replacements: { keep: config.accessTokenTtlSeconds + REVOCATION_MARGIN_SECONDS + REVOCATION_KEEP_SECONDS },
+				});
+			} catch (err) {
+				this.logger.warn(`Could not prune session revocations: ${(err as Error).message}`);
+			}
+		},
+
+		/**
+		 * Count one password attempt for the account before comparing (bcrypt is slow, and parallel
+		 * guesses must not all read the same count): one atomic statement, which changes nothing
+		 * while the account waits. Throws 429 then.
+		 */
+		async countPasswordAttempt(this: UsersThis, userId: number) {
+			const counted = await this.sequelize.query<{ failed_logins: number }>(
+				`UPDATE users SET failed_logins = failed_logins + 1,
+					login_blocked_until = CASE WHEN failed_logins + 1 >= :free
+						THEN now() + LEAST(:max, power(2, LEAST(failed_logins + 1 - :free, 20))) * interval '1 second'
+						ELSE login_blocked_until END
+				 WHERE id = :id AND (login_blocked_until IS NULL OR login_blocked_until <= now())
+				 RETURNING failed_logins`,
+				{ replacements: { id: userId, free: FREE_FAILED_LOGINS, max: MAX_LOGIN_BLOCK_SECONDS }, type: QueryTypes.SELECT },
+			);
+			if (counted.length > 0) return;
+			const [row] = await this.sequelize.query<{ wait: string | number | null }>("SELECT EXTRACT(EPOCH FROM login_blocked_until - now()) AS wait FROM users WHERE id = :id", {
+				replacements: { id: userId },
+				type: QueryTypes.SELECT,
 			});
+			if (!row) throw invalidCredentials();
+			throw rateLimited(Number(row.wait ?? 1));
+		},
+
+		/** The caller's own password, counted like a login; the caller's row when it is right. */
+		async checkOwnPassword(this: UsersThis, userId: number, password: string) {
+			const user = await this.findUser(userId);
+			if (!user) throw unauthorized("This account no longer exists");
+			await this.countPasswordAttempt(userId);
+			if (!(await bcrypt.compare(password, user.password_hash))) throw invalidCredentials();
+			await this.sequelize.query("UPDATE users SET failed_logins = 0, login_blocked_until = NULL WHERE id = :id", { replacements: { id: userId } });
+			return user;
+		},
+
+		/** A hash to compare against for an unknown account, as slow as a real one (no enumeration by timing). */
+		dummyHash(this: UsersThis) {
+			const rounds = config.bcryptRounds;
+			if (!this.dummy || this.dummy.rounds !== rounds) this.dummy = { rounds, hash: bcrypt.hash(crypto.randomBytes(16).toString("hex"), rounds) };
+			return this.dummy.hash;
 		},
 
 		async createUser(this: UsersThis, input) {
@@ -621,7 +909,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			try {
 				return await this.sequelize.transaction(async tx => {
 					const created = await this.models.User.create(
-						{ username: input.username, email: input.email.toLowerCase(), password_hash: hash, status: "offline" } as UserRow,
+						{ username: input.username, email: input.email.toLowerCase(), password_hash: hash, status: "offline", origin: input.origin ?? "register" } as UserRow,
 						{ transaction: tx },
 					);
 					const row = created.get({ plain: true }) as UserRow;
@@ -639,6 +927,11 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				replacements: { userId, roles },
 				transaction: tx,
 			});
+		},
+
+		/** Serialises the transactions that may take the admin role away (role changes, deletions). */
+		async lockRoleChanges(this: UsersThis, tx: Transaction) {
+			await this.sequelize.query("SELECT id FROM roles WHERE name = 'admin' FOR NO KEY UPDATE", { transaction: tx });
 		},
 
 		/** Roles are read from the database, not trusted from the token, for admin-only acts. */
@@ -678,36 +971,91 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			throw err;
 		},
 
-		/** ADMIN_EMAIL / ADMIN_PASSWORD: make sure that account exists and is an admin. */
+		avatarFileId(url: string | null | undefined) {
+			return AVATAR_PATH.exec(url ?? "")?.[1] ?? null;
+		},
+
+		/** Files no longer an avatar here: the files service deletes them unless something else uses them. */
+		releaseFiles(this: UsersThis, ctx: Ctx<unknown>, urls: (string | null | undefined)[]) {
+			const fileIds = [...new Set(urls.map(u => this.avatarFileId(u)).filter((id): id is string => !!id))];
+			if (fileIds.length === 0) return;
+			// In the background, with a context of its own: the change is done, a file left over is only space.
+			this.broker
+				.call("files.release", { fileIds }, { meta: { user: ctx.meta.user ?? null, traceId: ctx.meta.traceId }, requestID: ctx.requestID ?? undefined })
+				.catch((err: Error) => this.logger.warn(`Could not release file(s) ${fileIds.join(", ")}: ${err.message}`));
+		},
+
+		/**
+		 * ADMIN_EMAIL / ADMIN_PASSWORD: create that admin account once. An account the bootstrap did
+		 * not create is never promoted (whoever registered the address first would become admin).
+		 */
 		async bootstrapAdmin(this: UsersThis) {
-			const email = config.adminEmail;
+			const email = config.adminEmail?.trim().toLowerCase() || null;
 			const password = config.adminPassword;
-			if (!email || !password) return;
-			const existing = await this.findUserByLogin("email", email);
-			if (existing) {
-				await this.sequelize.transaction(async tx => {
-					const roles = (await this.rolesOf([existing.id], tx)).get(existing.id) ?? [];
-					if (!roles.includes("admin")) await this.setRoles(existing.id, [...new Set([...roles, "admin", "user"])], tx);
-				});
+			const username = config.adminUsername;
+			if (!email && !password) return;
+			if (!email || !password) {
+				this.logger.warn("Admin bootstrap skipped: ADMIN_EMAIL and ADMIN_PASSWORD must be set together");
 				return;
 			}
-			try {
-				await this.createUser({ username: config.adminUsername, email, password, roles: ["admin", "user"] });
-				this.logger.info(`Admin account ${email} created`);
-			} catch (err) {
-				// Another users node created it at the same moment: fine. Anything else is logged.
-				if ((err as { type?: string }).type !== "CONFLICT") throw err;
-				this.logger.warn(`Admin bootstrap: ${(err as Error).message}`);
+			if (password.length < 8 || Buffer.byteLength(password, "utf8") > 72) {
+				throw this.bootstrapRefusal("ADMIN_PASSWORD must be at least 8 characters and at most 72 bytes, like every password; set a valid one");
 			}
+			if (email.length > 254 || !EMAIL_LIKE.test(email)) throw this.bootstrapRefusal(`ADMIN_EMAIL "${email}" is not an email address; set a valid one`);
+			if (!USERNAME.test(username)) {
+				throw this.bootstrapRefusal(`ADMIN_USERNAME "${username}" is not a valid username (3 to 32 letters, digits, '_', '.' or '-'); set a valid one`);
+			}
+			for (let attempt = 1; ; attempt++) {
+				const byEmail = await this.findUserByLogin("email", email);
+				if (byEmail) {
+					// Created by the bootstrap, or an admin already (the bootstrap admin of an older version).
+					if (byEmail.origin === "bootstrap") return;
+					if (((await this.rolesOf([byEmail.id])).get(byEmail.id) ?? []).includes("admin")) return;
+					throw this.bootstrapRefusal(
+						`ADMIN_EMAIL ${email} is the email of account #${byEmail.id} ("${byEmail.username}"), which was registered through the API, not created by this bootstrap; it is not made an admin. Set ADMIN_EMAIL to an address no account uses, or, if that account is yours, give it the admin role from an admin account and start again`,
+					);
+				}
+				const byName = await this.findUserByLogin("username", username);
+				if (byName) {
+					if (byName.origin !== "bootstrap") {
+						throw this.bootstrapRefusal(`ADMIN_USERNAME "${username}" is taken by account #${byName.id}, which was registered through the API; set ADMIN_USERNAME to a name no account uses`);
+					}
+					this.logger.warn(`Admin bootstrap: the bootstrap admin "${username}" has another email (not ${email}); nothing was created`);
+					return;
+				}
+				try {
+					await this.createUser({ username, email, password, roles: ["admin", "user"], origin: "bootstrap" });
+					this.logger.info(`Admin account ${email} created`);
+					return;
+				} catch (err) {
+					// Another users node created it at this moment (or someone registered one of the names): look again.
+					if ((err as { type?: string }).type !== "CONFLICT") throw err;
+					if (attempt >= 3) throw this.bootstrapRefusal(`could not create ADMIN_EMAIL ${email}: ${(err as Error).message}`);
+				}
+			}
+		},
+
+		bootstrapRefusal(this: UsersThis, message: string) {
+			this.logger.fatal(`Admin bootstrap refused, the users service does not start: ${message}`);
+			return new Error(`Admin bootstrap refused: ${message}`);
 		},
 	},
 
 	created(this: UsersThis) {
 		this.presence = new Map();
+		this.lastRevocationPrune = 0;
+		this.dummy = null;
 	},
 
-	async afterConnected(this: UsersThis) {
-		await this.bootstrapAdmin();
+	// After the sql mixin's started (which connected and migrated). Not in afterConnected: moleculer-db
+	// retries a failing connect() every second forever, so a refusal thrown there would never end the start.
+	async started(this: UsersThis) {
+		try {
+			await this.bootstrapAdmin();
+		} catch (err) {
+			await this.disconnect();
+			throw err;
+		}
 	},
 };
 

@@ -64,4 +64,35 @@ export const usersMigrations: Migration[] = [
 			]),
 		down: ({ context }) => sql(context, ["DROP TABLE tokens", "DROP TABLE user_role", "DROP TABLE users", "DROP TABLE roles"]),
 	},
+	{
+		name: "0002-session-revocations",
+		up: ({ context }) =>
+			sql(context, [
+				// Raised by a password or role change: every access token with a lower `ver` is void.
+				`ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0`,
+				// 'bootstrap' for the account ADMIN_EMAIL created; the bootstrap never promotes any other.
+				`ALTER TABLE users ADD COLUMN origin VARCHAR(16) NOT NULL DEFAULT 'register'`,
+				// Which files are avatars (users.fileRefs); only short values can be a /files/<id> path.
+				`CREATE INDEX users_avatar_file ON users (avatar_url) WHERE length(avatar_url) <= 64`,
+				// Sessions ended before their access tokens expire; the gateways load these at start.
+				// No foreign key on user_id: an account's revocation must outlive the account.
+				`CREATE TABLE session_revocations (
+					id BIGSERIAL PRIMARY KEY,
+					user_id INTEGER NOT NULL,
+					family_id UUID NULL,
+					min_version INTEGER NULL,
+					all_tokens BOOLEAN NOT NULL DEFAULT false,
+					reason VARCHAR(32) NOT NULL,
+					created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+				)`,
+				`CREATE INDEX session_revocations_created ON session_revocations (created_at)`,
+			]),
+		down: ({ context }) =>
+			sql(context, [
+				"DROP TABLE session_revocations",
+				"DROP INDEX users_avatar_file",
+				"ALTER TABLE users DROP COLUMN origin",
+				"ALTER TABLE users DROP COLUMN token_version",
+			]),
+	},
 ];
