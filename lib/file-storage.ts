@@ -75,4 +75,22 @@ export class LocalDiskStorage implements FileStorage {
 	async remove(key: string): Promise<void> {
 		await fs.promises.rm(this.pathOf(key), { force: true });
 	}
+
+	/**
+	 * Half-written files left by a process that died mid-upload (a live upload removes its own
+	 * on failure). Only old ones: another node sharing the directory may be writing a new one.
+	 */
+	async removeStalePartials(olderThanMs: number): Promise<number> {
+		let removed = 0;
+		for (const name of await fs.promises.readdir(this.dir)) {
+			if (!/^[A-Za-z0-9_-]{8,128}\.[a-f0-9]{8}\.part$/.test(name)) continue;
+			const file = path.join(this.dir, name);
+			const stat = await fs.promises.stat(file).catch(() => null);
+			if (stat && Date.now() - stat.mtimeMs > olderThanMs) {
+				await fs.promises.rm(file, { force: true });
+				removed++;
+			}
+		}
+		return removed;
+	}
 }

@@ -74,12 +74,61 @@ export function detectType(head: Buffer, fileName = ""): DetectedType | null {
 	return null;
 }
 
-/** A display name from the client's: path parts and control characters removed, length bounded. */
+/**
+ * A display name from the client's: path parts, control characters and the invisible
+ * direction marks that make "photo\u202egnp.zip" look like "photopiz.png" removed, length bounded.
+ */
 export function cleanFileName(name: unknown): string {
 	const base = String(name ?? "")
 		.split(/[\\/]/)
 		.pop() as string;
-	// eslint-disable-next-line no-control-regex
-	const cleaned = base.replace(/[\u0000-\u001f\u007f"]/g, "").replace(/^\.+/, "").trim();
+	const cleaned = base
+		// eslint-disable-next-line no-control-regex
+		.replace(/[\u0000-\u001f\u007f-\u009f"\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g, "")
+		.replace(/^\.+/, "")
+		.trim();
 	return (cleaned || "file").slice(0, 200);
+}
+
+/**
+ * Extensions a download may keep for each type we store; the first is the one added otherwise.
+ * Text is stored whatever it contains, so only extensions that nothing executes or renders
+ * as a page are kept: "notes.html" or "run.js" with text in it downloads as "notes.html.txt".
+ */
+const EXTENSIONS: Record<string, string[]> = {
+	"image/png": ["png"],
+	"image/jpeg": ["jpg", "jpeg", "jpe", "jfif"],
+	"image/gif": ["gif"],
+	"image/webp": ["webp"],
+	"audio/wav": ["wav"],
+	"audio/mp4": ["m4a", "m4b", "mp4", "aac"],
+	"video/quicktime": ["mov", "qt"],
+	"video/mp4": ["mp4", "m4v", "3gp", "3g2", "mov"],
+	"video/webm": ["webm", "mkv"],
+	"audio/webm": ["weba", "webm"],
+	"audio/ogg": ["ogg", "oga", "opus", "ogv"],
+	"audio/flac": ["flac"],
+	"audio/mpeg": ["mp3"],
+	"application/pdf": ["pdf"],
+	"application/zip": ["zip"],
+	"application/gzip": ["gz", "tgz"],
+	"application/x-7z-compressed": ["7z"],
+	"application/vnd.rar": ["rar"],
+	"text/plain": ["txt", "text", "log", "markdown", "json", "yaml", "yml", "toml", "ini", "conf", "cfg", "tsv"],
+	"text/csv": ["csv"],
+	"text/markdown": ["md"],
+};
+for (const [ext, mime] of Object.entries({ ...OOXML, ...LEGACY_OFFICE })) EXTENSIONS[mime] = [ext];
+
+/**
+ * The name a file is stored and downloaded under: the client's, with the extension of what the
+ * bytes are when the client's extension says something else. A saved download is opened by its
+ * extension, so "invoice.pdf.exe", "page.html" or "app.jar" must not come out of a PDF, a text or
+ * a zip that we checked as such.
+ */
+export function storedFileName(cleanName: string, type: DetectedType): string {
+	const allowed = EXTENSIONS[type.mime];
+	if (!allowed || allowed.includes(extensionOf(cleanName))) return cleanName;
+	const suffix = `.${allowed[0]}`;
+	return cleanName.slice(0, 200 - suffix.length) + suffix;
 }

@@ -3,6 +3,17 @@
  * DATA_DIR by default); the metadata (owner, size, type, checksum) to the document store.
  * A file's id is random and unguessable: it is the capability that lets `<img src>` fetch it
  * without a token. Nothing is kept from an upload that fails or is refused.
+ *
+ * Each user may keep at most FILE_QUOTA_BYTES. What a user uses is a ledger in `file_usage`:
+ * one document per change, `version` 0, 1, 2 … per owner, made unique by `usage_key`. A change
+ * reads the newest version and inserts the next one; a concurrent change (another upload, on
+ * any node) that got there first makes that insert fail, and it is read and tried again. A
+ * unique insert is the one step that is atomic on NeDB, MongoDB and FerretDB alike ($inc is
+ * not: FerretDB 1.x reads and writes a document back, and loses concurrent increments).
+ * Old versions are pruned as new ones arrive.
+ *
+ * A file is deleted by its uploader or an admin (DELETE /upload), or by `release` when the
+ * last message, profile or group that used it lets go of it.
  */
 import crypto from "node:crypto";
 import path from "node:path";
@@ -11,14 +22,30 @@ import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { config } from "../lib/config";
 import { appError, badRequest, forbidden, notFound, validationError } from "../lib/errors";
 import { type FileStorage, LocalDiskStorage } from "../lib/file-storage";
-import { SNIFF_BYTES, cleanFileName, detectType } from "../lib/file-types";
+import { SNIFF_BYTES, cleanFileName, detectType, storedFileName } from "../lib/file-types";
 import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
-import { createDocsMixin, type Doc, type DocsMixinThis } from "../mixins/docs.mixin";
+import { createDocsMixin, type Doc, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta & { filename?: string; mimetype?: string; range?: string }>;
 
 export const FILE_ID_PATTERN = /^[a-f0-9]{32}$/;
+
+/**
+ * Every file counts at least this much against the quota (a disk block and its metadata), so
+ * a quota also bounds how many files one user can make: a flood of 1-byte uploads stops at
+ * FILE_QUOTA_BYTES / 4 KiB files, not at the disk's inodes.
+ */
+export const MIN_CHARGE_BYTES = 4096;
+export const chargeOf = (size: number) => Math.max(size, MIN_CHARGE_BYTES);
+
+/** Services that may still use a file, asked by `release` before it deletes one. */
+const FILE_REFERRERS = ["messages.fileRefs", "users.fileRefs", "conversations.fileRefs"] as const;
+
+/** Ledger versions kept behind the newest, and for how long at least (see changeUsage). */
+const USAGE_KEEP_VERSIONS = 32;
+const USAGE_KEEP_MS = 10 * 60_000;
+const USAGE_ATTEMPTS = 50;
 
 interface FileDoc extends Doc {
 	file_id: string;
@@ -31,15 +58,63 @@ interface FileDoc extends Doc {
 	created_at: Date;
 }
 
-interface FilesThis extends DocsMixinThis<"files"> {
+interface UsageDoc extends Doc {
+	owner_id: number;
+	version: number;
+	used: number;
+	usage_key: string;
+	created_at: Date;
+}
+
+interface FilesThis extends DocsMixinThis<"files" | "file_usage"> {
 	storage: FileStorage;
-	store(ctx: Ctx<unknown>, source: Readable, fileName: string, onlyImages: boolean): Promise<ReturnType<typeof presentFile>>;
+	usageLocks: Map<number, Promise<unknown>>;
+	store(ctx: Ctx<unknown>, source: Readable, fileName: string, onlyImages: boolean, knownSize?: number): Promise<ReturnType<typeof presentFile>>;
 	byId(fileId: string): Promise<FileDoc | null>;
 	fileIdOf(ref: string): string | null;
+	usageOf(ownerId: number): Promise<UsageDoc>;
+	changeUsage(ownerId: number, delta: number, quota?: number): Promise<{ ok: boolean; used: number }>;
+	withUsageLock<T>(ownerId: number, fn: () => Promise<T>): Promise<T>;
+	deleteFiles(files: FileDoc[]): Promise<string[]>;
 }
 
 export function presentFile(f: FileDoc) {
 	return { fileId: f.file_id, url: `/files/${f.file_id}`, fileType: f.file_type, fileName: f.file_name, size: f.size, mimetype: f.mimetype };
+}
+
+/** 1536 → "1.5 KiB", for messages people read. */
+export function formatBytes(n: number): string {
+	const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+	let value = n;
+	let unit = 0;
+	while (value >= 1024 && unit < units.length - 1) {
+		value /= 1024;
+		unit++;
+	}
+	return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function quotaExceeded(quota: number, used: number) {
+	return appError("PAYLOAD_TOO_LARGE", `Storage quota exceeded: ${formatBytes(Math.min(used, quota))} of ${formatBytes(quota)} used; delete files to upload more`, {
+		quota,
+		used,
+	});
+}
+
+/** A Range header's one range, resolved against the file's size; null when it is not one we honour. */
+function parseRange(header: string | undefined, size: number): { start: number; end: number } | "unsatisfiable" | null {
+	// One range only; a multi-range or malformed header is ignored and the whole file is sent (RFC 9110 14.2).
+	const match = /^bytes=(\d*)-(\d*)$/.exec(header ?? "");
+	if (!match || size === 0 || (match[1] === "" && match[2] === "")) return null;
+	if (match[1] === "") {
+		const suffix = Number(match[2]);
+		if (suffix === 0) return "unsatisfiable";
+		return { start: Math.max(0, size - suffix), end: size - 1 };
+	}
+	const start = Number(match[1]);
+	if (match[2] !== "" && Number(match[2]) < start) return null;
+	if (start >= size) return "unsatisfiable";
+	return { start, end: match[2] === "" ? size - 1 : Math.min(Number(match[2]), size - 1) };
 }
 
 /** The first `n` bytes of a stream, and a stream that yields everything (those bytes included). */
@@ -71,22 +146,33 @@ async function peek(source: Readable, n: number): Promise<{ head: Buffer; whole:
 	return { head: head.subarray(0, n), whole: Readable.from(all(), { objectMode: false }) };
 }
 
+const avatarError = (message: string) => validationError(message, [{ field: "avatar", type: "file", message }]);
+
 const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 	name: "files",
 	mixins: [
-		createDocsMixin<"files">({
+		createDocsMixin<"files" | "file_usage">({
 			collections: {
 				files: {
 					definition: { file_id: String, owner_id: Number, file_name: String, mimetype: String, file_type: String, size: Number, checksum: String, created_at: Date },
 					indexes: [{ fields: { file_id: 1 }, unique: true }, { fields: { owner_id: 1 } }],
+				},
+				file_usage: {
+					definition: { owner_id: Number, version: Number, used: Number, usage_key: String, created_at: Date },
+					indexes: [{ fields: { usage_key: 1 }, unique: true }, { fields: { owner_id: 1, version: -1 } }, { fields: { owner_id: 1 } }],
 				},
 			},
 		}),
 	],
 
 	actions: {
-		/** One file as a stream (from the gateway's multipart upload); meta.filename is the client's name. */
+		/** One file as a stream (from the gateway's multipart upload); meta.filename is the client's name. Not routed. */
 		save: {
+			visibility: "public",
+			// A caller's default timeout (seconds) would cut off a large file on a slow line, and the
+			// file would be stored after the caller gave up. A client that stalls is ended by the
+			// gateway's HTTP request timeout, which ends this stream too.
+			timeout: 30 * 60_000,
 			async handler(this: FilesThis, ctx: Ctx<Readable>) {
 				if (!(ctx.params instanceof Readable) && typeof (ctx.params as { on?: unknown })?.on !== "function") throw badRequest("No file stream");
 				return this.store(ctx, ctx.params as Readable, cleanFileName(ctx.meta.filename), false);
@@ -98,19 +184,22 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 				$$strict: "remove",
 				fileName: { type: "string", min: 1, max: 500 },
 				mimeType: { type: "string", optional: true, max: 200 },
-				// Its size is checked after decoding (413); the gateway's 35 MiB body limit bounds the string.
+				// Its size is checked before decoding (413); the gateway's 35 MiB body limit bounds the string.
 				base64: { type: "string", min: 1 },
 				onlyImages: { type: "boolean", optional: true, default: false },
 			},
 			async handler(this: FilesThis, ctx: Ctx<{ fileName: string; mimeType?: string; base64: string; onlyImages: boolean }>) {
+				callerOf(ctx);
 				// A data: URL prefix is accepted; anything that is not base64 is refused.
-				const raw = ctx.params.base64.replace(/^data:[^,]*;base64,/, "").replace(/\s+/g, "");
+				const raw = ctx.params.base64.replace(/^data:[^,]{0,200};base64,/, "").replace(/\s+/g, "");
 				if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(raw) || raw.length === 0) {
 					throw validationError("base64 is not valid base64", [{ field: "base64", type: "base64", message: "Not base64" }]);
 				}
+				// Known from the length alone: an oversized file is refused before it is decoded.
+				const size = Math.floor((raw.replace(/=+$/, "").length * 3) / 4);
+				if (size > config.fileMaxBytes) throw appError("PAYLOAD_TOO_LARGE", `A file may be at most ${config.fileMaxBytes} bytes`);
 				const bytes = Buffer.from(raw, "base64");
-				if (bytes.length > config.fileMaxBytes) throw appError("PAYLOAD_TOO_LARGE", `A file may be at most ${config.fileMaxBytes} bytes`);
-				const file = await this.store(ctx, Readable.from([bytes]), cleanFileName(ctx.params.fileName), ctx.params.onlyImages);
+				const file = await this.store(ctx, Readable.from([bytes]), cleanFileName(ctx.params.fileName), ctx.params.onlyImages, bytes.length);
 				ctx.meta.$statusCode = 201;
 				ctx.meta.$location = file.url;
 				return file;
@@ -123,32 +212,32 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 				const file = FILE_ID_PATTERN.test(ctx.params.fileId) ? await this.byId(ctx.params.fileId) : null;
 				if (!file || !(await this.storage.exists(file.file_id))) throw notFound("File");
 				const inline = file.file_type !== "document";
+				// Text was checked to be UTF-8: say so, so no browser guesses another charset.
+				const contentType = file.mimetype.startsWith("text/") ? `${file.mimetype}; charset=utf-8` : file.mimetype;
+				// RFC 5987 value: encodeURIComponent leaves ' ( ) * as they are, which end or break it.
+				const encodedName = encodeURIComponent(file.file_name).replace(/['()*]/g, c => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 				const headers: Record<string, string> = {
-					"Content-Type": file.mimetype,
+					"Content-Type": contentType,
 					"X-Content-Type-Options": "nosniff",
-					"Content-Disposition": `${inline ? "inline" : "attachment"}; filename="${file.file_name.replace(/[^\x20-\x7e]/g, "_")}"; filename*=UTF-8''${encodeURIComponent(file.file_name)}`,
+					"Content-Disposition": `${inline ? "inline" : "attachment"}; filename="${file.file_name.replace(/[^\x20-\x7e]|["\\]/g, "_")}"; filename*=UTF-8''${encodedName}`,
 					"Accept-Ranges": "bytes",
 					"Cache-Control": "private, max-age=31536000, immutable",
 					// Even if a browser were tricked into rendering it, it could run nothing.
 					"Content-Security-Policy": "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox",
 				};
-				const range = /^bytes=(\d*)-(\d*)$/.exec(ctx.meta.range ?? "");
-				if (range && file.size > 0) {
-					let start = range[1] === "" ? file.size - Number(range[2]) : Number(range[1]);
-					let end = range[1] === "" || range[2] === "" ? file.size - 1 : Number(range[2]);
-					start = Math.max(0, start);
-					end = Math.min(end, file.size - 1);
-					if (start > end || start >= file.size) {
-						ctx.meta.$statusCode = 416;
-						ctx.meta.$responseHeaders = { ...headers, "Content-Range": `bytes */${file.size}` };
-						return null;
-					}
-					ctx.meta.$statusCode = 206;
-					ctx.meta.$responseType = file.mimetype;
-					ctx.meta.$responseHeaders = { ...headers, "Content-Range": `bytes ${start}-${end}/${file.size}`, "Content-Length": String(end - start + 1) };
-					return this.storage.read(file.file_id, { start, end });
+				const range = parseRange(ctx.meta.range, file.size);
+				if (range === "unsatisfiable") {
+					ctx.meta.$statusCode = 416;
+					ctx.meta.$responseHeaders = { ...headers, "Content-Range": `bytes */${file.size}` };
+					return null;
 				}
-				ctx.meta.$responseType = file.mimetype;
+				if (range) {
+					ctx.meta.$statusCode = 206;
+					ctx.meta.$responseType = contentType;
+					ctx.meta.$responseHeaders = { ...headers, "Content-Range": `bytes ${range.start}-${range.end}/${file.size}`, "Content-Length": String(range.end - range.start + 1) };
+					return this.storage.read(file.file_id, range);
+				}
+				ctx.meta.$responseType = contentType;
 				ctx.meta.$responseHeaders = { ...headers, "Content-Length": String(file.size) };
 				return this.storage.read(file.file_id);
 			},
@@ -164,9 +253,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 				const file = fileId ? await this.byId(fileId) : null;
 				if (!file) throw notFound("File");
 				if (file.owner_id !== me.id && !(await ctx.call("users.isAdmin", { userId: me.id }))) throw forbidden("Only the uploader or an admin deletes a file");
-				// Metadata first: once it is gone the file cannot be served, even if removing the bytes fails.
-				await this.stores.files.removeMany({ file_id: file.file_id });
-				await this.storage.remove(file.file_id);
+				if ((await this.deleteFiles([file])).length === 0) throw notFound("File");
 				ctx.meta.$statusCode = 204;
 				return null;
 			},
@@ -175,33 +262,82 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		/** Undo uploads of a request that failed as a whole (not routed by the gateway). */
 		discard: {
 			visibility: "public",
-			params: { fileIds: { type: "array", items: "string", max: 20 } },
+			params: { fileIds: { type: "array", items: { type: "string", max: 64 }, max: 20 } },
 			async handler(this: FilesThis, ctx: Ctx<{ fileIds: string[] }>) {
 				const me = callerOf(ctx);
-				for (const fileId of ctx.params.fileIds) {
-					const file = await this.byId(fileId);
-					if (!file || file.owner_id !== me.id) continue;
-					await this.stores.files.removeMany({ file_id: fileId });
-					await this.storage.remove(fileId);
-				}
+				const ids = ctx.params.fileIds.filter(id => FILE_ID_PATTERN.test(id));
+				const files = ids.length > 0 ? ((await this.stores.files.find({ file_id: { $in: ids }, owner_id: me.id })) as FileDoc[]) : [];
+				await this.deleteFiles(files);
 				return true;
+			},
+		},
+
+		/**
+		 * Files something stopped using (a deleted message's attachments, a replaced or deleted
+		 * avatar, a deleted group's picture): each is deleted unless a message, a profile or a
+		 * group still uses it. When a referencing service cannot say, everything is kept: a file
+		 * left over costs its owner quota, a file deleted while in use breaks a conversation.
+		 * Not routed. Answers the ids deleted.
+		 */
+		release: {
+			visibility: "public",
+			params: { fileIds: { type: "array", items: { type: "string", max: 2048 }, max: 1000 } },
+			async handler(this: FilesThis, ctx: Ctx<{ fileIds: string[] }>) {
+				// Ids or /files/<id> paths; anything else (an external avatar URL) is nothing of ours.
+				const ids = [...new Set(ctx.params.fileIds.map(ref => this.fileIdOf(ref)).filter((id): id is string => !!id))];
+				if (ids.length === 0) return [];
+				let inUse: Set<string>;
+				try {
+					const answers = await Promise.all(FILE_REFERRERS.map(action => ctx.call<unknown, { fileIds: string[] }>(action, { fileIds: ids })));
+					inUse = new Set();
+					for (const [i, answer] of answers.entries()) {
+						if (!Array.isArray(answer)) throw new Error(`${FILE_REFERRERS[i]} did not answer a list`);
+						for (const ref of answer) if (typeof ref === "string") inUse.add(this.fileIdOf(ref) ?? ref);
+					}
+				} catch (err) {
+					this.logger.warn(`Keeping ${ids.length} released file(s): could not ask who uses them`, (err as Error).message);
+					return [];
+				}
+				const unused = ids.filter(id => !inUse.has(id));
+				const files = unused.length > 0 ? ((await this.stores.files.find({ file_id: { $in: unused } })) as FileDoc[]) : [];
+				return this.deleteFiles(files);
 			},
 		},
 
 		/** Attachments of a message: files of this server, uploaded by the sender (not routed). */
 		verifyAttachments: {
 			visibility: "public",
-			params: { refs: { type: "array", items: "string", max: 10 }, ownerId: { type: "number", integer: true, positive: true } },
+			params: { refs: { type: "array", items: { type: "string", max: 2048 }, max: 10 }, ownerId: { type: "number", integer: true, positive: true } },
 			async handler(this: FilesThis, ctx: Ctx<{ refs: string[]; ownerId: number }>) {
 				const out = [];
 				for (const ref of ctx.params.refs) {
 					const fileId = this.fileIdOf(ref);
 					const file = fileId ? await this.byId(fileId) : null;
-					if (!file) throw validationError("An attachment is not a file of this server", [{ field: "attachments", type: "file", message: `Unknown file ${ref}` }]);
+					if (!file) throw validationError("An attachment is not a file of this server", [{ field: "attachments", type: "file", message: `Unknown file ${ref.slice(0, 100)}` }]);
 					if (file.owner_id !== ctx.params.ownerId) throw forbidden("Attach only files you uploaded");
 					out.push(presentFile(file));
 				}
 				return out;
+			},
+		},
+
+		/**
+		 * A profile or group picture: exactly `/files/<id>` (what uploads answer as `url`), an image,
+		 * uploaded by ownerId. Only that one form is accepted, not a bare id or a full URL: what is
+		 * stored is what `<img src>` loads, and the services that answer fileRefs find a picture
+		 * by that exact string. Not routed.
+		 */
+		verifyImage: {
+			visibility: "public",
+			params: { ref: { type: "string", max: 2048 }, ownerId: { type: "number", integer: true, positive: true } },
+			async handler(this: FilesThis, ctx: Ctx<{ ref: string; ownerId: number }>) {
+				const match = /^\/files\/([a-f0-9]{32})$/.exec(ctx.params.ref);
+				if (!match) throw avatarError("A picture must be an image uploaded to this server: /files/<id>");
+				const file = await this.byId(match[1]);
+				if (!file) throw avatarError("This picture is not a file of this server");
+				if (file.owner_id !== ctx.params.ownerId) throw forbidden("Use an image you uploaded");
+				if (file.file_type !== "image") throw avatarError("A picture must be an image (PNG, JPEG, GIF or WebP)");
+				return presentFile(file);
 			},
 		},
 	},
@@ -217,10 +353,19 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 			return match ? match[1] : null;
 		},
 
-		async store(this: FilesThis, ctx: Ctx<unknown>, source: Readable, fileName: string, onlyImages: boolean) {
-			const me = callerOf(ctx);
+		async store(this: FilesThis, ctx: Ctx<unknown>, source: Readable, fileName: string, onlyImages: boolean, knownSize?: number) {
+			// Past this the caller has stopped waiting: what arrives then is not kept, nobody would know of it.
+			const deadline = Number(ctx.options?.timeout) > 0 ? Date.now() + Number(ctx.options.timeout) : Infinity;
 			let fileId: string | null = null;
+			let charged = 0;
+			let ownerId = 0;
 			try {
+				ownerId = callerOf(ctx).id;
+				const quota = config.fileQuotaBytes;
+				// Refused before a byte is read when it cannot fit.
+				const before = await this.usageOf(ownerId);
+				const remaining = quota - before.used;
+				if (chargeOf(knownSize ?? 1) > remaining) throw quotaExceeded(quota, before.used);
 				const { head, whole } = await peek(source, SNIFF_BYTES);
 				if (head.length === 0) throw validationError("The file is empty", [{ field: "file", type: "required", message: "Empty file" }]);
 				const type = detectType(head, fileName);
@@ -229,15 +374,29 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 				}
 				// The stored name is ours: random, never derived from the client's name.
 				fileId = crypto.randomBytes(16).toString("hex");
-				const { size, sha256 } = await this.storage.write(fileId, whole, config.fileMaxBytes);
+				// A stream is cut off where it stops fitting in what is left of the quota.
+				const limit = Math.min(config.fileMaxBytes, remaining);
+				let written: { size: number; sha256: string };
+				try {
+					written = await this.storage.write(fileId, whole, limit);
+				} catch (err) {
+					if ((err as { type?: string }).type === "PAYLOAD_TOO_LARGE" && limit < config.fileMaxBytes) throw quotaExceeded(quota, (await this.usageOf(ownerId)).used);
+					throw err;
+				}
+				if (Date.now() > deadline) throw appError("SERVICE_UNAVAILABLE", "The upload took too long", { retryAfter: 1 });
+				// Counted before the metadata exists: uploads racing for the last bytes of a quota
+				// cannot both get them, and a crash here over-counts rather than under-counts.
+				const charge = await this.changeUsage(ownerId, chargeOf(written.size), quota);
+				if (!charge.ok) throw quotaExceeded(quota, charge.used);
+				charged = chargeOf(written.size);
 				const doc = (await this.stores.files.insert({
 					file_id: fileId,
-					owner_id: me.id,
-					file_name: fileName,
+					owner_id: ownerId,
+					file_name: storedFileName(fileName, type),
 					mimetype: type.mime,
 					file_type: type.kind,
-					size,
-					checksum: sha256,
+					size: written.size,
+					checksum: written.sha256,
 					created_at: new Date(),
 				})) as FileDoc;
 				return presentFile(doc);
@@ -245,13 +404,112 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 				// Drain what the client still sends, and keep nothing of this upload.
 				source.resume();
 				if (fileId) await this.storage.remove(fileId).catch(() => undefined);
+				if (charged > 0) {
+					await this.changeUsage(ownerId, -charged).catch(e => this.logger.warn(`Quota of user ${ownerId} not given back after a failed upload`, (e as Error).message));
+				}
 				throw err;
 			}
+		},
+
+		/**
+		 * Each file: metadata first (once it is gone the file cannot be served), then the bytes;
+		 * then the quota, once per owner. Answers the ids this call deleted.
+		 */
+		async deleteFiles(this: FilesThis, files: FileDoc[]) {
+			const freed = new Map<number, number>();
+			const deleted: string[] = [];
+			// Each owner's ledger must exist before a file goes: started afterwards from the
+			// remaining files, it would already leave the file out, and the refund would count it twice.
+			for (const owner of new Set(files.map(f => f.owner_id))) await this.usageOf(owner);
+			for (const file of files) {
+				// 0 when a concurrent delete got there first: that one gives the bytes and the quota back.
+				if ((await this.stores.files.removeMany({ file_id: file.file_id })) === 0) continue;
+				deleted.push(file.file_id);
+				freed.set(file.owner_id, (freed.get(file.owner_id) ?? 0) + chargeOf(file.size));
+				await this.storage.remove(file.file_id).catch(err => this.logger.warn(`Bytes of deleted file ${file.file_id} left behind`, (err as Error).message));
+			}
+			for (const [owner, bytes] of freed) {
+				await this.changeUsage(owner, -bytes).catch(err => this.logger.warn(`Quota of user ${owner} not given back (${bytes} bytes)`, (err as Error).message));
+			}
+			return deleted;
+		},
+
+		/** The newest ledger entry of an owner; the first time, started from the files the owner already has. */
+		async usageOf(this: FilesThis, ownerId: number) {
+			for (let attempt = 0; attempt < USAGE_ATTEMPTS; attempt++) {
+				const [latest] = (await this.stores.file_usage.find({ owner_id: ownerId }, { sort: ["-version"], limit: 1 })) as UsageDoc[];
+				if (latest) return latest;
+				const files = (await this.stores.files.find({ owner_id: ownerId })) as FileDoc[];
+				const used = files.reduce((sum, f) => sum + chargeOf(f.size), 0);
+				try {
+					return (await this.stores.file_usage.insert({ owner_id: ownerId, version: 0, used, usage_key: `${ownerId}:0`, created_at: new Date() })) as UsageDoc;
+				} catch (err) {
+					// Another upload started it first: read that one.
+					if (!isDuplicateKeyError(err)) throw err;
+				}
+			}
+			throw appError("SERVICE_UNAVAILABLE", "Storage is busy, try again", { retryAfter: 1 });
+		},
+
+		/**
+		 * Add `delta` bytes to what an owner uses; with a quota, only if the result fits it.
+		 * Answers whether it was applied and what was used then.
+		 */
+		async changeUsage(this: FilesThis, ownerId: number, delta: number, quota?: number) {
+			return this.withUsageLock(ownerId, async () => {
+				for (let attempt = 0; attempt < USAGE_ATTEMPTS; attempt++) {
+					const current = await this.usageOf(ownerId);
+					const used = Math.max(0, current.used + delta);
+					if (quota !== undefined && delta > 0 && used > quota) return { ok: false, used: current.used };
+					const version = current.version + 1;
+					try {
+						await this.stores.file_usage.insert({ owner_id: ownerId, version, used, usage_key: `${ownerId}:${version}`, created_at: new Date() });
+					} catch (err) {
+						if (!isDuplicateKeyError(err)) throw err;
+						// Another node changed it first: read again, after a moment that breaks lockstep.
+						await new Promise(resolve => setTimeout(resolve, Math.random() * 5 * Math.min(attempt + 1, 10)));
+						continue;
+					}
+					// A deleted version could be inserted again by a change that read it long ago and
+					// stalled since; versions are kept for a while, and a few of them, so none is.
+					if (version % 16 === 0) {
+						await this.stores.file_usage
+							.removeMany({ owner_id: ownerId, version: { $lt: version - USAGE_KEEP_VERSIONS }, created_at: { $lt: new Date(Date.now() - USAGE_KEEP_MS) } })
+							.catch(() => undefined);
+					}
+					return { ok: true, used };
+				}
+				throw appError("SERVICE_UNAVAILABLE", "Storage is busy, try again", { retryAfter: 1 });
+			});
+		},
+
+		/** Changes of one owner's usage run one at a time in this process: no retries among local uploads. */
+		withUsageLock<T>(this: FilesThis, ownerId: number, fn: () => Promise<T>): Promise<T> {
+			const prev = this.usageLocks.get(ownerId) ?? Promise.resolve();
+			const run = prev.then(fn, fn);
+			const tail = run.catch(() => undefined);
+			this.usageLocks.set(ownerId, tail);
+			void tail.then(() => {
+				if (this.usageLocks.get(ownerId) === tail) this.usageLocks.delete(ownerId);
+			});
+			return run;
 		},
 	},
 
 	created(this: FilesThis) {
 		this.storage = new LocalDiskStorage(path.join(config.dataDir, "files"));
+		this.usageLocks = new Map();
+	},
+
+	started(this: FilesThis) {
+		// Longer than any upload may take (save's timeout), so no live upload loses its file.
+		const storage = this.storage;
+		if (storage instanceof LocalDiskStorage) {
+			storage.removeStalePartials(60 * 60_000).then(
+				n => n > 0 && this.logger.info(`Removed ${n} half-written upload(s) left by a stopped node`),
+				err => this.logger.warn("Could not look for half-written uploads", (err as Error).message),
+			);
+		}
 	},
 };
 

@@ -13,6 +13,10 @@ const PNG = Buffer.concat([Buffer.from("89504e470d0a1a0a0000000d49484452", "hex"
 const PDF = Buffer.from("%PDF-1.7\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n");
 const EXE = Buffer.concat([Buffer.from("MZ\x90\x00\x03\x00\x00\x00", "latin1"), Buffer.alloc(100, 0)]);
 export const FILE_LIMIT = 64 * 1024;
+/** Each user's storage quota in this suite: four files of 60 KiB fit, a fifth does not. */
+export const QUOTA = 4 * FILE_LIMIT;
+const KiB = 1024;
+const ZIP = Buffer.concat([Buffer.from("504b0304", "hex"), Buffer.alloc(100, 1)]);
 
 export async function upload(base: string, token: string | null, route: "single" | "multiple", files: { field?: string; name: string; data: Buffer; type?: string }[]) {
 	const form = new FormData();
@@ -30,10 +34,12 @@ export function runFilesSuite(mode: "embedded" | "mongo", mongoUrl: string | nul
 		let adminToken: string;
 		const sockets: TestSocket[] = [];
 		const filesDir = () => path.join(dataDir, "files");
-		const storedCount = async () => {
-			const svc = sys.broker.getLocalService("files") as unknown as { stores: { files: { count(q: object): Promise<number> } } };
-			return svc.stores.files.count({});
-		};
+		const filesStores = () =>
+			(sys.broker.getLocalService("files") as unknown as { stores: Record<"files" | "file_usage", { count(q: object): Promise<number>; removeMany(q: object): Promise<number> }> })
+				.stores;
+		const storedCount = async (query: object = {}) => filesStores().files.count(query);
+		const text = (n: number, fill = 97) => Buffer.alloc(n, fill);
+		const status = async (url: string) => (await fetch(base + url)).status;
 
 		before(async () => {
 			dataDir = tempDir();
@@ -43,6 +49,7 @@ export function runFilesSuite(mode: "embedded" | "mongo", mongoUrl: string | nul
 			process.env.RATE_LIMIT = "0";
 			process.env.RATE_LIMIT_AUTH = "0";
 			process.env.FILE_MAX_BYTES = String(FILE_LIMIT);
+			process.env.FILE_QUOTA_BYTES = String(QUOTA);
 			process.env.ADMIN_EMAIL = "files-admin@example.test";
 			process.env.ADMIN_PASSWORD = "files admin pw";
 			delete process.env.DATABASE_URL;
@@ -57,6 +64,7 @@ export function runFilesSuite(mode: "embedded" | "mongo", mongoUrl: string | nul
 			for (const s of sockets) s.close();
 			await sys?.stop();
 			delete process.env.FILE_MAX_BYTES;
+			delete process.env.FILE_QUOTA_BYTES;
 		});
 
 		it("uploads one file and serves its bytes with the stored type, length and disposition, without a token", async () => {
@@ -233,6 +241,212 @@ export function runFilesSuite(mode: "embedded" | "mongo", mongoUrl: string | nul
 			const b64 = await http(base, "POST", "/upload/file-base64", { token: u.accessToken, body: { fileName: "x.png", mimeType: "image/png", base64: `data:image/png;base64,${PNG.toString("base64")}` } });
 			assert.equal(b64.status, 201);
 			assert.equal(b64.body.fileType, "image");
+		});
+
+		it("serves a range only when it is one valid range; an invalid one gets the whole file, an empty suffix 416", async () => {
+			const u = await registerUser(base, "rv");
+			const { body: file } = await upload(base, u.accessToken, "single", [{ name: "doc.pdf", data: PDF }]);
+			for (const range of ["bytes=9-5", "bytes=-", "bytes=0-1,4-5", "items=0-4"]) {
+				const res = await fetch(base + file.url, { headers: { range } });
+				assert.equal(res.status, 200, range);
+				assert.deepEqual(Buffer.from(await res.arrayBuffer()), PDF, range);
+			}
+			const empty = await fetch(base + file.url, { headers: { range: "bytes=-0" } });
+			assert.equal(empty.status, 416);
+			assert.equal(empty.headers.get("content-range"), `bytes */${PDF.length}`);
+			const huge = await fetch(base + file.url, { headers: { range: "bytes=2-99999999999999999999" } });
+			assert.equal(huge.status, 206);
+			assert.equal(huge.headers.get("content-range"), `bytes 2-${PDF.length - 1}/${PDF.length}`);
+			assert.deepEqual(Buffer.from(await huge.arrayBuffer()), PDF.subarray(2));
+		});
+
+		it("a download's name carries the extension of what the bytes are, without invisible direction marks", async () => {
+			const u = await registerUser(base, "nm");
+			const cases: [string, Buffer, string][] = [
+				["page.html", Buffer.from("hello <script>alert(1)</script>"), "page.html.txt"],
+				["run.js", Buffer.from("console.log(1)"), "run.js.txt"],
+				["notes.md", Buffer.from("# notes"), "notes.md"],
+				["app.jar", ZIP, "app.jar.zip"],
+				["photo\u202egnp.zip", ZIP, "photognp.zip"],
+				["scan.png", PDF, "scan.png.pdf"],
+				["it's (1).txt", Buffer.from("quote"), "it's (1).txt"],
+			];
+			for (const [name, data, stored] of cases) {
+				const res = await upload(base, u.accessToken, "single", [{ name, data }]);
+				assert.equal(res.status, 201, name);
+				assert.equal(res.body.fileName, stored, name);
+				const got = await fetch(base + res.body.url);
+				const disposition = got.headers.get("content-disposition") ?? "";
+				assert.ok(disposition.includes(`filename="${stored}"`), disposition);
+				assert.ok(disposition.endsWith(`filename*=UTF-8''${encodeURIComponent(stored).replace(/['()*]/g, c => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)}`), disposition);
+				if (res.body.mimetype.startsWith("text/")) assert.equal(got.headers.get("content-type"), `${res.body.mimetype}; charset=utf-8`, name);
+			}
+		});
+
+		it("storage quota: an upload that does not fit is 413 with quota and used, keeps nothing, and a delete gives the bytes back", async () => {
+			const [u, other] = [await registerUser(base, "qa"), await registerUser(base, "qb")];
+			const kept: { fileId: string; url: string }[] = [];
+			for (let i = 0; i < 4; i++) {
+				const res = await upload(base, u.accessToken, "single", [{ name: `part${i}.txt`, data: text(60 * KiB) }]);
+				assert.equal(res.status, 201, JSON.stringify(res.body));
+				kept.push(res.body);
+			}
+			const before = await storedCount();
+			const onDisk = fs.readdirSync(filesDir()).length;
+			const over = await upload(base, u.accessToken, "single", [{ name: "fifth.txt", data: text(60 * KiB) }]);
+			assert.equal(over.status, 413);
+			assert.equal(over.body.code, "PAYLOAD_TOO_LARGE");
+			assert.equal(over.body.message, "Storage quota exceeded: 240.0 KiB of 256.0 KiB used; delete files to upload more");
+			assert.deepEqual(over.body.details, { quota: QUOTA, used: 240 * KiB });
+			const overB64 = await http(base, "POST", "/upload/file-base64", { token: u.accessToken, body: { fileName: "fifth.txt", base64: text(60 * KiB).toString("base64") } });
+			assert.equal(overB64.status, 413);
+			assert.deepEqual(overB64.body.details, { quota: QUOTA, used: 240 * KiB });
+			// Every file counts at least 4 KiB: what is left (16 KiB) takes four tiny files, not thousands.
+			for (let i = 0; i < 4; i++) assert.equal((await upload(base, u.accessToken, "single", [{ name: `tiny${i}.txt`, data: Buffer.from("x") }])).status, 201);
+			const tiny = await upload(base, u.accessToken, "single", [{ name: "tiny.txt", data: Buffer.from("x") }]);
+			assert.equal(tiny.status, 413);
+			assert.deepEqual(tiny.body.details, { quota: QUOTA, used: QUOTA });
+			// Nothing of the refused uploads was kept, and another user is not affected.
+			assert.equal(await storedCount(), before + 4);
+			assert.equal(fs.readdirSync(filesDir()).length, onDisk + 4);
+			assert.ok(!fs.readdirSync(filesDir()).some(n => n.endsWith(".part")));
+			assert.equal((await upload(base, other.accessToken, "single", [{ name: "o.txt", data: text(60 * KiB) }])).status, 201);
+			// A delete gives the bytes back: one 60 KiB file out, another in.
+			assert.equal((await http(base, "DELETE", "/upload", { token: u.accessToken, body: { fileId: kept[0].fileId } })).status, 204);
+			const again = await upload(base, u.accessToken, "single", [{ name: "again.txt", data: text(60 * KiB) }]);
+			assert.equal(again.status, 201, JSON.stringify(again.body));
+			// A multipart request whose second file does not fit keeps neither, and charges nothing.
+			assert.equal((await http(base, "DELETE", "/upload", { token: u.accessToken, body: { fileId: kept[1].fileId } })).status, 204);
+			const pair = await upload(base, u.accessToken, "multiple", [
+				{ name: "one.txt", data: text(40 * KiB) },
+				{ name: "two.txt", data: text(40 * KiB) },
+			]);
+			assert.equal(pair.status, 413);
+			assert.deepEqual(pair.body.details, { quota: QUOTA, used: QUOTA - 20 * KiB }, "the first file counted while the second was refused");
+			await waitFor(async () => (await upload(base, u.accessToken, "single", [{ name: "fits.txt", data: text(60 * KiB) }])).status === 201, 5000);
+		});
+
+		it("storage quota holds under concurrent uploads by one user", async () => {
+			const u = await registerUser(base, "qc");
+			const onDisk = fs.readdirSync(filesDir()).length;
+			const results = await Promise.all(Array.from({ length: 9 }, (_, i) => upload(base, u.accessToken, "single", [{ name: `c${i}.txt`, data: text(60 * KiB, 97 + i) }])));
+			const statuses = results.map(r => r.status).sort();
+			assert.deepEqual(statuses, [201, 201, 201, 201, 413, 413, 413, 413, 413], JSON.stringify(results.map(r => r.body)));
+			assert.equal(await storedCount({ owner_id: u.id }), 4);
+			assert.equal(fs.readdirSync(filesDir()).length, onDisk + 4);
+			// What is counted is exactly the four files kept.
+			const next = await upload(base, u.accessToken, "single", [{ name: "next.txt", data: text(60 * KiB) }]);
+			assert.equal(next.status, 413);
+			assert.deepEqual(next.body.details, { quota: QUOTA, used: 240 * KiB });
+		});
+
+		it("storage quota holds when one user uploads through two nodes at once", { skip: mode === "mongo" ? false : "needs a database two nodes share (MongoDB)" }, async () => {
+			// A second gateway and files service on the same database and disk: the two files
+			// services race for the same user's quota with nothing in common but the database.
+			const second = await startBroker(["api", "files"]);
+			try {
+				const u = await registerUser(base, "qn");
+				const results = await Promise.all(
+					Array.from({ length: 10 }, (_, i) => upload(i % 2 === 0 ? base : second.baseUrl, u.accessToken, "single", [{ name: `n${i}.txt`, data: text(60 * KiB, 97 + i) }])),
+				);
+				const statuses = results.map(r => r.status).sort();
+				assert.deepEqual(statuses, [201, 201, 201, 201, 413, 413, 413, 413, 413, 413], JSON.stringify(results.map(r => r.body)));
+				assert.equal(await storedCount({ owner_id: u.id }), 4);
+				const next = await upload(second.baseUrl, u.accessToken, "single", [{ name: "next.txt", data: text(60 * KiB) }]);
+				assert.equal(next.status, 413);
+				assert.deepEqual(next.body.details, { quota: QUOTA, used: 240 * KiB });
+			} finally {
+				await second.stop();
+			}
+		});
+
+		it("storage quota counts the files a user had before it was kept", async () => {
+			const u = await registerUser(base, "qo");
+			for (let i = 0; i < 4; i++) assert.equal((await upload(base, u.accessToken, "single", [{ name: `old${i}.txt`, data: text(60 * KiB) }])).status, 201);
+			// As if these files had been uploaded before there was a quota: no usage is recorded.
+			assert.ok((await filesStores().file_usage.removeMany({ owner_id: u.id })) > 0);
+			const over = await upload(base, u.accessToken, "single", [{ name: "new.txt", data: text(60 * KiB) }]);
+			assert.equal(over.status, 413);
+			assert.deepEqual(over.body.details, { quota: QUOTA, used: 240 * KiB });
+		});
+
+		it("files.verifyImage: only /files/<id> of an image the owner uploaded", async () => {
+			const [a, b] = [await registerUser(base, "va"), await registerUser(base, "vb")];
+			const { body: img } = await upload(base, a.accessToken, "single", [{ name: "a.png", data: PNG }]);
+			const { body: pdf } = await upload(base, a.accessToken, "single", [{ name: "a.pdf", data: PDF }]);
+			const verify = (ref: string, ownerId: number) => sys.broker.call("files.verifyImage", { ref, ownerId }).then(
+				file => ({ file, error: null as any }),
+				error => ({ file: null, error }),
+			);
+			assert.deepEqual((await verify(img.url, a.id)).file, img);
+			for (const ref of ["https://evil.example/x.png", img.fileId, `http://localhost:3000${img.url}`, `${img.url}?x=1`, `/files/${"0".repeat(32)}`, pdf.url]) {
+				const { error } = await verify(ref, a.id);
+				assert.equal(error?.type, "VALIDATION_ERROR", ref);
+				assert.equal(error.data[0].field, "avatar", ref);
+			}
+			const foreign = await verify(img.url, b.id);
+			assert.equal(foreign.error?.type, "FORBIDDEN");
+			assert.equal(foreign.error.message, "Use an image you uploaded");
+		});
+
+		it("avatar_url and a group's avatar must be an image the user uploaded here", async () => {
+			const [a, b] = [await registerUser(base, "pa"), await registerUser(base, "pb")];
+			const { body: img } = await upload(base, a.accessToken, "single", [{ name: "a.png", data: PNG }]);
+			const { body: pdf } = await upload(base, a.accessToken, "single", [{ name: "a.pdf", data: PDF }]);
+			const { body: theirs } = await upload(base, b.accessToken, "single", [{ name: "b.png", data: PNG }]);
+			const setAvatar = (avatar_url: string | null) => http(base, "PATCH", `/users/${a.id}`, { token: a.accessToken, body: { avatar_url } });
+			for (const ref of ["https://evil.example/x.png", pdf.url]) {
+				const res = await setAvatar(ref);
+				assert.equal(res.status, 400, `${ref}: ${res.text}`);
+				assert.equal(res.body.code, "VALIDATION_ERROR");
+			}
+			assert.equal((await setAvatar(theirs.url)).status, 403);
+			assert.equal((await http(base, "GET", "/users/me", { token: a.accessToken })).body.avatar_url, null, "unchanged");
+			const ok = await setAvatar(img.url);
+			assert.equal(ok.status, 200, ok.text);
+			assert.equal(ok.body.avatar_url, img.url);
+
+			const group = await http(base, "POST", "/conversations", { token: a.accessToken, body: { type: "group", participants: [b.id], name: "pics" } });
+			assert.equal(group.status, 201, group.text);
+			const setGroupAvatar = (avatar: string) => http(base, "PATCH", `/conversations/${group.body.id}`, { token: a.accessToken, body: { avatar } });
+			assert.equal((await setGroupAvatar("https://evil.example/x.png")).status, 400);
+			assert.equal((await setGroupAvatar(pdf.url)).status, 400);
+			assert.equal((await setGroupAvatar(theirs.url)).status, 403);
+			const groupOk = await setGroupAvatar(img.url);
+			assert.equal(groupOk.status, 200, groupOk.text);
+			assert.equal(groupOk.body.avatar, img.url);
+		});
+
+		it("a deleted message's attachment is deleted with it, unless another message still uses it", async () => {
+			const [a, b] = [await registerUser(base, "ra"), await registerUser(base, "rb")];
+			const [sa, sb] = [await connectSocket(base, a.accessToken), await connectSocket(base, b.accessToken)];
+			sockets.push(sa, sb);
+			const conv = await call(sa, "conversation:create", { type: "private", participants: [b.id] });
+			await call(sb, "conversation:accept", { conversationId: conv.id });
+			const { body: only } = await upload(base, a.accessToken, "single", [{ name: "only.png", data: PNG }]);
+			const { body: shared } = await upload(base, a.accessToken, "single", [{ name: "shared.pdf", data: PDF }]);
+			const first = await call(sa, "message:send", { conversationId: conv.id, content: "both", attachments: [only.url, shared.url] });
+			const second = await call(sa, "message:send", { conversationId: conv.id, content: "again", attachments: [shared.url] });
+			assert.equal((await emitAck(sa, "message:delete", { messageId: first.id })).ok, true);
+			await waitFor(async () => (await status(only.url)) === 404, 5000);
+			assert.ok(!fs.existsSync(path.join(filesDir(), only.fileId)), "its bytes are gone too");
+			assert.equal(await status(shared.url), 200, "still attached to the second message");
+			assert.equal((await emitAck(sa, "message:delete", { messageId: second.id })).ok, true);
+			await waitFor(async () => (await status(shared.url)) === 404, 5000);
+			assert.equal(await storedCount({ owner_id: a.id }), 0);
+		});
+
+		it("a replaced avatar's file is deleted; the new one stays", async () => {
+			const u = await registerUser(base, "rav");
+			const avatar = () => http(base, "POST", "/users/upload-avatar", { token: u.accessToken, body: { fileName: "me.png", mimeType: "image/png", base64: PNG.toString("base64") } });
+			const first = await avatar();
+			assert.equal(first.status, 200, first.text);
+			const second = await avatar();
+			assert.equal(second.status, 200, second.text);
+			await waitFor(async () => (await status(first.body.url)) === 404, 5000);
+			assert.equal(await status(second.body.url), 200);
+			assert.equal((await http(base, "GET", "/users/me", { token: u.accessToken })).body.avatar_url, second.body.url);
+			assert.equal(await storedCount({ owner_id: u.id }), 1);
 		});
 	});
 }
