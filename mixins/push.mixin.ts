@@ -14,8 +14,8 @@ export interface PushItem {
 	rooms: string[];
 	event: string;
 	payload: unknown;
-	/** A socket id that must not get it (the sender of a typing event). */
-	except?: string;
+	/** Rooms that must not get it: a socket id (the sender of a typing event), user:<id> rooms (blocks). */
+	except?: string | string[];
 }
 
 export interface RoomsChange {

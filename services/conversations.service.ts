@@ -11,6 +11,10 @@ import {
 	type MembershipDoc,
 	decodeCursor,
 	encodeCursor,
+	fileIdOfPath,
+	fileIdsRule,
+	FILE_PATH_PATTERN,
+	filePath,
 	idRule,
 	isMuted,
 	limitRule,
@@ -19,7 +23,7 @@ import {
 	userIdRule,
 } from "../lib/chat";
 import { CHANNELS } from "../lib/durable-events";
-import { badRequest, conflict, forbidden, notFound, validationError } from "../lib/errors";
+import { appError, badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
 import type { AuthUser } from "../lib/tokens";
@@ -29,6 +33,10 @@ import { PushMixin, type PushItem, type PushThis, conversationRoom, userRoom } f
 
 type Collections = "conversations" | "memberships" | "blocks";
 type Ctx<P = Record<string, never>> = Context<P, CallMeta & { socketId?: string }>;
+
+/** Every conversations node drops these (conversation, user) pairs from its typing caches. */
+const MEMBERSHIP_REMOVED = "conversations.membership.removed";
+const MAX_TYPING_CACHE = 20_000;
 
 interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	announceInvite(conv: ConversationDoc, userIds: number[], inviter: AuthUser): void;
@@ -44,7 +52,16 @@ interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	pushToParticipants(ctx: Ctx<unknown>, participants: number[], event: string, payload: unknown, aliases?: string[]): Promise<void>;
 	systemMessage(ctx: Ctx<unknown>, conversationId: string, event: string, userId: number | null, actorId: number): Promise<void>;
 	blockedBetween(a: number, others: number[]): Promise<Set<number>>;
-	requireUsersExist(ctx: Ctx<unknown>, ids: number[]): Promise<void>;
+	blockersOf(userId: number, among: number[]): Promise<Set<number>>;
+	liveMembers(conv: ConversationDoc): Promise<number[]>;
+	audienceOf(conv: ConversationDoc, userId: number, either: boolean): Promise<number[]>;
+	requireUsersExist(ctx: Ctx<unknown>, ids: number[], callerId?: number): Promise<void>;
+	checkAvatar(ctx: Ctx<unknown>, given: string | null | undefined, current: string | null): Promise<string | null | undefined>;
+	releaseFiles(ctx: Ctx<unknown>, refs: (string | null)[]): void;
+	forgetMembers(ctx: Ctx<unknown>, keys: string[]): Promise<void>;
+	pruneTypingCaches(): void;
+	writeConversation<T>(conversationId: string, write: () => Promise<T>): Promise<T>;
+	convWrites: Map<string, Promise<unknown>>;
 	requireGroupManager(conv: ConversationDoc, userId: number): void;
 	reload(conversationId: string): Promise<ConversationDoc>;
 	removeFromGroup(ctx: Ctx<unknown>, conv: ConversationDoc, userId: number, actorId: number): Promise<ConversationDoc | null>;
@@ -75,7 +92,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 						created_at: Date,
 						updated_at: Date,
 					},
-					indexes: [{ fields: { pair_key: 1 }, unique: true }, { fields: { participants: 1, last_activity_at: -1 } }, { fields: { participants: 1 } }],
+					// avatar: the files service asks which files are still some group's picture (fileRefs).
+					indexes: [{ fields: { pair_key: 1 }, unique: true }, { fields: { participants: 1, last_activity_at: -1 } }, { fields: { participants: 1 } }, { fields: { avatar: 1 } }],
 				},
 				memberships: {
 					definition: {
@@ -124,7 +142,9 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (type === "private" && others.length !== 1) {
 					throw validationError("A private conversation has exactly one other participant", [{ field: "participants", type: "arrayLength", message: "Exactly one other user" }]);
 				}
-				await this.requireUsersExist(ctx, others);
+				if (others.length + 1 > MAX_GROUP_SIZE) throw validationError("Too many participants", [{ field: "participants", type: "arrayMax", message: `At most ${MAX_GROUP_SIZE}` }]);
+				// The caller too: a deleted account's token, still valid for a while, starts nothing.
+				await this.requireUsersExist(ctx, others, me.id);
 				const now = new Date();
 
 				if (type === "private") {
@@ -169,12 +189,18 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				}
 
 				const participants = [me.id, ...others];
-				if (participants.length > MAX_GROUP_SIZE) throw validationError("Too many participants", [{ field: "participants", type: "arrayMax", message: `At most ${MAX_GROUP_SIZE}` }]);
+				// As for adding a member: nobody is put in a group with someone blocked either way.
+				// Everything is checked before the first write, so a refusal leaves nothing behind.
+				const blocked = await this.blockedBetween(me.id, others);
+				if (blocked.size > 0) {
+					throw appError("FORBIDDEN", "You cannot start a group with a user you blocked or who blocked you", [...blocked].map(id => ({ field: "participants", type: "blocked", message: `User ${id}` })));
+				}
+				const avatar = await this.checkAvatar(ctx, p.avatar, null);
 				const conv = (await this.stores.conversations.insert({
 					type: "group",
 					participants,
 					name: p.name || null,
-					avatar: p.avatar || null,
+					avatar: avatar ?? null,
 					admin_id: me.id,
 					moderator_ids: [],
 					initiator_id: me.id,
@@ -254,11 +280,16 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				this.requireGroupManager(conv, me.id);
 				const set: Record<string, unknown> = {};
 				if (ctx.params.name !== undefined) set.name = ctx.params.name || null;
-				if (ctx.params.avatar !== undefined) set.avatar = ctx.params.avatar || null;
+				const avatar = await this.checkAvatar(ctx, ctx.params.avatar, conv.avatar);
+				if (avatar !== undefined) set.avatar = avatar;
 				if (Object.keys(set).length === 0) return this.presentFor(conv, me.id);
-				const updated = (await this.stores.conversations.updateById(conv._id, { $set: { ...set, updated_at: new Date() } })) as ConversationDoc;
+				const updated = (await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $set: { ...set, updated_at: new Date() } }))) as ConversationDoc;
 				if (set.name !== undefined && set.name !== conv.name) await this.systemMessage(ctx, conv._id, "renamed", null, me.id);
-				if (set.avatar !== undefined && set.avatar !== conv.avatar) await this.systemMessage(ctx, conv._id, "avatar_changed", null, me.id);
+				if (set.avatar !== undefined && set.avatar !== conv.avatar) {
+					// The old picture may now be nobody's: the files service decides, after this write.
+					this.releaseFiles(ctx, [conv.avatar]);
+					await this.systemMessage(ctx, conv._id, "avatar_changed", null, me.id);
+				}
 				const fresh = await this.reload(updated._id);
 				await this.pushConversation(ctx, fresh, "conversation:updated", fresh.participants);
 				return this.presentFor(fresh, me.id);
@@ -279,8 +310,13 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
 				// Already accepted, a group, or asked by the initiator: nothing changes.
 				if (conv.type !== "private" || conv.status === "accepted" || conv.initiator_id === me.id) return this.presentFor(conv, me.id);
-				const updated = (await this.stores.conversations.updateById(conv._id, { $set: { status: "accepted", updated_at: new Date() } })) as ConversationDoc;
-				if (conv.initiator_id) await this.push(ctx, [{ rooms: [userRoom(conv.initiator_id)], event: "request:accepted", payload: { conversationId: conv._id, acceptedBy: me.id } }]);
+				// With a block either way nobody could send here: accepting would only tell the other side.
+				if ((await this.blockedBetween(me.id, conv.participants.filter(p => p !== me.id))).size > 0) throw forbidden("You cannot message this user");
+				const updated = (await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $set: { status: "accepted", updated_at: new Date() } }))) as ConversationDoc;
+				const live = await this.liveMembers(updated);
+				if (conv.initiator_id && live.includes(conv.initiator_id)) {
+					await this.push(ctx, [{ rooms: [userRoom(conv.initiator_id)], event: "request:accepted", payload: { conversationId: conv._id, acceptedBy: me.id } }]);
+				}
 				await this.pushConversation(ctx, updated, "conversation:updated", updated.participants);
 				return this.presentFor(updated, me.id);
 			},
@@ -294,9 +330,13 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (conv.type !== "private" || conv.initiator_id === me.id) throw forbidden("Only the addressee of a message request can decline it");
 				if (conv.status === "declined") return this.presentFor(conv, me.id);
 				if (conv.status === "accepted") throw conflict("This conversation was already accepted");
-				const updated = (await this.stores.conversations.updateById(conv._id, { $set: { status: "declined", updated_at: new Date() } })) as ConversationDoc;
-				if (conv.initiator_id) await this.push(ctx, [{ rooms: [userRoom(conv.initiator_id)], event: "request:declined", payload: { conversationId: conv._id, declinedBy: me.id } }]);
-				await this.pushConversation(ctx, updated, "conversation:updated", updated.participants);
+				const updated = (await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $set: { status: "declined", updated_at: new Date() } }))) as ConversationDoc;
+				// Declining is always possible; an initiator with a block either way is not told of it.
+				const told = await this.audienceOf(updated, me.id, true);
+				if (conv.initiator_id && told.includes(conv.initiator_id)) {
+					await this.push(ctx, [{ rooms: [userRoom(conv.initiator_id)], event: "request:declined", payload: { conversationId: conv._id, declinedBy: me.id } }]);
+				}
+				await this.pushConversation(ctx, updated, "conversation:updated", told);
 				return this.presentFor(updated, me.id);
 			},
 		},
@@ -312,7 +352,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (conv.participants.length >= MAX_GROUP_SIZE) throw conflict(`A group has at most ${MAX_GROUP_SIZE} members`);
 				await this.requireUsersExist(ctx, [userId]);
 				if ((await this.blockedBetween(userId, [me.id])).size > 0) throw forbidden("You cannot add this user");
-				await this.stores.conversations.updateById(conv._id, { $addToSet: { participants: userId }, $set: { updated_at: new Date() } });
+				await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $addToSet: { participants: userId }, $set: { updated_at: new Date() } }));
 				await this.addMembership(conv._id, userId, conv.last_seq);
 				await this.systemMessage(ctx, conv._id, "member_added", userId, me.id);
 				const fresh = await this.reload(conv._id);
@@ -396,12 +436,15 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
 				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
-				await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id), last_read_seq: { $lt: conv.last_seq } }, { $set: { last_read_seq: conv.last_seq } });
+				const moved = await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id), last_read_seq: { $lt: conv.last_seq } }, { $set: { last_read_seq: conv.last_seq } });
 				const last = conv.last_message;
-				if (last && last.sender_id !== me.id) {
+				// Told only when the position moved: calling again and again sends nobody anything.
+				if (moved > 0 && last && last.sender_id !== me.id) {
 					const readAt = new Date().toISOString();
-					await this.pushToParticipants(ctx, conv.participants, "message:read", { messageId: last.id, conversationId: conv._id, userId: me.id, readAt });
-					await this.pushToParticipants(ctx, conv.participants, "message:status", { messageId: last.id, userId: me.id, status: "read", timestamp: readAt });
+					// A receipt says the reader is here: not for anyone with a block either way.
+					const audience = await this.audienceOf(conv, me.id, true);
+					await this.pushToParticipants(ctx, audience, "message:read", { messageId: last.id, conversationId: conv._id, userId: me.id, readAt });
+					await this.pushToParticipants(ctx, audience, "message:status", { messageId: last.id, userId: me.id, status: "read", timestamp: readAt });
 				}
 				return { unread_count: 0 };
 			},
@@ -443,10 +486,15 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; targetUserId: number; nickname: string | null }>) {
 				const me = callerOf(ctx);
 				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
-				if (!conv.participants.includes(ctx.params.targetUserId)) throw notFound("Member");
-				const field = `nicknames.${ctx.params.targetUserId}`;
+				const target = ctx.params.targetUserId;
+				if (!conv.participants.includes(target)) throw notFound("Member");
+				// A nickname is shown to its target: it must not be a way around a block. In a private
+				// chat the other side sees every nickname, so any block there stops them all.
+				const concerned = conv.type === "private" ? conv.participants.filter(p => p !== me.id) : target === me.id ? [] : [target];
+				if ((await this.blockedBetween(me.id, concerned)).size > 0) throw forbidden("You cannot set a nickname for this user");
+				const field = `nicknames.${target}`;
 				const update = ctx.params.nickname ? { $set: { [field]: ctx.params.nickname, updated_at: new Date() } } : { $unset: { [field]: true }, $set: { updated_at: new Date() } };
-				const updated = (await this.stores.conversations.updateById(conv._id, update)) as ConversationDoc;
+				const updated = (await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, update))) as ConversationDoc;
 				await this.pushConversation(ctx, updated, "conversation:updated", updated.participants);
 				return Object.entries(updated.nicknames ?? {}).map(([id, nickname]) => ({ target_user_id: Number(id), targetUserId: Number(id), nickname }));
 			},
@@ -489,10 +537,12 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				const me = callerOf(ctx);
 				const { conversationId, isTyping } = ctx.params;
 				// Membership is checked at most every 30 s per (conversation, user): typing is chatty.
+				// A member that leaves or is removed is dropped from this cache on every node at once.
 				const memberKey = membershipKey(conversationId, me.id);
 				const knownUntil = this.memberCache.get(memberKey) ?? 0;
 				if (knownUntil < Date.now()) {
 					await this.loadForMember(conversationId, me.id);
+					this.pruneTypingCaches();
 					this.memberCache.set(memberKey, Date.now() + 30_000);
 				}
 				// Throttled: the same state again within a second is not sent on.
@@ -500,7 +550,15 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				const now = Date.now();
 				if (prev && prev.isTyping === isTyping && now - prev.at < 1000) return null;
 				this.typingState.set(memberKey, { at: now, isTyping });
-				await this.push(ctx, [{ rooms: [conversationRoom(conversationId)], except: ctx.meta.socketId, event: "typing", payload: { conversationId, userId: me.id, isTyping } }]);
+				// Typing tells who is here now: nobody with a block either way hears it. Blocks are read
+				// every time (never cached), so a new block holds at once. Socket.IO's except takes a list
+				// of rooms (the sender's socket id is one), and the gateway hands it on unchanged.
+				const blocks = await this.stores.blocks.find({ $or: [{ blocker_id: me.id }, { blocked_id: me.id }] });
+				const except = [...new Set(blocks.map(b => userRoom((b.blocker_id === me.id ? b.blocked_id : b.blocker_id) as number)))];
+				if (ctx.meta.socketId) except.push(ctx.meta.socketId);
+				const item: PushItem = { rooms: [conversationRoom(conversationId)], event: "typing", payload: { conversationId, userId: me.id, isTyping } };
+				if (except.length > 0) item.except = except;
+				await this.push(ctx, [item]);
 				return null;
 			},
 		},
@@ -511,7 +569,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				const me = callerOf(ctx);
 				const target = ctx.params.targetUserId;
 				if (target === me.id) throw badRequest("You cannot block yourself");
-				await this.requireUsersExist(ctx, [target]);
+				await this.requireUsersExist(ctx, [target], me.id);
 				try {
 					await this.stores.blocks.insert({ key: `${me.id}:${target}`, blocker_id: me.id, blocked_id: target, created_at: new Date() });
 				} catch (err) {
@@ -557,13 +615,22 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			params: { conversationId: idRule, senderId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
 				const { conversationId, senderId } = ctx.params;
-				// On the hot path: the participants list decides membership, one query finds the blocks.
 				const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
 				if (!conv || !conv.participants.includes(senderId)) throw notFound("Conversation");
+				const others = conv.participants.filter(p => p !== senderId);
+				// A deleted account stays in its private chats' participants (the other side still sees
+				// who it was) but loses its memberships: the membership, not the list, decides who may
+				// send. In a private chat the other side's is read too, in the same query.
+				const keys = (conv.type === "private" ? conv.participants : [senderId]).map(uid => membershipKey(conv._id, uid));
+				const [members, blocks] = await Promise.all([
+					this.stores.memberships.find({ key: { $in: keys } }),
+					others.length === 0 ? [] : this.stores.blocks.find({ $or: [{ blocker_id: senderId, blocked_id: { $in: others } }, { blocker_id: { $in: others }, blocked_id: senderId }] }),
+				]);
+				const memberIds = new Set(members.map(m => m.user_id as number));
+				if (!memberIds.has(senderId)) throw notFound("Conversation");
+				if (conv.type === "private" && others.some(o => !memberIds.has(o))) throw forbidden("This account no longer exists");
 				if (conv.status === "declined") throw forbidden("This message request was declined");
 				if (conv.status === "pending" && conv.initiator_id !== senderId) throw forbidden("Accept the message request before replying");
-				const others = conv.participants.filter(p => p !== senderId);
-				const blocks = others.length === 0 ? [] : await this.stores.blocks.find({ $or: [{ blocker_id: senderId, blocked_id: { $in: others } }, { blocker_id: { $in: others }, blocked_id: senderId }] });
 				if (conv.type === "private" && blocks.length > 0) throw forbidden("You cannot message this user");
 				// In a group, members who blocked the sender do not receive its messages live.
 				const blockedBy = blocks.filter(b => b.blocked_id === senderId).map(b => b.blocker_id as number);
@@ -580,7 +647,9 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				const now = new Date();
 				// Three independent writes, each a no-op when already further along.
 				await Promise.all([
-					this.stores.conversations.updateMany({ _id: conversationId, last_seq: { $lt: seq } }, { $set: { last_seq: seq, last_message: lastMessage, last_activity_at: now, updated_at: now } }),
+					this.writeConversation(conversationId, () =>
+						this.stores.conversations.updateMany({ _id: conversationId, last_seq: { $lt: seq } }, { $set: { last_seq: seq, last_message: lastMessage, last_activity_at: now, updated_at: now } }),
+					),
 					this.stores.memberships.updateMany({ conversation_id: conversationId, hidden: true }, { $set: { hidden: false } }),
 					this.stores.memberships.updateMany({ key: membershipKey(conversationId, senderId), last_read_seq: { $lt: seq } }, { $set: { last_read_seq: seq } }),
 				]);
@@ -593,9 +662,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			visibility: "public",
 			params: { conversationId: idRule, lastMessage: "object" },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; lastMessage: { id: string } & Record<string, unknown> }>) {
-				await this.stores.conversations.updateMany(
-					{ _id: ctx.params.conversationId, "last_message.id": ctx.params.lastMessage.id },
-					{ $set: { last_message: ctx.params.lastMessage } },
+				await this.writeConversation(ctx.params.conversationId, () =>
+					this.stores.conversations.updateMany({ _id: ctx.params.conversationId, "last_message.id": ctx.params.lastMessage.id }, { $set: { last_message: ctx.params.lastMessage } }),
 				);
 				return true;
 			},
@@ -657,6 +725,43 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			},
 		},
 
+		/**
+		 * Who hears of `userId`'s action in a conversation: its live members (a deleted account has
+		 * none), less those with a block with userId either way (`either`, for receipts), or less
+		 * only those who blocked userId (for edits and deletions of its messages: what they never
+		 * got live, they are not told changed).
+		 */
+		audience: {
+			visibility: "public",
+			params: { conversationId: idRule, userId: userIdRule, either: "boolean" },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number; either: boolean }>) {
+				const conv = (await this.stores.conversations.findById(ctx.params.conversationId)) as ConversationDoc | null;
+				return conv ? this.audienceOf(conv, ctx.params.userId, ctx.params.either) : [];
+			},
+		},
+
+		/** The ids among `others` with a block with userId, either way (the users service shows them offline). */
+		blockRelations: {
+			visibility: "public",
+			params: { userId: userIdRule, others: { type: "array", max: 1000, items: userIdRule } },
+			async handler(this: ConvThis, ctx: Ctx<{ userId: number; others: number[] }>) {
+				const others = [...new Set(ctx.params.others)].filter(id => id !== ctx.params.userId);
+				return [...(await this.blockedBetween(ctx.params.userId, others))];
+			},
+		},
+
+		/** Which of these files are some group's picture (the files service asks before deleting one). */
+		fileRefs: {
+			visibility: "public",
+			params: { fileIds: fileIdsRule },
+			async handler(this: ConvThis, ctx: Ctx<{ fileIds: string[] }>) {
+				const wanted = [...new Set(ctx.params.fileIds)];
+				if (wanted.length === 0) return [];
+				const rows = await this.stores.conversations.find({ avatar: { $in: wanted.map(filePath) } });
+				return [...new Set(rows.map(r => fileIdOfPath(r.avatar as string)).filter((id): id is string => !!id))];
+			},
+		},
+
 		/** The conversations a user belongs to (ids only), for message search. */
 		idsOf: {
 			visibility: "public",
@@ -669,15 +774,34 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 	},
 
 	events: {
-		/** A deleted account leaves its groups and private chats. */
+		/**
+		 * A deleted account leaves its groups. In its private chats it stays a participant (the
+		 * other side keeps the history and sees who it was) but loses its membership: it reads and
+		 * sends nothing there any more, and the other side cannot send to it (authorizeSend).
+		 */
 		async "users.user.deleted"(this: ConvThis, ctx: Context<{ userId: number }>) {
 			const userId = ctx.params.userId;
 			const convs = (await this.stores.conversations.find({ participants: userId })) as ConversationDoc[];
+			const privateKeys: string[] = [];
 			for (const conv of convs) {
 				if (conv.type === "group") await this.removeFromGroup(ctx as Ctx<unknown>, conv, userId, userId);
-				else await this.stores.memberships.removeMany({ key: membershipKey(conv._id, userId) });
+				else privateKeys.push(membershipKey(conv._id, userId));
+			}
+			if (privateKeys.length > 0) {
+				await this.stores.memberships.removeMany({ key: { $in: privateKeys } });
+				await this.forgetMembers(ctx as Ctx<unknown>, privateKeys);
+				// Its sockets (the token lives on for a while) stop hearing typing there.
+				await this.leaveRooms(ctx, { rooms: [userRoom(userId)], leave: convs.filter(c => c.type === "private").map(c => conversationRoom(c._id)) });
 			}
 			await this.stores.blocks.removeMany({ $or: [{ blocker_id: userId }, { blocked_id: userId }] });
+		},
+
+		/** A membership ended somewhere in the cluster: this node's typing caches forget it too. */
+		[MEMBERSHIP_REMOVED](this: ConvThis, ctx: Context<{ keys: string[] }>) {
+			for (const key of ctx.params.keys) {
+				this.memberCache.delete(key);
+				this.typingState.delete(key);
+			}
 		},
 	},
 
@@ -685,7 +809,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		/** Promote or demote a checked member: store it, say it in a system message, tell everyone. */
 		async changeModerator(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc, target: number, promoted: boolean, actorId: number) {
 			const change = promoted ? { $addToSet: { moderator_ids: target } } : { $pull: { moderator_ids: target } };
-			await this.stores.conversations.updateById(conv._id, { ...change, $set: { updated_at: new Date() } });
+			await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { ...change, $set: { updated_at: new Date() } }));
 			await this.systemMessage(ctx, conv._id, promoted ? "moderator_promoted" : "moderator_demoted", target, actorId);
 			const fresh = await this.reload(conv._id);
 			await this.pushToParticipants(ctx, fresh.participants, "conversation:moderator-updated", { conversationId: conv._id, userId: target, promoted });
@@ -758,7 +882,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		/** Each member gets the conversation as it sees it (its own unread count and settings). */
 		async pushConversation(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc, event: string, to: number[], extra: Record<string, unknown> = {}) {
 			const memberships = new Map((await this.membershipsOf(conv._id)).map(m => [m.user_id, m]));
-			const items: PushItem[] = to.map(uid => ({
+			// Only members: a deleted account's token, still valid for a while, hears nothing.
+			const items: PushItem[] = to.filter(uid => memberships.has(uid)).map(uid => ({
 				rooms: [userRoom(uid)],
 				event,
 				payload: { conversationId: conv._id, conversation: presentConversation(conv, memberships.get(uid) ?? null), ...extra },
@@ -787,11 +912,97 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			return new Set(rows.map(r => (r.blocker_id === a ? r.blocked_id : r.blocker_id) as number));
 		},
 
-		async requireUsersExist(this: ConvThis, ctx: Ctx<unknown>, ids: number[]) {
-			const found = (await ctx.call("users.resolve", { ids })) as { id: number }[];
+		/** Which of `among` blocked `userId`. */
+		async blockersOf(this: ConvThis, userId: number, among: number[]) {
+			if (among.length === 0) return new Set<number>();
+			const rows = await this.stores.blocks.find({ blocker_id: { $in: among }, blocked_id: userId });
+			return new Set(rows.map(r => r.blocker_id as number));
+		},
+
+		/** Participants that are members: all of a group; in a private chat, not a deleted account. */
+		async liveMembers(this: ConvThis, conv: ConversationDoc) {
+			if (conv.type === "group") return conv.participants;
+			const members = new Set((await this.membershipsOf(conv._id)).map(m => m.user_id));
+			return conv.participants.filter(p => members.has(p));
+		},
+
+		async audienceOf(this: ConvThis, conv: ConversationDoc, userId: number, either: boolean) {
+			const members = await this.liveMembers(conv);
+			const others = members.filter(m => m !== userId);
+			const shut = either ? await this.blockedBetween(userId, others) : await this.blockersOf(userId, others);
+			return members.filter(m => !shut.has(m));
+		},
+
+		/** These users exist; and the caller, when given, still does (else 401: its account is gone). */
+		async requireUsersExist(this: ConvThis, ctx: Ctx<unknown>, ids: number[], callerId?: number) {
+			const asked = callerId === undefined ? ids : [callerId, ...ids];
+			const found = (await ctx.call("users.resolve", { ids: asked })) as { id: number }[];
 			const known = new Set(found.map(u => u.id));
+			if (callerId !== undefined && !known.has(callerId)) throw unauthorized("This account no longer exists");
 			const missing = ids.filter(id => !known.has(id));
 			if (missing.length > 0) throw appNotFoundUsers(missing);
+		},
+
+		/**
+		 * A group picture as given: undefined (unchanged), null (none), or `/files/<id>` of an image
+		 * the caller uploaded (the files service checks it). Any other form, an outside URL above all
+		 * (it would show every member's address to that server), is refused. The picture the group
+		 * already has is kept without asking again (another manager may have uploaded it).
+		 */
+		async checkAvatar(this: ConvThis, ctx: Ctx<unknown>, given: string | null | undefined, current: string | null) {
+			if (given === undefined) return undefined;
+			if (given === null || given === "") return null;
+			if (!FILE_PATH_PATTERN.test(given)) {
+				const message = "A group picture must be an image uploaded to this server: /files/<id>";
+				throw validationError(message, [{ field: "avatar", type: "file", message }]);
+			}
+			if (given === current) return given;
+			await ctx.call("files.verifyImage", { ref: given, ownerId: callerOf(ctx).id });
+			return given;
+		},
+
+		/** Files this service stopped using; the files service deletes those nobody uses. Never fails the caller. */
+		releaseFiles(this: ConvThis, ctx: Ctx<unknown>, refs: (string | null)[]) {
+			const fileIds = [...new Set(refs.map(fileIdOfPath).filter((id): id is string => !!id))];
+			if (fileIds.length === 0) return;
+			this.inBackground("files.release", () =>
+				ctx.call("files.release", { fileIds }).catch(err => this.logger.warn(`Could not release files ${fileIds.join(",")}`, (err as Error).message)),
+			);
+		},
+
+		/** Memberships that ended: every conversations node stops trusting its cached checks of them. */
+		async forgetMembers(this: ConvThis, ctx: Ctx<unknown>, keys: string[]) {
+			for (const key of keys) {
+				this.memberCache.delete(key);
+				this.typingState.delete(key);
+			}
+			await ctx.broadcast(MEMBERSHIP_REMOVED, { keys }, "conversations");
+		},
+
+		/**
+		 * Writes to one conversation document run one at a time in this process. FerretDB 1.x applies
+		 * an update by reading the document and writing all of it back: a member added or removed
+		 * while a message moves the head ($addToSet / $pull beside $set) would otherwise be lost.
+		 */
+		writeConversation<T>(this: ConvThis, conversationId: string, write: () => Promise<T>): Promise<T> {
+			const prev = this.convWrites.get(conversationId) ?? Promise.resolve();
+			const run = prev.then(write, write);
+			const tail = run.catch(() => undefined);
+			this.convWrites.set(conversationId, tail);
+			void tail.then(() => {
+				if (this.convWrites.get(conversationId) === tail) this.convWrites.delete(conversationId);
+			});
+			return run;
+		},
+
+		/** The typing caches keep at most MAX_TYPING_CACHE entries: stale ones go first. */
+		pruneTypingCaches(this: ConvThis) {
+			if (this.memberCache.size < MAX_TYPING_CACHE && this.typingState.size < MAX_TYPING_CACHE) return;
+			const now = Date.now();
+			for (const [key, until] of this.memberCache) if (until < now) this.memberCache.delete(key);
+			for (const [key, state] of this.typingState) if (now - state.at > 5_000) this.typingState.delete(key);
+			if (this.memberCache.size >= MAX_TYPING_CACHE) this.memberCache.clear();
+			if (this.typingState.size >= MAX_TYPING_CACHE) this.typingState.clear();
 		},
 
 		requireGroupManager(conv: ConversationDoc, userId: number) {
@@ -823,9 +1034,9 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			}
 			// $pull with a condition is not supported everywhere (FerretDB); the new list is set instead.
 			set.moderator_ids = conv.moderator_ids.filter(id => id !== userId && id !== newAdmin);
-			await this.stores.conversations.updateById(conv._id, { $pull: { participants: userId }, $set: set });
+			await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $pull: { participants: userId }, $set: set }));
 			await this.stores.memberships.removeMany({ key: membershipKey(conv._id, userId) });
-			this.memberCache.delete(membershipKey(conv._id, userId));
+			await this.forgetMembers(ctx, [membershipKey(conv._id, userId)]);
 			await this.systemMessage(ctx, conv._id, actorId === userId ? "member_left" : "member_removed", userId, actorId);
 			if (newAdmin != null) await this.systemMessage(ctx, conv._id, "admin_changed", newAdmin, actorId);
 			const fresh = await this.reload(conv._id);
@@ -840,7 +1051,10 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		async deleteConversation(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc) {
 			await this.stores.conversations.removeMany({ _id: conv._id });
 			await this.stores.memberships.removeMany({ conversation_id: conv._id });
+			await this.forgetMembers(ctx, conv.participants.map(uid => membershipKey(conv._id, uid)));
+			// The messages service releases its attachments; the group's picture is this service's.
 			await ctx.call("messages.purgeConversation", { conversationId: conv._id });
+			this.releaseFiles(ctx, [conv.avatar]);
 			await this.pushToParticipants(ctx, conv.participants, "conversation:deleted", { conversationId: conv._id });
 			await this.leaveRooms(ctx, { rooms: conv.participants.map(userRoom), leave: [conversationRoom(conv._id)] });
 		},
@@ -856,14 +1070,16 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				const and: Record<string, unknown>[] = [{ participants: userId }, filter];
 				if (cursor) and.push({ $or: [{ last_activity_at: { $lt: cursor.at } }, { last_activity_at: cursor.at, _id: { $lt: cursor.id } }] });
 				const batch = (await this.stores.conversations.find({ $and: and }, { sort: ["-last_activity_at", "-_id"], limit: limit + 1 })) as ConversationDoc[];
-				const hidden = new Set(
-					(await this.stores.memberships.find({ key: { $in: batch.map(c => membershipKey(c._id, userId)) }, hidden: true })).map(m => m.conversation_id as string),
+				// Listed only with a membership, and not hidden: a deleted account stays a participant
+				// of its private chats, and its token must not list them.
+				const shown = new Set(
+					(await this.stores.memberships.find({ key: { $in: batch.map(c => membershipKey(c._id, userId)) } })).filter(m => !m.hidden).map(m => m.conversation_id as string),
 				);
 				let consumed = 0;
 				for (const conv of batch) {
 					if (items.length === limit) break;
 					consumed++;
-					if (!hidden.has(conv._id)) items.push(conv);
+					if (shown.has(conv._id)) items.push(conv);
 				}
 				if (consumed === 0) break;
 				const last = batch[consumed - 1];
@@ -882,6 +1098,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 	created(this: ConvThis) {
 		this.typingState = new Map();
 		this.memberCache = new Map();
+		this.convWrites = new Map();
 	},
 };
 

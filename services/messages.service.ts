@@ -4,6 +4,11 @@
  * because a seq exists only as a stored message (unique per conversation) and a send that
  * loses a race for a seq takes the next one. A clientId already used by the sender in the
  * conversation returns the first message and pushes nothing again.
+ *
+ * Writes to one stored message (edit, delete, receipts, the outbox flag) run one at a time in
+ * this process: FerretDB 1.x applies an update by reading the document and writing all of it
+ * back, so two updates of one message at once lose one of them (a delete came back undone when
+ * the outbox flag was set at the same moment).
  */
 import crypto from "node:crypto";
 import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
@@ -13,6 +18,9 @@ import {
 	type MembershipDoc,
 	type MessageDoc,
 	type SenderProfile,
+	fileIdOfPath,
+	fileIdsRule,
+	filePath,
 	idRule,
 	lastMessageOf,
 	limitRule,
@@ -50,6 +58,10 @@ interface MessagesThis extends DocsMixinThis<"messages">, PushThis, PublisherThi
 	profiles: Map<number, { profile: SenderProfile; until: number }>;
 	access(ctx: Ctx<unknown>, conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
 	withLock<T>(key: string, fn: () => Promise<T>): Promise<T>;
+	withLocks<T>(keys: string[], fn: () => Promise<T>): Promise<T>;
+	audience(ctx: Ctx<unknown>, conversationId: string, userId: number, either: boolean): Promise<number[]>;
+	hideReceiptsFor(ctx: Ctx<unknown>, msgs: ReturnType<typeof presentMessage>[], viewerId: number): Promise<ReturnType<typeof presentMessage>[]>;
+	releaseFiles(ctx: Ctx<unknown>, refs: string[]): void;
 	maxSeq(conversationId: string): Promise<number>;
 	insertWithSeq(conversationId: string, doc: Omit<MessageDoc, "_id" | "seq" | "seq_key">): Promise<{ msg: MessageDoc; created: boolean }>;
 	senderProfiles(caller: Caller, ids: number[]): Promise<Map<number, SenderProfile>>;
@@ -104,6 +116,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 						{ fields: { conversation_id: 1, seq: -1 } },
 						{ fields: { conversation_id: 1 } },
 						{ fields: { notified: 1 } },
+						// The files service asks which files are still attached (fileRefs).
+						{ fields: { attachments: 1 } },
 					],
 				},
 			},
@@ -179,11 +193,22 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				if (msg.deleted) throw appError("CONFLICT", "A deleted message cannot be edited");
 				const content = ctx.params.content.trim();
 				if (!content) throw validationError("Empty message", [{ field: "content", type: "required", message: "Empty message" }]);
+				// An edit says something new: who may not send here now (a block in a private chat, a
+				// declined request, a deleted other side) may not edit either.
+				const { blockedBy } = (await ctx.call("conversations.authorizeSend", { conversationId: conv._id, senderId: me.id })) as { blockedBy: number[] };
 				const now = new Date();
-				const updated = (await this.stores.messages.updateById(msg._id, { $set: { content, edited_at: now, updated_at: now } })) as MessageDoc;
+				const updated = await this.withLock(`m:${msg._id}`, async () => {
+					// Not over a deletion that got in first.
+					await this.stores.messages.updateMany({ _id: msg._id, deleted: false }, { $set: { content, edited_at: now, updated_at: now } });
+					const fresh = (await this.stores.messages.findById(msg._id)) as MessageDoc | null;
+					if (!fresh || fresh.deleted) throw appError("CONFLICT", "A deleted message cannot be edited");
+					return fresh;
+				});
 				const [presented] = await this.present(ctx, [updated]);
 				await ctx.call("conversations.updateLastMessage", { conversationId: conv._id, lastMessage: lastMessageOf(updated) });
-				await this.push(ctx, [{ rooms: conv.participants.map(userRoom), event: "message:updated", payload: presented }]);
+				// Who blocked the sender never got the message live, and is not told it changed.
+				const rooms = conv.participants.filter(p => !blockedBy.includes(p)).map(userRoom);
+				await this.push(ctx, [{ rooms, event: "message:updated", payload: presented }]);
 				return presented;
 			},
 		},
@@ -195,12 +220,19 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				const groupManager = conv.type === "group" && (conv.admin_id === me.id || conv.moderator_ids.includes(me.id));
 				if (!(msg.sender_id === me.id && msg.type !== "system") && !groupManager) throw forbidden("Only the sender, or a group admin or moderator, deletes a message");
-				if (!msg.deleted) {
-					// Kept as a tombstone: its seq stays, so the sequence has no hole.
-					const updated = (await this.stores.messages.updateById(msg._id, { $set: { deleted: true, content: "", attachments: [], updated_at: new Date() } })) as MessageDoc;
-					await ctx.call("conversations.updateLastMessage", { conversationId: conv._id, lastMessage: lastMessageOf(updated) });
-					await this.push(ctx, [{ rooms: conv.participants.map(userRoom), event: "message:deleted", payload: { messageId: msg._id, conversationId: conv._id } }]);
-				}
+				if (msg.deleted) return null;
+				// Kept as a tombstone: its seq stays, so the sequence has no hole. Only the call that
+				// actually deleted it (deleted: false then) tells anyone and lets the files go.
+				const updated = await this.withLock(`m:${msg._id}`, async () => {
+					const changed = await this.stores.messages.updateMany({ _id: msg._id, deleted: false }, { $set: { deleted: true, content: "", attachments: [], updated_at: new Date() } });
+					return changed > 0 ? ((await this.stores.messages.findById(msg._id)) as MessageDoc | null) : null;
+				});
+				if (!updated) return null;
+				await ctx.call("conversations.updateLastMessage", { conversationId: conv._id, lastMessage: lastMessageOf(updated) });
+				// Who blocked the sender never got the message live, and is not told it went.
+				const audience = await this.audience(ctx, conv._id, msg.sender_id, false);
+				await this.push(ctx, [{ rooms: audience.map(userRoom), event: "message:deleted", payload: { messageId: msg._id, conversationId: conv._id } }]);
+				this.releaseFiles(ctx, msg.attachments);
 				return null;
 			},
 		},
@@ -213,9 +245,10 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				if (msg.sender_id === me.id) return null;
 				await ctx.call("conversations.advanceRead", { conversationId: conv._id, userId: me.id, seq: msg.seq });
 				if (msg.seen_by.includes(me.id)) return null;
-				await this.stores.messages.updateById(msg._id, { $addToSet: { seen_by: me.id, delivered_to: me.id } });
+				await this.withLock(`m:${msg._id}`, () => this.stores.messages.updateById(msg._id, { $addToSet: { seen_by: me.id, delivered_to: me.id } }));
 				const readAt = new Date().toISOString();
-				const rooms = conv.participants.map(userRoom);
+				// A receipt says the reader is here: not for anyone with a block with it either way.
+				const rooms = (await this.audience(ctx, conv._id, me.id, true)).map(userRoom);
 				await this.push(ctx, [
 					{ rooms, event: "message:read", payload: { messageId: msg._id, conversationId: conv._id, userId: me.id, readAt } },
 					{ rooms, event: "message:status", payload: { messageId: msg._id, userId: me.id, status: "read", timestamp: readAt } },
@@ -230,10 +263,9 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				const me = callerOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				if (msg.sender_id === me.id || msg.delivered_to.includes(me.id)) return null;
-				await this.stores.messages.updateById(msg._id, { $addToSet: { delivered_to: me.id } });
-				await this.push(ctx, [
-					{ rooms: conv.participants.map(userRoom), event: "message:status", payload: { messageId: msg._id, userId: me.id, status: "delivered", timestamp: new Date().toISOString() } },
-				]);
+				await this.withLock(`m:${msg._id}`, () => this.stores.messages.updateById(msg._id, { $addToSet: { delivered_to: me.id } }));
+				const rooms = (await this.audience(ctx, conv._id, me.id, true)).map(userRoom);
+				await this.push(ctx, [{ rooms, event: "message:status", payload: { messageId: msg._id, userId: me.id, status: "delivered", timestamp: new Date().toISOString() } }]);
 				return null;
 			},
 		},
@@ -256,7 +288,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				const seq: Record<string, number> = { $gt: floor };
 				if (before !== undefined) seq.$lt = before;
 				const msgs = (await this.stores.messages.find({ conversation_id: conversationId, seq }, { sort: [after !== undefined ? "seq" : "-seq"], limit })) as MessageDoc[];
-				return this.present(ctx, msgs);
+				return this.hideReceiptsFor(ctx, await this.present(ctx, msgs), me.id);
 			},
 		},
 
@@ -277,17 +309,25 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					scopes = (await ctx.call("conversations.idsOf", { userId: me.id })) as typeof scopes;
 				}
 				if (scopes.length === 0) return { messages: [], total: 0 };
-				const query = {
-					$or: scopes.map(s => ({ conversation_id: s.conversationId, seq: { $gt: s.clearedSeq } })),
+				// The caller's conversations as one indexed $in at the top: NeDB uses an index only for
+				// top-level fields, so a top-level $or of one clause per conversation would test the
+				// regex against every message on the server.
+				const query: Record<string, unknown> = {
+					conversation_id: { $in: scopes.map(s => s.conversationId) },
 					deleted: false,
 					type: { $ne: "system" },
 					content: { $regex: new RegExp(escapeRegex(ctx.params.query), "i") },
 				};
+				// History a member cleared stays hidden from it.
+				const cleared = scopes.filter(s => s.clearedSeq > 0);
+				if (cleared.length > 0) {
+					query.$or = [{ conversation_id: { $nin: cleared.map(s => s.conversationId) } }, ...cleared.map(s => ({ conversation_id: s.conversationId, seq: { $gt: s.clearedSeq } }))];
+				}
 				const [msgs, total] = await Promise.all([
 					this.stores.messages.find(query, { sort: ["-created_at"], limit: ctx.params.limit }) as Promise<MessageDoc[]>,
 					this.stores.messages.count(query),
 				]);
-				return { messages: await this.present(ctx, msgs), total };
+				return { messages: await this.hideReceiptsFor(ctx, await this.present(ctx, msgs), me.id), total };
 			},
 		},
 
@@ -325,12 +365,41 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			},
 		},
 
+		/** A deleted group's messages go, and then the files attached to them (unless used elsewhere). */
 		purgeConversation: {
 			visibility: "public",
 			params: { conversationId: idRule },
 			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string }>) {
-				this.heads.delete(ctx.params.conversationId);
-				return this.stores.messages.removeMany({ conversation_id: ctx.params.conversationId });
+				const conversationId = ctx.params.conversationId;
+				this.heads.delete(conversationId);
+				// Only image and file messages carry attachments; read in pages, by seq.
+				const attachments: string[] = [];
+				for (let after = 0; ; ) {
+					const page = (await this.stores.messages.find({ conversation_id: conversationId, type: { $in: ["image", "file"] }, deleted: false, seq: { $gt: after } }, { sort: ["seq"], limit: 500 })) as MessageDoc[];
+					for (const m of page) attachments.push(...(m.attachments ?? []));
+					if (page.length < 500) break;
+					after = page[page.length - 1].seq;
+				}
+				const removed = await this.stores.messages.removeMany({ conversation_id: conversationId });
+				this.releaseFiles(ctx, attachments);
+				return removed;
+			},
+		},
+
+		/** Which of these files are attached to a message not deleted (the files service asks before deleting one). */
+		fileRefs: {
+			visibility: "public",
+			params: { fileIds: fileIdsRule },
+			async handler(this: MessagesThis, ctx: Ctx<{ fileIds: string[] }>) {
+				const wanted = new Set(ctx.params.fileIds);
+				if (wanted.size === 0) return [];
+				const rows = (await this.stores.messages.find({ attachments: { $in: [...wanted].map(filePath) }, deleted: false })) as MessageDoc[];
+				const used = new Set<string>();
+				for (const m of rows) for (const ref of m.attachments) {
+					const id = fileIdOfPath(ref);
+					if (id && wanted.has(id)) used.add(id);
+				}
+				return [...used];
 			},
 		},
 	},
@@ -353,21 +422,62 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		async loadOwnMessage(this: MessagesThis, ctx: Ctx<unknown>, messageId: string, userId: number) {
 			const msg = (await this.stores.messages.findById(messageId)) as MessageDoc | null;
 			if (!msg) throw notFound("Message");
-			const { conv, membership } = await this.access(ctx, msg.conversation_id, userId);
+			// An outsider gets the same answer for a real message as for a made-up id.
+			const { conv, membership } = await this.access(ctx, msg.conversation_id, userId).catch((err: { type?: string }) => {
+				throw err?.type === "NOT_FOUND" ? notFound("Message") : err;
+			});
 			if (msg.seq <= membership.cleared_seq) throw notFound("Message");
 			return { msg, conv };
 		},
 
-		/** Sends to one conversation run one at a time in this process: no seq is wasted by a local race. */
+		/**
+		 * Work on one key runs one at a time in this process: sends to one conversation (no seq is
+		 * wasted by a local race), writes to one message (`m:<id>`, see the header).
+		 */
 		withLock<T>(this: MessagesThis, key: string, fn: () => Promise<T>): Promise<T> {
-			const prev = this.locks.get(key) ?? Promise.resolve();
+			return this.withLocks([key], fn);
+		},
+
+		/** fn after all work queued on these keys, and before any queued on them later (never a deadlock: it waits only on earlier work). */
+		withLocks<T>(this: MessagesThis, keys: string[], fn: () => Promise<T>): Promise<T> {
+			const prev = Promise.all(keys.map(key => this.locks.get(key)));
 			const run = prev.then(fn, fn);
 			const tail = run.catch(() => undefined);
-			this.locks.set(key, tail);
+			for (const key of keys) this.locks.set(key, tail);
 			void tail.then(() => {
-				if (this.locks.get(key) === tail) this.locks.delete(key);
+				for (const key of keys) if (this.locks.get(key) === tail) this.locks.delete(key);
 			});
 			return run;
+		},
+
+		/** Who hears of userId's action (see conversations.audience). */
+		async audience(this: MessagesThis, ctx: Ctx<unknown>, conversationId: string, userId: number, either: boolean) {
+			return (await ctx.call("conversations.audience", { conversationId, userId, either })) as number[];
+		},
+
+		/** Receipts in history are receipts too: a reader with a block with the viewer, either way, is left out. */
+		async hideReceiptsFor(this: MessagesThis, ctx: Ctx<unknown>, msgs: ReturnType<typeof presentMessage>[], viewerId: number) {
+			const readers = [...new Set(msgs.flatMap(m => [...m.seen_by, ...m.delivered_to]))].filter(id => id !== viewerId);
+			if (readers.length === 0) return msgs;
+			const hidden = new Set<number>();
+			for (let i = 0; i < readers.length; i += 1000) {
+				const ids = (await ctx.call("conversations.blockRelations", { userId: viewerId, others: readers.slice(i, i + 1000) })) as number[];
+				for (const id of ids) hidden.add(id);
+			}
+			if (hidden.size === 0) return msgs;
+			return msgs.map(m => ({ ...m, seen_by: m.seen_by.filter(id => !hidden.has(id)), delivered_to: m.delivered_to.filter(id => !hidden.has(id)) }));
+		},
+
+		/** Files no longer attached here; the files service deletes those nobody uses. Never fails the caller. */
+		releaseFiles(this: MessagesThis, ctx: Ctx<unknown>, refs: string[]) {
+			const fileIds = [...new Set(refs.map(fileIdOfPath).filter((id): id is string => !!id))];
+			// files.release takes at most 1000 at once.
+			for (let i = 0; i < fileIds.length; i += 1000) {
+				const chunk = fileIds.slice(i, i + 1000);
+				this.inBackground("files.release", () =>
+					ctx.call("files.release", { fileIds: chunk }).catch(err => this.logger.warn(`Could not release ${chunk.length} file(s)`, (err as Error).message)),
+				);
+			}
 		},
 
 		async maxSeq(this: MessagesThis, conversationId: string) {
@@ -465,7 +575,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			const ids = [...this.notifiedBatch];
 			this.notifiedBatch.clear();
 			// If this write is lost (the node dies), the sweep publishes again: harmless, events are idempotent.
-			if (ids.length > 0) await this.stores.messages.updateMany({ _id: { $in: ids } }, { $set: { notified: true } });
+			// Queued behind edits and deletions of these messages, never beside them (see the header).
+			if (ids.length > 0) await this.withLocks(ids.map(id => `m:${id}`), () => this.stores.messages.updateMany({ _id: { $in: ids } }, { $set: { notified: true } }));
 		},
 
 		/** Messages whose event did not make it to the bus (it was down, the node died): publish again. */

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { http, registerUser, startBroker, tempDir, type RunningSystem } from "../helpers/system";
+import { http, registerUser, startBroker, tempDir, type RunningSystem, waitFor } from "../helpers/system";
 import { call, connectSocket, countEvents, emitAck, sleep, type TestSocket, waitForEvent } from "../helpers/sockets";
 
 type User = Awaited<ReturnType<typeof registerUser>>;
@@ -20,6 +20,10 @@ function assertFail(ack: { ok: boolean; error?: { code: string } }, code: string
 	assert.equal(ack.error?.code, code, `${label}: ${JSON.stringify(ack.error)}`);
 }
 
+/** The smallest bytes the files service takes for a PNG, and a PDF (a file, not an image). */
+const PNG = Buffer.concat([Buffer.from("89504e470d0a1a0a0000000d49484452", "hex"), Buffer.alloc(200, 7)]);
+const PDF = Buffer.from("%PDF-1.7\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n");
+
 export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null, skip: string | false = false) {
 	describe(`chat (${mode})`, { skip }, () => {
 		let sys: RunningSystem;
@@ -32,6 +36,14 @@ export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null
 			sockets.push(s);
 			return s;
 		};
+		/** An upload of `bytes` by u; its `/files/<id>` url. */
+		const upload = async (u: User, bytes: Buffer = PNG, fileName = "pic.png") => {
+			const res = await http(base, "POST", "/upload/file-base64", { token: u.accessToken, body: { fileName, base64: bytes.toString("base64") } });
+			assert.equal(res.status, 201, res.text);
+			return res.body.url as string;
+		};
+		/** The action as the users service would call it for `u`: real services, no gateway in between. */
+		const asUser = <T = any>(u: User, action: string, params: unknown) => sys.broker.call<T, unknown>(action, params, { meta: { user: { id: u.id, username: u.username, roles: [] } } });
 		/** A accepted private chat between a and b; returns its id. */
 		const privateChat = async (a: User, b: User, sa: TestSocket, sb: TestSocket) => {
 			const conv = await call(sa, "conversation:create", { type: "private", participants: [b.id] });
@@ -48,7 +60,8 @@ export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null
 			delete process.env.DATABASE_URL;
 			if (mongoUrl) process.env.MONGO_URL = mongoUrl;
 			else delete process.env.MONGO_URL;
-			sys = await startBroker(["api", "users", "conversations", "messages"]);
+			// files: group pictures and attachments are checked against real uploads.
+			sys = await startBroker(["api", "users", "conversations", "messages", "files"]);
 			base = sys.baseUrl;
 		});
 
@@ -347,8 +360,9 @@ export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null
 				const renamed = await call(sb, "conversation:update", { conversationId: group.id, name: "Team 2" });
 				assert.equal(renamed.name, "Team 2");
 				assert.equal((await waitForEvent(sd, "conversation:updated", p => p.conversation.name === "Team 2")).conversationId, group.id);
-				const avatar = await call(sb, "conversation:update-avatar", { conversationId: group.id, avatarUrl: "/files/abc123" });
-				assert.equal(avatar.avatar, "/files/abc123");
+				const picture = await upload(b);
+				const avatar = await call(sb, "conversation:update-avatar", { conversationId: group.id, avatarUrl: picture });
+				assert.equal(avatar.avatar, picture);
 				assertFail(await emitAck(sb, "conversation:remove-member", { conversationId: group.id, userId: a.id }), "FORBIDDEN", "moderator removes admin");
 				assertFail(await emitAck(sb, "conversation:demote-moderator", { conversationId: group.id, userId: b.id }), "FORBIDDEN", "moderator demotes");
 				const withoutC = await call(sb, "conversation:remove-member", { conversationId: group.id, userId: c.id });
@@ -385,9 +399,11 @@ export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null
 				assert.equal(res.status, 201);
 				assert.equal(res.body.isGroup, true);
 				assert.equal((await http(base, "PATCH", `/conversations/${res.body.id}`, { token: b.accessToken, body: { name: "x" } })).status, 403);
-				const patched = await http(base, "PATCH", `/conversations/${res.body.id}`, { token: a.accessToken, body: { name: "Renamed", avatar: "/files/av1" } });
+				const picture = await upload(a);
+				const patched = await http(base, "PATCH", `/conversations/${res.body.id}`, { token: a.accessToken, body: { name: "Renamed", avatar: picture } });
 				assert.equal(patched.status, 200);
 				assert.equal(patched.body.name, "Renamed");
+				assert.equal(patched.body.avatar, picture);
 				assert.equal((await http(base, "DELETE", `/conversations/${res.body.id}`, { token: b.accessToken })).status, 403);
 				assert.equal((await http(base, "DELETE", `/conversations/${res.body.id}`, { token: a.accessToken })).status, 204);
 			});
@@ -446,9 +462,9 @@ export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null
 				assertFail(await emitAck(sa, "message:send", { conversationId: id, content: "hey" }), "FORBIDDEN", "blocker sends");
 				assert.deepEqual((await http(base, "GET", "/blocks", { token: a.accessToken })).body.map((x: any) => x.targetUserId), [b.id]);
 				assertFail(await emitAck(sa, "user:block", { targetUserId: a.id }), "BAD_REQUEST", "block self");
-				// In a group the blocker does not get the blocked user's messages live.
+				// In a group (made by someone with no block) the blocker does not get the blocked user's messages live.
 				const c = await newUser("bc");
-				const group = await call(sb, "conversation:create", { type: "group", participants: [a.id, c.id] });
+				const group = (await http(base, "POST", "/conversations", { token: c.accessToken, body: { type: "group", participants: [a.id, b.id] } })).body;
 				const gm = await call(sb, "message:send", { conversationId: group.id, content: "group hello" });
 				await sleep(300);
 				assert.equal(countEvents(sa, "message:created", p => p.id === gm.id), 0);
@@ -501,6 +517,254 @@ export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null
 				assert.equal((await http(base, "GET", "/conversations?before=garbage", { token: a.accessToken })).status, 400);
 				const viaSocket = await call(sa, "conversation:list", { limit: 3 });
 				assert.deepEqual(viaSocket.map((c: any) => c.id), [...ids].reverse().slice(0, 3));
+			});
+		});
+
+		describe("blocks hold everywhere", () => {
+			it("refuses a group with someone who blocked the creator or whom it blocked, over the socket and REST, and makes nothing", async () => {
+				const [a, b, c, d] = [await newUser("gka"), await newUser("gkb"), await newUser("gkc"), await newUser("gkd")];
+				const [sa, sb, sc] = [await connect(a), await connect(b), await connect(c)];
+				await call(sb, "user:block", { targetUserId: a.id }); // b blocked a
+				await call(sa, "user:block", { targetUserId: d.id }); // a blocked d
+				assertFail(await emitAck(sa, "conversation:create", { type: "group", participants: [b.id, c.id], name: "no" }), "FORBIDDEN", "with one who blocked me");
+				assertFail(await emitAck(sa, "conversation:create", { type: "group", participants: [c.id, d.id], name: "no" }), "FORBIDDEN", "with one I blocked");
+				for (const others of [[c.id, b.id], [d.id, c.id]]) {
+					const rest = await http(base, "POST", "/conversations", { token: a.accessToken, body: { participantIds: others, isGroup: true, name: "no" } });
+					assert.equal(rest.status, 403, rest.text);
+					assert.equal(rest.body.code, "FORBIDDEN");
+				}
+				// Nothing was made: c hears only of the group made next, and lists only that one;
+				// b hears of none (its unblock, pushed after all of them, arrives alone).
+				const fine = await call(sa, "conversation:create", { type: "group", participants: [c.id], name: "fine" });
+				await waitForEvent(sc, "conversation:created", p => p.conversationId === fine.id);
+				assert.equal(countEvents(sc, "conversation:created"), 1);
+				assert.deepEqual((await http(base, "GET", "/conversations", { token: c.accessToken })).body.map((x: any) => x.id), [fine.id]);
+				await call(sb, "user:unblock", { targetUserId: a.id });
+				await waitForEvent(sb, "user:unblocked");
+				assert.equal(countEvents(sb, "conversation:created"), 0);
+				assert.equal(countEvents(sb, "message:created"), 0);
+			});
+
+			it("in a group, the blocker gets no edits, deletions or typing of the blocked user, and receipts reach nobody with a block either way", async () => {
+				const [a, b, c] = [await newUser("gva"), await newUser("gvb"), await newUser("gvc")];
+				const [sa, sb, sc] = [await connect(a), await connect(b), await connect(c)];
+				const group = await call(sc, "conversation:create", { type: "group", participants: [a.id, b.id], name: "g" });
+				await call(sa, "user:block", { targetUserId: b.id }); // a blocked b
+				for (const s of [sa, sb, sc]) await call(s, "conversation:join", { conversationId: group.id });
+				const fromB = await call(sb, "message:send", { conversationId: group.id, content: "from b" });
+				const fromC = await call(sc, "message:send", { conversationId: group.id, content: "from c" });
+				for (const s of [sa, sb]) await waitForEvent(s, "message:created", p => p.id === fromC.id);
+
+				await call(sb, "message:edit", { messageId: fromB.id, content: "from b, edited" });
+				await call(sb, "typing", { conversationId: group.id, isTyping: true });
+				await call(sa, "typing", { conversationId: group.id, isTyping: true });
+				await call(sa, "message:delivered", { messageId: fromC.id });
+				await call(sa, "message:read", { messageId: fromC.id });
+				await call(sb, "message:read", { messageId: fromC.id });
+				await call(sa, "message:read", { messageId: fromB.id });
+				await call(sb, "message:delete", { messageId: fromB.id });
+				const fromC2 = await call(sc, "message:send", { conversationId: group.id, content: "again from c" });
+				for (const s of [sa, sb]) await waitForEvent(s, "message:created", p => p.id === fromC2.id);
+				await call(sb, "conversation:mark-read", { conversationId: group.id });
+				await call(sa, "conversation:mark-read", { conversationId: group.id });
+
+				// c, with no block, gets all of it: these events were sent.
+				assert.equal((await waitForEvent(sc, "message:updated", p => p.id === fromB.id)).content, "from b, edited");
+				await waitForEvent(sc, "message:deleted", p => p.messageId === fromB.id);
+				for (const u of [a, b]) {
+					await waitForEvent(sc, "typing", p => p.userId === u.id);
+					await waitForEvent(sc, "message:read", p => p.userId === u.id && p.messageId === fromC.id);
+					await waitForEvent(sc, "message:read", p => p.userId === u.id && p.messageId === fromC2.id);
+				}
+				await waitForEvent(sc, "message:status", p => p.userId === a.id && p.status === "delivered");
+
+				// A last message from c reaches a and b after everything above: what they got before it is all they get.
+				const marker = await call(sc, "message:send", { conversationId: group.id, content: "marker" });
+				for (const s of [sa, sb]) await waitForEvent(s, "message:created", p => p.id === marker.id);
+				assert.equal(countEvents(sa, "message:updated"), 0, "the blocker gets the blocked user's edit");
+				assert.equal(countEvents(sa, "message:deleted"), 0, "the blocker gets the blocked user's deletion");
+				assert.equal(countEvents(sa, "typing"), 0, "the blocker gets the blocked user's typing");
+				assert.equal(countEvents(sa, "message:read", p => p.userId === b.id) + countEvents(sa, "message:status", p => p.userId === b.id), 0, "the blocker gets the blocked user's receipts");
+				assert.equal(countEvents(sb, "typing"), 0, "the blocked user gets the blocker's typing");
+				assert.equal(countEvents(sb, "message:read", p => p.userId === a.id) + countEvents(sb, "message:status", p => p.userId === a.id), 0, "the blocked user gets the blocker's receipts");
+				assert.equal(countEvents(sb, "message:updated", p => p.id === fromB.id), 1, "b hears its own edit");
+
+				// History shows receipts the same way.
+				const seenBy = async (s: TestSocket) => (await call(s, "message:list", { conversationId: group.id })).find((m: any) => m.id === fromC.id).seen_by;
+				assert.deepEqual([...(await seenBy(sc))].sort(), [a.id, b.id].sort());
+				assert.deepEqual(await seenBy(sa), [a.id]);
+				assert.deepEqual(await seenBy(sb), [b.id]);
+			});
+
+			it("in a private chat a block also stops edits, nicknames and answering a request, and tells the blocker nothing", async () => {
+				const [a, b, c] = [await newUser("gpa"), await newUser("gpb"), await newUser("gpc")];
+				const [sa, sb, sc] = [await connect(a), await connect(b), await connect(c)];
+				const id = await privateChat(a, b, sa, sb);
+				const fromB = await call(sb, "message:send", { conversationId: id, content: "from b" });
+				const fromA = await call(sa, "message:send", { conversationId: id, content: "from a" });
+				await waitForEvent(sb, "message:created", p => p.id === fromA.id);
+				await call(sa, "user:block", { targetUserId: b.id });
+				assertFail(await emitAck(sb, "message:edit", { messageId: fromB.id, content: "but listen" }), "FORBIDDEN", "blocked edits");
+				assertFail(await emitAck(sa, "message:edit", { messageId: fromA.id, content: "and you" }), "FORBIDDEN", "blocker edits");
+				for (const [u, target] of [[b, a], [b, b], [a, b]] as const) {
+					const res = await http(base, "POST", `/conversations/${id}/nicknames`, { token: u.accessToken, body: { targetUserId: target.id, nickname: "name" } });
+					assert.equal(res.status, 403, `${u.username} names ${target.username}: ${res.text}`);
+				}
+				await call(sb, "message:delivered", { messageId: fromA.id });
+				await call(sb, "message:read", { messageId: fromA.id });
+				await call(sb, "conversation:mark-read", { conversationId: id });
+				await call(sa, "user:unblock", { targetUserId: b.id }); // pushed to a after all of the above
+				await waitForEvent(sa, "user:unblocked");
+				assert.equal(countEvents(sa, "message:read") + countEvents(sa, "message:status"), 0, "the blocker gets receipts of the blocked user");
+				assert.equal(countEvents(sa, "conversation:updated", p => p.conversationId === id && Object.keys(p.conversation.nicknames).length > 0), 0);
+				assert.deepEqual((await call(sa, "conversation:get", { conversationId: id })).nicknames, {});
+				assert.equal((await call(sa, "message:list", { conversationId: id })).find((m: any) => m.id === fromB.id).content, "from b", "the edit was not stored");
+
+				// A request from c, who then blocked a: a cannot accept it; it can decline, and c hears nothing of it.
+				const request = await call(sc, "conversation:create", { type: "private", participants: [a.id] });
+				await call(sc, "user:block", { targetUserId: a.id });
+				assertFail(await emitAck(sa, "conversation:accept", { conversationId: request.id }), "FORBIDDEN", "accept with a block");
+				assert.equal((await call(sa, "conversation:decline", { conversationId: request.id })).status, "declined");
+				await call(sc, "user:unblock", { targetUserId: a.id });
+				await waitForEvent(sc, "user:unblocked");
+				assert.equal(countEvents(sc, "request:accepted") + countEvents(sc, "request:declined"), 0);
+				assert.equal(countEvents(sc, "conversation:updated", p => p.conversationId === request.id), 0);
+			});
+
+			it("tells the users service which users have a block with someone, either way", async () => {
+				const [a, b, c, d] = [await newUser("gra"), await newUser("grb"), await newUser("grc"), await newUser("grd")];
+				const [sa, sd] = [await connect(a), await connect(d)];
+				await call(sa, "user:block", { targetUserId: b.id });
+				await call(sd, "user:block", { targetUserId: a.id });
+				const related = await sys.broker.call<number[], unknown>("conversations.blockRelations", { userId: a.id, others: [b.id, c.id, d.id, a.id] });
+				assert.deepEqual([...related].sort((x, y) => x - y), [b.id, d.id].sort((x, y) => x - y));
+				assert.deepEqual(await sys.broker.call("conversations.blockRelations", { userId: c.id, others: [a.id, b.id, d.id] }), []);
+				assert.deepEqual(await sys.broker.call("conversations.blockRelations", { userId: b.id, others: [] }), []);
+				await assert.rejects(sys.broker.call("conversations.blockRelations", { userId: a.id, others: ["x"] }), (err: any) => err.name === "ValidationError");
+			});
+		});
+
+		describe("deleted accounts", () => {
+			it("a deleted account's still-valid token sends, types and lists nothing, and its contacts are told it no longer exists", async () => {
+				const [a, b, c] = [await newUser("dla"), await newUser("dlb"), await newUser("dlc")];
+				const [sa, sb, sc] = [await connect(a), await connect(b), await connect(c)];
+				const id = await privateChat(a, b, sa, sb);
+				const group = await call(sb, "conversation:create", { type: "group", participants: [a.id, c.id], name: "g" });
+				await call(sa, "conversation:join", { conversationId: id });
+				await call(sa, "typing", { conversationId: id, isTyping: true }); // its membership is now known to typing
+				await call(sa, "message:send", { conversationId: id, content: "last words" });
+				assert.equal((await http(base, "DELETE", `/users/${a.id}`, { token: a.accessToken })).status, 204);
+				await waitForEvent(sc, "message:created", p => p.conversation_id === group.id && p.system_data?.event === "member_left");
+				// Its private chat membership goes too (the private chat itself stays for b).
+				await waitFor(() => asUser(a, "conversations.get", { conversationId: id }).then(() => false, (err: any) => err.type === "NOT_FOUND"));
+
+				const refused = (code: string) => (err: any) => err.type === code;
+				await assert.rejects(asUser(a, "messages.send", { conversationId: id, content: "from beyond" }), refused("NOT_FOUND"));
+				await assert.rejects(asUser(a, "conversations.typing", { conversationId: id, isTyping: false }), refused("NOT_FOUND"));
+				await assert.rejects(asUser(a, "conversations.create", { type: "private", participants: [c.id] }), refused("UNAUTHORIZED"));
+				await assert.rejects(asUser(a, "conversations.create", { type: "group", participants: [c.id] }), refused("UNAUTHORIZED"));
+				await assert.rejects(asUser(a, "conversations.block", { targetUserId: c.id }), refused("UNAUTHORIZED"));
+				assert.deepEqual(await asUser(a, "conversations.list", {}), []);
+				assert.deepEqual(await asUser(a, "conversations.requests", {}), []);
+				// Over the gateway too, whatever refuses it first (the token or the chat services).
+				const rest = await http(base, "POST", `/conversations/${id}/messages`, { token: a.accessToken, body: { content: "from beyond" } });
+				assert.ok([401, 404].includes(rest.status), rest.text);
+
+				// b keeps the history, and is told why it cannot write.
+				const ack = await emitAck(sb, "message:send", { conversationId: id, content: "are you there?" });
+				assertFail(ack, "FORBIDDEN", "send to a deleted account");
+				assert.equal(ack.error?.message, "This account no longer exists");
+				assert.deepEqual((await call(sb, "message:list", { conversationId: id })).map((m: any) => m.content), ["last words"]);
+				assert.ok((await http(base, "GET", "/conversations", { token: b.accessToken })).body.some((x: any) => x.id === id));
+				// Nothing in c's conversation list came from a.
+				assert.ok(!(await http(base, "GET", "/conversations", { token: c.accessToken })).body.some((x: any) => x.participants.includes(a.id)));
+			});
+		});
+
+		describe("group pictures and file references", () => {
+			it("takes as a group picture only an image the caller uploaded here, as /files/<id>; anything else is refused and changes nothing", async () => {
+				const [a, b, c] = [await newUser("fpa"), await newUser("fpb"), await newUser("fpc")];
+				const [sa, sc] = [await connect(a), await connect(c)];
+				const mine = await upload(a);
+				const mine2 = await upload(a);
+				const theirs = await upload(b);
+				const pdf = await upload(a, PDF, "doc.pdf");
+				const fileId = mine.slice("/files/".length);
+				const malformed = ["https://tracker.example/pixel.png", "/files/abc123", `${mine}/x`, `${mine}?x=1`, `http://127.0.0.1/files/${fileId}`, `/files/${fileId.toUpperCase()}`, fileId, "javascript:alert(1)"];
+				for (const avatar of malformed) {
+					const ack = await emitAck(sa, "conversation:create", { type: "group", participants: [c.id], name: "pic", avatar });
+					assertFail(ack, "VALIDATION_ERROR", avatar);
+					assert.equal((ack.error?.details as any[])[0].field, "avatar", avatar);
+				}
+				assertFail(await emitAck(sa, "conversation:create", { type: "group", participants: [c.id], avatar: theirs }), "FORBIDDEN", "someone else's upload");
+				assertFail(await emitAck(sa, "conversation:create", { type: "group", participants: [c.id], avatar: pdf }), "VALIDATION_ERROR", "not an image");
+				assertFail(await emitAck(sa, "conversation:create", { type: "group", participants: [c.id], avatar: `/files/${"0".repeat(32)}` }), "VALIDATION_ERROR", "no such file");
+				const restBad = await http(base, "POST", "/conversations", { token: a.accessToken, body: { participantIds: [c.id], isGroup: true, avatar: "https://tracker.example/p.png" } });
+				assert.equal(restBad.status, 400);
+				assert.equal(restBad.body.code, "VALIDATION_ERROR");
+
+				// None of those made a group: c hears only of this one.
+				const group = await call(sa, "conversation:create", { type: "group", participants: [c.id], name: "pic", avatar: mine });
+				assert.equal(group.avatar, mine);
+				await waitForEvent(sc, "conversation:created", p => p.conversationId === group.id);
+				assert.equal(countEvents(sc, "conversation:created"), 1);
+
+				// update and update-avatar refuse the same, and change nothing (not even the name given with it).
+				for (const avatar of [...malformed.slice(0, 3), theirs, pdf]) {
+					const res = await http(base, "PATCH", `/conversations/${group.id}`, { token: a.accessToken, body: { avatar, name: "changed?" } });
+					assert.ok([400, 403].includes(res.status), `${avatar}: ${res.text}`);
+					assert.equal((await emitAck(sa, "conversation:update-avatar", { conversationId: group.id, avatarUrl: avatar })).ok, false, avatar);
+				}
+				let now = await call(sa, "conversation:get", { conversationId: group.id });
+				assert.equal(now.avatar, mine);
+				assert.equal(now.name, "pic");
+
+				// A moderator renames the group without touching the picture a's upload is; it cannot put a's other upload there.
+				await call(sa, "conversation:promote-moderator", { conversationId: group.id, userId: c.id });
+				const renamed = await http(base, "PATCH", `/conversations/${group.id}`, { token: c.accessToken, body: { name: "renamed", avatar: mine } });
+				assert.equal(renamed.status, 200, renamed.text);
+				assert.equal(renamed.body.avatar, mine);
+				assertFail(await emitAck(sc, "conversation:update-avatar", { conversationId: group.id, avatarUrl: mine2 }), "FORBIDDEN", "moderator uses a's upload");
+				assert.equal((await call(sa, "conversation:update-avatar", { conversationId: group.id, avatarUrl: mine2 })).avatar, mine2);
+				assert.equal((await call(sa, "conversation:update-avatar", { conversationId: group.id, avatarUrl: null })).avatar, null);
+				// (A replaced picture may be gone by now: the files service deletes what nothing uses.)
+				const mine3 = await upload(a);
+				const again = await http(base, "PATCH", `/conversations/${group.id}`, { token: a.accessToken, body: { avatar: mine3 } });
+				assert.equal(again.body.avatar, mine3, again.text);
+				assert.equal((await http(base, "PATCH", `/conversations/${group.id}`, { token: a.accessToken, body: { avatar: "" } })).body.avatar, null);
+				now = await call(sc, "conversation:get", { conversationId: group.id });
+				assert.equal(now.avatar, null);
+			});
+
+			it("answers the files service which files are still attached to a message or some group's picture", async () => {
+				const [a, b] = [await newUser("fra"), await newUser("frb")];
+				const [sa, sb] = [await connect(a), await connect(b)];
+				const id = await privateChat(a, b, sa, sb);
+				const [f1, f2, f3, f4] = [await upload(a), await upload(a), await upload(a), await upload(a)];
+				const idOf = (url: string) => url.slice("/files/".length);
+				const all = [f1, f2, f3, f4].map(idOf);
+				const refs = async (action: string) => [...(await sys.broker.call<string[], unknown>(action, { fileIds: all }))].sort();
+				const m1 = await call(sa, "message:send", { conversationId: id, attachments: [f1] });
+				const m2 = await call(sa, "message:send", { conversationId: id, content: "two", attachments: [f1, f2] });
+				assert.deepEqual(m2.attachments, [f1, f2]);
+				assert.deepEqual(await refs("messages.fileRefs"), [idOf(f1), idOf(f2)].sort());
+				assert.deepEqual(await refs("conversations.fileRefs"), []);
+				await call(sa, "message:delete", { messageId: m2.id });
+				assert.deepEqual(await refs("messages.fileRefs"), [idOf(f1)], "f1 is still on m1");
+				await call(sa, "message:delete", { messageId: m1.id });
+				assert.deepEqual(await refs("messages.fileRefs"), []);
+
+				// A group's picture, and the attachments of a group's messages until the group is deleted.
+				const group = await call(sa, "conversation:create", { type: "group", participants: [b.id], name: "refs", avatar: f3 });
+				assert.deepEqual(await refs("conversations.fileRefs"), [idOf(f3)]);
+				await call(sa, "message:send", { conversationId: group.id, content: "pic", attachments: [f4] });
+				assert.deepEqual(await refs("messages.fileRefs"), [idOf(f4)]);
+				assert.deepEqual(await emitAck(sa, "conversation:delete", { conversationId: group.id }), { ok: true });
+				assert.deepEqual(await refs("messages.fileRefs"), []);
+				assert.deepEqual(await refs("conversations.fileRefs"), []);
+
+				await assert.rejects(sys.broker.call("messages.fileRefs", { fileIds: ["../../etc/passwd"] }), (err: any) => err.name === "ValidationError");
+				await assert.rejects(sys.broker.call("conversations.fileRefs", { fileIds: [{ $ne: null }] }), (err: any) => err.name === "ValidationError");
 			});
 		});
 
