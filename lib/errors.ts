@@ -87,8 +87,11 @@ export function toEnvelope(err: unknown): ErrorEnvelope {
 	if ((ERROR_CODES as readonly string[]).includes(type)) {
 		const code = type as ErrorCode;
 		const out: ErrorEnvelope = { statusCode: STATUS_OF[code], code, message };
+		const retryAfter = (e.data as { retryAfter?: unknown } | undefined)?.retryAfter;
 		if (code === "RATE_LIMITED") {
-			const retryAfter = (e.data as { retryAfter?: number } | undefined)?.retryAfter ?? 1;
+			out.retryAfter = typeof retryAfter === "number" ? retryAfter : 1;
+		} else if (code === "SERVICE_UNAVAILABLE" && typeof retryAfter === "number") {
+			// "Busy, come back in a moment" (e.g. too many large uploads at once).
 			out.retryAfter = retryAfter;
 		} else if (e.data != null && code !== "INTERNAL") {
 			out.details = code === "VALIDATION_ERROR" ? cleanValidationDetails(e.data) : e.data;

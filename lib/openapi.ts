@@ -1120,6 +1120,16 @@ const paths: Record<string, Obj> = {
 			},
 		}),
 	},
+	"/docs/init.js": {
+		get: operation({
+			operationId: "getDocsPageScript",
+			tag: "Docs",
+			summary: "The script that starts Swagger UI on the /docs page (no inline script, for the Content-Security-Policy)",
+			responses: {
+				200: { description: "JavaScript.", headers: headers(), content: { "text/javascript": { schema: { type: "string" } } } },
+			},
+		}),
+	},
 	"/docs/openapi.json": {
 		get: operation({
 			operationId: "getOpenApiDocument",

@@ -2,6 +2,11 @@
  * api: the gateway. REST through moleculer-web and Socket.IO through moleculer-io on the
  * same HTTP server. It authenticates, limits, routes and shapes errors; it holds no
  * domain logic (every alias is a call to the service that owns the data).
+ *
+ * Only the routes below and the namespaces /chat and /notifications exist for clients:
+ * moleculer-io's default namespace "/" (whose `call` event reaches any published action) is
+ * refused, and the mixins' own actions (broadcast, getClients, listAliases, …) are callable on
+ * this node only. Authenticated routes check the token before they read a body.
  */
 import crypto from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -19,21 +24,42 @@ import { appError, badRequest, forbidden, rateLimited, toEnvelope, unauthorized,
 import type { CallMeta } from "../lib/meta";
 import { openApiDocument } from "../lib/openapi";
 import { RateLimiter } from "../lib/rate-limiter";
-import { type AuthUser, extractBearer, verifyAccessToken } from "../lib/tokens";
+import { type AccessSession, type AuthUser, extractBearer, verifyAccessSession } from "../lib/tokens";
 import { type PushItem, type RoomsChange, SOCKET_PUSH_EVENT, SOCKET_ROOMS_EVENT } from "../mixins/push.mixin";
+import { SocketSessionsMixin, type SocketSessionsThis } from "../mixins/socket-sessions.mixin";
 
 const MiB = 1024 * 1024;
 const REFRESH_COOKIE = "refreshToken";
+/** Request headers a browser client on another origin may send. */
+const ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Trace-Id", "X-Refresh-Transport"];
+/** Large bodies (base64 uploads) one user may send at once on a node. */
+const LARGE_BODIES_PER_USER = 2;
+
+type Next = (err?: unknown) => void;
+type Middleware = (this: ApiThis, req: GatewayRequest, res: ServerResponse, next: Next) => void;
+/** body-parser, as moleculer-web ships it. */
+const jsonBodyParser = (ApiGateway as unknown as {
+	bodyParser: { json(opts: { limit: number; strict: boolean; reviver?: (key: string, value: unknown) => unknown }): (req: IncomingMessage, res: ServerResponse, next: Next) => void };
+}).bodyParser.json;
+
+/**
+ * JSON.parse keeps a "__proto__" key as a plain property, but moleculer-web then copies the body
+ * into the action's params with Object.assign, which would make it the params' prototype (and
+ * its keys would slip past `$$strict`). Such keys are dropped while parsing.
+ */
+const dropProtoKeys = (key: string, value: unknown) => (key === "__proto__" ? undefined : value);
 
 interface GatewayRequest extends IncomingMessage {
 	$ctx: Context<unknown, CallMeta>;
 	$route?: { cors?: unknown; opts: { name?: string } };
 	$action?: { name: string; roles?: string[] };
 	$params?: Record<string, unknown>;
+	/** The verified access token of an authenticated route, checked before the body is read. */
+	$session?: AccessSession;
 	traceId?: string;
 }
 
-interface ApiThis extends Service {
+interface ApiThis extends Service, SocketSessionsThis {
 	/** Open /chat sockets per user on this node, for presence. */
 	presence: Map<number, number>;
 	presenceTimer: NodeJS.Timeout | null;
@@ -41,13 +67,15 @@ interface ApiThis extends Service {
 	userLimiter: RateLimiter;
 	authLimiter: RateLimiter;
 	socketLimiter: RateLimiter;
+	/** Large bodies being read on this node: in all, and per user. */
+	largeBodies: { total: number; byUser: Map<number, number> };
 	socketOnError(err: unknown, respond: (ack: unknown) => void): void;
 	handleUpload(req: GatewayRequest, res: ServerResponse, field: string, maxFiles: number): void;
 	sendError(req: GatewayRequest, res: ServerResponse, err: unknown): void;
 	clientIp(req: IncomingMessage): string;
+	isSecureRequest(req: IncomingMessage): boolean;
 	setCallMeta(ctx: Context<unknown, CallMeta>, req: GatewayRequest): void;
 	writeCorsHeaders(route: unknown, req: IncomingMessage, res: ServerResponse, preflight: boolean): void;
-	io: import("socket.io").Server;
 }
 
 /** A trace id from the client is kept if it is a sane token; otherwise a new one is made. */
@@ -86,21 +114,98 @@ function refreshCookie(token: string | null, secure: boolean): string {
 	return parts.join("; ");
 }
 
-const bodyParsers = { json: { limit: MiB, strict: true }, urlencoded: false };
-
 /** Route hook: the trace id, client address and user agent into ctx.meta. */
 function passCallMeta(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
 	this.setCallMeta(ctx, req);
 }
 
-/** The documentation page: Swagger UI from the swagger-ui-dist package, served locally (no CDN). */
+/** A request that still has a body on the wire: answered early, its connection is closed, not drained. */
+const hasBody = (req: IncomingMessage) => Number(req.headers["content-length"] ?? 0) > 0 || req.headers["transfer-encoding"] !== undefined;
+
+/** Refuse before reading: the client must not be able to make us read what we will not use. */
+function refuseEarly(req: IncomingMessage, res: ServerResponse, next: Next, err: unknown) {
+	if (hasBody(req)) res.setHeader("Connection", "close");
+	next(err);
+}
+
+/** Authenticated routes: the token is checked first, so an anonymous body is never read or parsed. */
+const requireToken: Middleware = function (req, res, next) {
+	// A CORS preflight carries no token; moleculer-web answers it after the route's middlewares.
+	if (req.method === "OPTIONS") return next();
+	const token = extractBearer(req.headers.authorization);
+	if (!token) return refuseEarly(req, res, next, unauthorized("Missing bearer token"));
+	const session = verifyAccessSession(token);
+	if (!session) return refuseEarly(req, res, next, unauthorized("Invalid or expired token"));
+	if (this.revocations.isRevoked(session)) return refuseEarly(req, res, next, unauthorized("This session has ended"));
+	req.$session = session;
+	next();
+};
+
+/**
+ * Large bodies (a 25 MiB file is 35 MiB of base64, parsed whole) are read a few at a time per
+ * node and per user, so a flood cannot take the node's memory; the rest are told to retry.
+ */
+const largeBodySlot: Middleware = function (req, res, next) {
+	if (req.method === "OPTIONS") return next();
+	const userId = req.$session?.user.id ?? 0;
+	const slots = this.largeBodies;
+	const mine = slots.byUser.get(userId) ?? 0;
+	if (mine >= LARGE_BODIES_PER_USER) return refuseEarly(req, res, next, rateLimited(1));
+	if (slots.total >= config.largeBodiesInFlight) {
+		return refuseEarly(req, res, next, appError("SERVICE_UNAVAILABLE", "Too many uploads in progress, try again in a moment", { retryAfter: 1 }));
+	}
+	slots.total++;
+	slots.byUser.set(userId, mine + 1);
+	res.once("close", () => {
+		slots.total--;
+		const left = (slots.byUser.get(userId) ?? 1) - 1;
+		if (left > 0) slots.byUser.set(userId, left);
+		else slots.byUser.delete(userId);
+	});
+	next();
+};
+
+/** The unauthenticated /auth routes: the per-address limit comes before the body is read. */
+const authRateLimit: Middleware = function (req, res, next) {
+	if (req.method === "OPTIONS") return next();
+	const limit = this.authLimiter.take(this.clientIp(req));
+	if (!limit.ok) return refuseEarly(req, res, next, rateLimited(limit.retryAfter));
+	next();
+};
+
+/** JSON bodies up to `limit`; one declared larger is refused at once (body-parser would drain it first). */
+function jsonBody(limit: number): Middleware {
+	const parse = jsonBodyParser({ limit, strict: true, reviver: dropProtoKeys });
+	return function (req, res, next) {
+		if (Number(req.headers["content-length"] ?? 0) > limit) return refuseEarly(req, res, next, appError("PAYLOAD_TOO_LARGE", "Request body too large"));
+		parse(req, res, next);
+	};
+}
+
+/**
+ * Page hardening for every answer: nothing from elsewhere runs or frames us. Swagger UI sets
+ * inline styles, so /docs allows them; our own client needs none.
+ */
+const PAGE_CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
+const DOCS_CSP = PAGE_CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'");
+
+function setSecurityHeaders(req: IncomingMessage, res: ServerResponse) {
+	res.setHeader("Content-Security-Policy", req.url?.startsWith("/docs") ? DOCS_CSP : PAGE_CSP);
+	res.setHeader("X-Content-Type-Options", "nosniff");
+	res.setHeader("Referrer-Policy", "no-referrer");
+	res.setHeader("X-Frame-Options", "DENY");
+}
+
+/** The documentation page: Swagger UI from the swagger-ui-dist package, served locally (no CDN), no inline script. */
 const DOCS_HTML = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Parley API</title>
+<link rel="icon" href="/favicon.svg">
 <link rel="stylesheet" href="/docs/ui/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="/docs/ui/swagger-ui-bundle.js"></script>
-<script>window.ui = SwaggerUIBundle({ url: "/docs/openapi.json", dom_id: "#swagger-ui" });</script>
+<script src="/docs/init.js"></script>
 </body></html>`;
+const DOCS_INIT_JS = `window.ui = SwaggerUIBundle({ url: "/docs/openapi.json", dom_id: "#swagger-ui" });\n`;
 
 /**
  * Socket events of CONTRACT.md, each a broker action call. `ack: "none"` events answer
@@ -152,42 +257,61 @@ const NOTIFICATION_EVENTS: Record<string, SocketEventSpec> = {
 };
 
 type Ack = (response: unknown) => void;
+type SocketHandler = (this: Socket, ...args: unknown[]) => Promise<void>;
 
-/** One handler per event: validate the envelope, limit the socket, call the action, always ack. */
-function socketEvents(specs: Record<string, SocketEventSpec>) {
-	const handlers: Record<string, (this: Socket, ...args: unknown[]) => Promise<void>> = {};
-	for (const [event, spec] of Object.entries(specs)) {
-		handlers[event] = async function (this: Socket, ...args: unknown[]) {
-			const ack: Ack = typeof args[args.length - 1] === "function" ? (args.pop() as Ack) : () => undefined;
-			const svc = (this as Socket & { $service: ApiThis }).$service;
-			try {
-				const payload = args[0] ?? {};
-				if (typeof payload !== "object" || Array.isArray(payload)) {
-					throw validationError("The payload must be an object", [{ field: "payload", type: "object", message: "Send an object" }]);
-				}
-				const user = this.data.user as AuthUser | undefined;
-				if (!user) throw unauthorized();
-				const limit = svc.socketLimiter.take(this.id);
-				if (!limit.ok) throw rateLimited(limit.retryAfter);
-				const traceId = crypto.randomUUID();
-				const data = (await svc.broker.call(spec.action, payload, { meta: { user, socketId: this.id, traceId }, requestID: traceId })) as { room?: string } | null;
-				if (spec.room && data?.room) {
-					if (spec.room === "join") await this.join(data.room);
-					else await this.leave(data.room);
-				}
-				if (spec.reply) this.emit(spec.reply, data);
-				ack(spec.ack === "data" ? { ok: true, data } : { ok: true });
-			} catch (err) {
-				svc.socketOnError(err, ack);
+/**
+ * The envelope of every client event: an ack is always called; the payload is an object; the
+ * socket's login still holds; the user's event budget on this node (all its sockets) allows it.
+ */
+function socketHandler(run: (svc: ApiThis, socket: Socket, payload: Record<string, unknown>, user: AuthUser) => Promise<unknown>): SocketHandler {
+	return async function (this: Socket, ...args: unknown[]) {
+		const ack: Ack = typeof args[args.length - 1] === "function" ? (args.pop() as Ack) : () => undefined;
+		const svc = (this as Socket & { $service: ApiThis }).$service;
+		try {
+			const payload = args[0] ?? {};
+			if (typeof payload !== "object" || payload === null || Array.isArray(payload)) {
+				throw validationError("The payload must be an object", [{ field: "payload", type: "object", message: "Send an object" }]);
 			}
-		};
+			const user = svc.checkSocketSession(this);
+			const limit = svc.socketLimiter.take(`u:${user.id}`);
+			if (!limit.ok) throw rateLimited(limit.retryAfter);
+			ack(await run(svc, this, payload as Record<string, unknown>, user));
+		} catch (err) {
+			svc.socketOnError(err, ack);
+		}
+	};
+}
+
+/** `auth:refresh { token }` on both namespaces: handled here, it reaches no action. */
+const authRefresh = socketHandler(async (svc, socket, payload) => ({ ok: true, data: svc.refreshSocketSession(socket, payload) }));
+
+/** One handler per event of the table: call its action with the socket's user, answer the ack. */
+function socketEvents(specs: Record<string, SocketEventSpec>) {
+	const handlers: Record<string, SocketHandler> = { "auth:refresh": authRefresh };
+	for (const [event, spec] of Object.entries(specs)) {
+		handlers[event] = socketHandler(async (svc, socket, payload, user) => {
+			const traceId = crypto.randomUUID();
+			const data = (await svc.broker.call(spec.action, payload, { meta: { user, socketId: socket.id, traceId }, requestID: traceId })) as { room?: string } | null;
+			if (spec.room && data?.room) {
+				if (spec.room === "join") await socket.join(data.room);
+				else await socket.leave(data.room);
+			}
+			if (spec.reply) socket.emit(spec.reply, data);
+			return spec.ack === "data" ? { ok: true, data } : { ok: true };
+		});
 	}
 	return handlers;
 }
 
+/** The client namespaces and their events: nothing else is reachable over Socket.IO. */
+const SOCKET_NAMESPACES: Record<string, Record<string, SocketHandler>> = {
+	"/chat": socketEvents(CHAT_EVENTS),
+	"/notifications": socketEvents(NOTIFICATION_EVENTS),
+};
+
 const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 	name: "api",
-	mixins: [ApiGateway as Partial<ServiceSchema>, SocketIOService as unknown as Partial<ServiceSchema>],
+	mixins: [ApiGateway as Partial<ServiceSchema>, SocketIOService as unknown as Partial<ServiceSchema>, SocketSessionsMixin],
 
 	settings: {
 		port: config.port,
@@ -204,16 +328,28 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 			req.traceId = traceId;
 			options.requestID = traceId;
 			res.setHeader("X-Trace-Id", traceId);
+			setSecurityHeaders(req, res);
 		},
 
-		// The web client (public/) for every path no route claims.
-		assets: { folder: path.join(__dirname, "..", "public"), options: { index: "index.html", maxAge: "1h" } },
+		// The web client (public/) for every path no route claims. The page and its code are
+		// revalidated on every load, so a new version reaches a user at once.
+		assets: {
+			folder: path.join(__dirname, "..", "public"),
+			options: {
+				index: "index.html",
+				maxAge: "1h",
+				setHeaders(res: ServerResponse, file: string) {
+					if (/\.(html|js|css)$/.test(file)) res.setHeader("Cache-Control", "no-cache");
+				},
+			},
+		},
 
 		cors: {
-			origin: config.corsOrigins,
+			// Exact match: moleculer-web compares strings by prefix ("http://localhost:300" would pass).
+			origin: (origin: string) => config.corsOrigins.includes(origin),
 			credentials: true,
 			methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-			allowedHeaders: ["Authorization", "Content-Type", "X-Trace-Id"],
+			allowedHeaders: ALLOWED_HEADERS,
 			exposedHeaders: ["X-Trace-Id", "X-Next-Cursor", "Retry-After"],
 			maxAge: 600,
 		},
@@ -229,11 +365,14 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		io: {
 			options: {
 				maxHttpBufferSize: 2 * MiB,
-				cors: { origin: config.corsOrigins, credentials: true, allowedHeaders: ["Authorization", "Content-Type", "X-Trace-Id"] },
+				cors: { origin: config.corsOrigins, credentials: true, allowedHeaders: ALLOWED_HEADERS },
 			},
 			namespaces: {
-				"/chat": { authorization: true, events: socketEvents(CHAT_EVENTS) },
-				"/notifications": { authorization: true, events: socketEvents(NOTIFICATION_EVENTS) },
+				// moleculer-io's default "/" namespace with its `call` event reaches any published
+				// action: it is not created here, and connections to it are refused in started().
+				"/": { createNamespace: false },
+				"/chat": { authorization: true, events: SOCKET_NAMESPACES["/chat"] },
+				"/notifications": { authorization: true, events: SOCKET_NAMESPACES["/notifications"] },
 			},
 		},
 
@@ -251,6 +390,10 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 					"GET docs"(_req: IncomingMessage, res: ServerResponse) {
 						res.setHeader("Content-Type", "text/html; charset=utf-8");
 						res.end(DOCS_HTML);
+					},
+					"GET docs/init.js"(_req: IncomingMessage, res: ServerResponse) {
+						res.setHeader("Content-Type", "text/javascript; charset=utf-8");
+						res.end(DOCS_INIT_JS);
 					},
 				},
 			},
@@ -286,6 +429,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				authorization: true,
 				// Multipart bodies are streamed to the files service by handleUpload, never parsed here.
 				bodyParsers: false,
+				use: [requireToken],
 				aliases: {
 					"POST single"(this: ApiThis, req: GatewayRequest, res: ServerResponse) {
 						this.handleUpload(req, res, "file", 1);
@@ -302,8 +446,9 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				mappingPolicy: "restrict",
 				authentication: true,
 				authorization: true,
-				// A 25 MiB file is ~35 MiB of base64.
-				bodyParsers: { json: { limit: 35 * MiB, strict: true }, urlencoded: false },
+				// A 25 MiB file is ~35 MiB of base64: read only for a valid token, a few at a time.
+				bodyParsers: false,
+				use: [requireToken, largeBodySlot, jsonBody(35 * MiB)],
 				aliases: {
 					"POST upload/file-base64": "files.saveBase64",
 					"POST users/upload-avatar": "users.uploadAvatar",
@@ -316,7 +461,8 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				mappingPolicy: "restrict",
 				authentication: false,
 				authorization: false,
-				bodyParsers,
+				bodyParsers: false,
+				use: [authRateLimit, jsonBody(MiB)],
 				aliases: {
 					"POST register": "users.register",
 					"POST login": "users.login",
@@ -324,17 +470,27 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 					"POST logout": "users.logout",
 				},
 				onBeforeCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest) {
-					const limit = this.authLimiter.take(this.clientIp(req));
-					if (!limit.ok) throw rateLimited(limit.retryAfter);
 					this.setCallMeta(ctx, req);
 					const cookie = parseCookies(req.headers.cookie)[REFRESH_COOKIE];
 					if (cookie) ctx.meta.refreshCookie = cookie;
+					// Logout with only an access token still ends that login.
+					if (req.$action?.name === "users.logout") {
+						const session = verifyAccessSession(extractBearer(req.headers.authorization));
+						if (session) ctx.meta.session = { userId: session.user.id, sid: session.sid };
+					}
 				},
-				onAfterCall(this: ApiThis, ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest, res: ServerResponse, data: unknown) {
-					const secure = (req.socket as { encrypted?: boolean }).encrypted === true || process.env.NODE_ENV === "production";
+				onAfterCall(this: ApiThis, _ctx: Context<unknown, CallMeta>, _route: unknown, req: GatewayRequest, res: ServerResponse, data: unknown) {
+					const secure = this.isSecureRequest(req) || process.env.NODE_ENV === "production";
 					const issued = (data as { refreshToken?: string } | null)?.refreshToken;
-					if (issued) res.setHeader("Set-Cookie", refreshCookie(issued, secure));
-					else if (req.$action?.name === "users.logout") res.setHeader("Set-Cookie", refreshCookie(null, secure));
+					if (issued) {
+						res.setHeader("Set-Cookie", refreshCookie(issued, secure));
+						// A client that asks for it gets the refresh token in the HttpOnly cookie only,
+						// out of reach of any script on its page.
+						if (String(req.headers["x-refresh-transport"] ?? "").toLowerCase() === "cookie") {
+							const { refreshToken: _dropped, ...rest } = data as Record<string, unknown>;
+							return rest;
+						}
+					} else if (req.$action?.name === "users.logout") res.setHeader("Set-Cookie", refreshCookie(null, secure));
 					return data;
 				},
 			},
@@ -344,7 +500,8 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				mappingPolicy: "restrict",
 				authentication: true,
 				authorization: true,
-				bodyParsers,
+				bodyParsers: false,
+				use: [requireToken, jsonBody(MiB)],
 				aliases: {
 					"GET users/me": "users.me",
 					"GET users/search": "users.search",
@@ -413,6 +570,13 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				return openApiDocument;
 			},
 		},
+		// The mixins' own actions: for this node's code (and the REPL), never for another node
+		// or a socket. broadcast would let a caller forge events on anyone's sockets.
+		broadcast: { visibility: "protected" },
+		getClients: { visibility: "protected" },
+		listAliases: { visibility: "protected" },
+		addRoute: { visibility: "protected" },
+		removeRoute: { visibility: "protected" },
 	},
 
 	events: {
@@ -434,11 +598,13 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 	methods: {
 		/** Required token on the "rest" route; a bad, expired or foreign token is 401. */
 		async authenticate(this: ApiThis, _ctx: Context, _route: unknown, req: GatewayRequest): Promise<AuthUser> {
+			// requireToken ran first on every authenticated route and kept the session.
+			if (req.$session) return req.$session.user;
 			const token = extractBearer(req.headers.authorization);
 			if (!token) throw unauthorized("Missing bearer token");
-			const user = verifyAccessToken(token);
-			if (!user) throw unauthorized("Invalid or expired token");
-			return user;
+			const session = this.verifySession(token);
+			if (!session) throw unauthorized("Invalid or expired token");
+			return session.user;
 		},
 
 		/** Role checks declared on actions (`roles: ["admin"]`), then the per-user rate limit. */
@@ -550,13 +716,31 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 			this.broker.broadcast(EVENTS.presenceSnapshot, { nodeID: this.broker.nodeID, userIds: [...this.presence.keys()] }, ["users"]).catch(() => undefined);
 		},
 
+		/**
+		 * The client's address. Behind N trusted proxies (TRUST_PROXY), each appends the address it
+		 * got the request from to X-Forwarded-For, so the client is the Nth entry from the right;
+		 * anything further left was written by the client and is not believed.
+		 */
 		clientIp(this: ApiThis, req: IncomingMessage): string {
-			if (config.trustProxy) {
-				const forwarded = req.headers["x-forwarded-for"];
-				const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(",")[0]?.trim();
-				if (first) return first;
-			}
-			return req.socket.remoteAddress ?? "unknown";
+			const direct = req.socket.remoteAddress ?? "unknown";
+			const hops = config.trustProxyHops;
+			if (hops === 0) return direct;
+			const header = req.headers["x-forwarded-for"];
+			const forwarded = (Array.isArray(header) ? header.join(",") : (header ?? ""))
+				.split(",")
+				.map(s => s.trim())
+				.filter(Boolean);
+			// Nearest first: the proxy that connected to us, then what each proxy saw.
+			const chain = [direct, ...forwarded.reverse()];
+			return chain[Math.min(hops, chain.length - 1)];
+		},
+
+		/** HTTPS to us, or (behind trusted proxies) to the proxy in front. */
+		isSecureRequest(this: ApiThis, req: IncomingMessage): boolean {
+			if ((req.socket as { encrypted?: boolean }).encrypted === true) return true;
+			if (config.trustProxyHops === 0) return false;
+			const proto = String(req.headers["x-forwarded-proto"] ?? "").split(",").pop()?.trim().toLowerCase();
+			return proto === "https";
 		},
 
 		setCallMeta(this: ApiThis, ctx: Context<unknown, CallMeta>, req: GatewayRequest) {
@@ -603,17 +787,19 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 
 		// ---- Socket.IO (moleculer-io) ----
 
-		/** At connect: a valid access token or the socket is refused with "Unauthorized". */
-		async socketAuthorize(this: ApiThis, socket: Socket): Promise<AuthUser> {
+		/** At connect: a valid access token of a login that has not ended, or "Unauthorized". */
+		async socketAuthorize(this: ApiThis, socket: Socket): Promise<AccessSession> {
 			const auth = socket.handshake.auth as { token?: unknown } | undefined;
 			const token = extractBearer(auth?.token) ?? extractBearer(socket.handshake.headers.authorization);
-			const user = verifyAccessToken(token);
-			if (!user) throw new Error("Unauthorized");
-			return user;
+			const session = this.verifySession(token);
+			if (!session) throw new Error("Unauthorized");
+			return session;
 		},
-		socketSaveUser(socket: Socket, user: AuthUser | null | undefined) {
+		socketSaveUser(socket: Socket, session: AccessSession | null | undefined) {
 			// Per socket, not per connection: /chat and /notifications share one engine connection.
-			if (user) socket.data.user = user;
+			if (!session) return;
+			socket.data.session = session;
+			socket.data.user = session.user;
 		},
 		socketGetMeta(socket: Socket) {
 			return { user: socket.data.user, $socketId: socket.id, traceId: crypto.randomUUID() };
@@ -629,6 +815,9 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		this.userLimiter = new RateLimiter(config.rateLimit);
 		this.authLimiter = new RateLimiter(config.rateLimitAuth);
 		this.socketLimiter = new RateLimiter(config.rateLimit);
+		this.largeBodies = { total: 0, byUser: new Map() };
+		// Fail at start, not at the first request, on a bad TRUST_PROXY.
+		void config.trustProxyHops;
 		this.presence = new Map();
 		this.presenceTimer = null;
 	},
@@ -636,12 +825,23 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 	started(this: ApiThis) {
 		this.presenceTimer = setInterval(() => this.announcePresence(), PRESENCE_INTERVAL_MS);
 		this.presenceTimer.unref();
-		for (const nsp of ["/chat", "/notifications"]) {
+		// Socket.IO always has "/": nobody may connect to it (unknown namespaces are refused by Socket.IO).
+		this.io.of("/").use((_socket, next) => next(new Error("Invalid namespace")));
+		for (const [nsp, events] of Object.entries(SOCKET_NAMESPACES)) {
 			this.io.of(nsp).on("connection", socket => {
 				const user = socket.data.user as AuthUser | undefined;
 				if (!user) return;
+				// An event this namespace does not have still gets its ack, so a client never hangs.
+				socket.onAny((event: unknown, ...args: unknown[]) => {
+					if (typeof event === "string" && Object.hasOwn(events, event)) return;
+					const ack = args[args.length - 1];
+					if (typeof ack === "function") ack({ ok: false, error: { code: "NOT_FOUND", message: `No such event on ${nsp}` } });
+				});
 				// Every event for a user goes to this room, so each of its devices gets it.
 				socket.join(`user:${user.id}`);
+				// Ended at token expiry, when the login ends, and when the user opens too many.
+				this.trackSocket(nsp, socket);
+				if (!socket.connected) return;
 				if (nsp === "/chat") {
 					const before = this.presence.get(user.id) ?? 0;
 					this.presence.set(user.id, before + 1);
