@@ -24,6 +24,10 @@ const state = {
 	notifications: [],
 	blocked: new Set(),
 	lastTypingSent: 0,
+	refreshTimer: null,
+	refreshDue: Infinity, // Date.now() at which the access token should be renewed
+	passwordChange: null, // while a password change runs: resolves true once logged in again
+	sessionsEnded: 0, // counts endSession calls: an answer for an ended session is dropped
 };
 
 // ---------- errors: say what failed and what to do ----------
@@ -35,6 +39,7 @@ const HINTS = {
 	NOT_FOUND: "It is gone, or you no longer have access.",
 	PAYLOAD_TOO_LARGE: "The file is too large.",
 	UNSUPPORTED_MEDIA_TYPE: "This type of file cannot be sent.",
+	TOO_MANY_SOCKETS: "Close some Parley windows, then reload this one.",
 };
 
 function showError(what, err) {
@@ -49,25 +54,146 @@ window.addEventListener("unhandledrejection", e => showError("Something", e.reas
 
 // ---------- REST ----------
 
+// The refresh token stays in its HttpOnly cookie: with this header the server leaves it out of the body.
+const COOKIE_TRANSPORT = { "X-Refresh-Transport": "cookie" };
+
 async function api(method, path, body, retry = true) {
-	const headers = { "Content-Type": "application/json" };
-	if (state.accessToken) headers.Authorization = `Bearer ${state.accessToken}`;
+	const authCall = path.startsWith("/auth/");
+	const headers = { "Content-Type": "application/json", ...(authCall ? COOKIE_TRANSPORT : {}) };
+	if (state.accessToken && !authCall) headers.Authorization = `Bearer ${state.accessToken}`;
 	const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" });
-	if (res.status === 401 && retry && state.accessToken && (await refresh())) return api(method, path, body, false);
+	if (res.status === 401 && retry && state.accessToken && !authCall) {
+		const outcome = await refresh();
+		if (outcome === "ok") return api(method, path, body, false);
+		if (outcome === "ended" && state.me) endSession(SESSION_ENDED);
+	}
 	const text = await res.text();
 	const data = text ? JSON.parse(text) : null;
 	if (!res.ok) throw Object.assign(new Error(data?.message ?? res.statusText), { status: res.status, code: data?.code });
 	return data;
 }
 
-/** A new access token from the httpOnly refresh cookie (rotated on every use). */
+// ---------- session: the access token, renewed before it expires ----------
+
+const SESSION_ENDED = "Your session ended, log in again.";
+
+// Not a secret: it only says "this browser has a refresh cookie", so a visitor who never
+// logged in makes no /auth/refresh call (and sees no failed request) when the page loads.
+const SESSION_MARKER = "parley.session";
+function markSession(on) {
+	try {
+		if (on) window.localStorage.setItem(SESSION_MARKER, "1");
+		else window.localStorage.removeItem(SESSION_MARKER);
+	} catch {
+		// storage disabled: the marker only saves a request
+	}
+}
+function hasSessionMarker() {
+	try {
+		return window.localStorage.getItem(SESSION_MARKER) === "1";
+	} catch {
+		return true; // cannot tell: ask the server
+	}
+}
+
+/** `iat` and `exp` (seconds) of a JWT; the client trusts nothing else in it. */
+function tokenTimes(token) {
+	try {
+		const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+		const { iat, exp } = JSON.parse(window.atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+		return typeof exp === "number" ? { iat: typeof iat === "number" ? iat : null, exp } : null;
+	} catch {
+		return null;
+	}
+}
+
+/**
+ * Renew at 75 % of the token's life or 60 s before it ends, whichever is sooner, but not sooner
+ * than a few seconds. Timed from when the token arrived, so a wrong clock on this machine does
+ * not matter (the server disconnects a socket whose token expired).
+ */
+function scheduleRefresh(token) {
+	clearTimeout(state.refreshTimer);
+	const times = tokenTimes(token);
+	if (!times) return;
+	const life = (times.exp - (times.iat ?? Math.floor(Date.now() / 1000))) * 1000;
+	const delay = Math.min(2 ** 31 - 1, Math.max(Math.min(life * 0.75, life - 60_000), Math.min(5_000, life / 2)));
+	state.refreshDue = Date.now() + delay;
+	state.refreshTimer = setTimeout(renewNow, delay);
+}
+
+async function renewNow() {
+	clearTimeout(state.refreshTimer);
+	if (!state.me) return;
+	const outcome = await refresh();
+	if (!state.me) return;
+	if (outcome === "ended") endSession(SESSION_ENDED);
+	// Server busy or unreachable: try again soon; if the token runs out first, the socket's
+	// disconnect handler takes over.
+	else if (outcome === "failed") state.refreshTimer = setTimeout(renewNow, 5_000);
+}
+
+// A tab that slept (timers held back) renews as soon as it is looked at again.
+document.addEventListener("visibilitychange", () => {
+	if (document.visibilityState === "visible" && state.me && Date.now() >= state.refreshDue) renewNow();
+});
+
+/** A new access token: used for every call and socket from now on, and renewed before it expires. */
+function setToken(token) {
+	state.accessToken = token;
+	markSession(true);
+	scheduleRefresh(token);
+	// Connected sockets take the new token and live on; disconnected ones send it when they connect.
+	for (const socket of [state.chat, state.notif]) {
+		if (!socket?.connected) continue;
+		socket.timeout(10_000).emit("auth:refresh", { token }, (err, ack) => {
+			// Refused (not merely unanswered): connect again with the new token now rather than
+			// be ended when the old one expires.
+			if (!err && ack && !ack.ok && socket.connected && state.accessToken === token) {
+				socket.disconnect();
+				socket.connect();
+			}
+		});
+	}
+}
+
+let refreshing = null;
+/**
+ * A new access token from the HttpOnly refresh cookie (rotated on every use): "ok", "ended" (the
+ * server refused the cookie: the login is over) or "failed" (unreachable or busy; try later).
+ * One at a time: presenting a refresh token twice counts as theft and ends the login.
+ */
 async function refresh() {
-	const res = await fetch("/auth/refresh", { method: "POST", credentials: "same-origin" });
-	if (!res.ok) return false;
-	const data = await res.json();
-	state.accessToken = data.accessToken;
-	for (const socket of [state.chat, state.notif]) if (socket) socket.auth = { token: data.accessToken };
-	return true;
+	// A password change logs in again by itself: wait for that rather than spend a dead cookie.
+	while (state.passwordChange) if (await state.passwordChange) return "ok";
+	refreshing ??= withRefreshLock(refreshOnce).finally(() => (refreshing = null));
+	return refreshing;
+}
+
+/** Tabs of one browser share the cookie: across tabs too, one refresh at a time. */
+function withRefreshLock(fn) {
+	const locks = window.navigator.locks;
+	return locks ? locks.request("parley.refresh", fn) : fn();
+}
+
+async function refreshOnce() {
+	const ended = state.sessionsEnded;
+	let res;
+	try {
+		res = await fetch("/auth/refresh", { method: "POST", headers: COOKIE_TRANSPORT, credentials: "same-origin" });
+	} catch {
+		return "failed";
+	}
+	if (res.status >= 500 || res.status === 429) return "failed";
+	if (!res.ok) {
+		markSession(false);
+		return "ended";
+	}
+	const { accessToken } = await res.json();
+	// Logged out while this was under way: the token belongs to a login that is over.
+	if (ended !== state.sessionsEnded) return "ended";
+	setToken(accessToken);
+	return "ok";
 }
 
 async function rememberUsers(ids) {
@@ -93,7 +219,7 @@ function showAuth(message = "") {
 }
 
 async function enter(data) {
-	state.accessToken = data.accessToken;
+	setToken(data.accessToken);
 	state.me = data.user ?? (await api("GET", "/users/me"));
 	state.users.set(state.me.id, state.me);
 	$("auth-view").hidden = true;
@@ -110,6 +236,7 @@ $("login-form").addEventListener("submit", async e => {
 	const login = String(f.get("login"));
 	try {
 		await enter(await api("POST", "/auth/login", { [login.includes("@") ? "email" : "username"]: login, password: f.get("password") }));
+		e.target.reset();
 	} catch (err) {
 		showAuth(err.message);
 	}
@@ -120,16 +247,89 @@ $("register-form").addEventListener("submit", async e => {
 	const f = new FormData(e.target);
 	try {
 		await enter(await api("POST", "/auth/register", { username: f.get("username"), email: f.get("email"), password: f.get("password") }));
+		e.target.reset();
 	} catch (err) {
 		showAuth(err.message);
 	}
 });
 
 $("logout").addEventListener("click", async () => {
-	await fetch("/auth/logout", { method: "POST", credentials: "same-origin" });
-	state.chat?.close();
-	state.notif?.close();
-	location.reload();
+	// Sockets first, by this client: their end is not mistaken for a session ended elsewhere.
+	for (const socket of [state.chat, state.notif]) socket?.disconnect();
+	await fetch("/auth/logout", { method: "POST", credentials: "same-origin" }).catch(() => undefined);
+	endSession("");
+});
+
+/** Forget this login here: no token, no marker, sockets closed, nothing of it on screen. */
+function endSession(message) {
+	state.sessionsEnded++;
+	clearTimeout(state.refreshTimer);
+	state.refreshDue = Infinity;
+	markSession(false);
+	state.accessToken = null;
+	state.me = null;
+	for (const socket of [state.chat, state.notif]) {
+		if (!socket) continue;
+		socket.sendBuffer = []; // nothing queued by this login is sent by the next one
+		socket.disconnect();
+	}
+	state.current = null;
+	state.messages = [];
+	state.conversations = [];
+	state.notifications = [];
+	state.typingTimers.clear();
+	$("chat").hidden = true;
+	$("chat-empty").hidden = false;
+	$("app-view").classList.remove("chat-open");
+	for (const id of ["conversations", "requests", "messages", "notification-list", "search-results", "message-results"]) $(id).replaceChildren();
+	$("requests-title").hidden = true;
+	$("notifications").hidden = true;
+	$("password-form").hidden = true;
+	setBadge(0);
+	setConnection("offline");
+	showAuth(message);
+}
+
+// Changing the password ends every login of the account, this one too: log in again with it.
+$("password-button").addEventListener("click", () => {
+	$("password-form").hidden = !$("password-form").hidden;
+	if (!$("password-form").hidden) $("password-form").elements.oldPassword.focus();
+});
+$("password-cancel").addEventListener("click", () => {
+	$("password-form").reset();
+	$("password-form").hidden = true;
+});
+$("password-form").addEventListener("submit", async e => {
+	e.preventDefault();
+	const f = new FormData(e.target);
+	const newPassword = String(f.get("newPassword"));
+	const username = state.me.username;
+	await refreshing?.catch(() => undefined);
+	let loggedIn;
+	// Set before the request: the server may end this login's sockets and tokens before it answers.
+	state.passwordChange = new Promise(resolve => (loggedIn = resolve));
+	try {
+		try {
+			// No refresh-and-retry here: a refresh would wait for this very change to finish.
+			await api("POST", "/users/change-password", { oldPassword: f.get("oldPassword"), newPassword }, false);
+		} catch (err) {
+			loggedIn(false);
+			return showError("Changing the password", err);
+		}
+		try {
+			setToken((await api("POST", "/auth/login", { username, password: newPassword })).accessToken);
+			loggedIn(true);
+		} catch {
+			loggedIn(false);
+			return endSession("Your password was changed. Log in again with the new one.");
+		}
+		e.target.reset();
+		e.target.hidden = true;
+		// Sockets the server already ended come back with the new token.
+		for (const socket of [state.chat, state.notif]) if (socket && !socket.connected) socket.connect();
+	} finally {
+		state.passwordChange = null;
+	}
 });
 
 function showAvatar() {
@@ -167,14 +367,68 @@ function emit(socket, event, payload) {
 	});
 }
 
+function setConnection(status) {
+	$("connection").textContent = status;
+	$("connection").classList.toggle("online", status === "online");
+}
+
+const ENDED_MESSAGES = {
+	password_changed: "Your password was changed. Log in again with the new one.",
+	account_deleted: "Your account was deleted.",
+};
+
+/**
+ * The server ended a socket ("io server disconnect") or refused it at connect: Socket.IO does not
+ * try again by itself. A refreshed token brings it back (the connect handler catches up on what
+ * was missed); a login that is over shows the login view. Whatever the reason given, one refresh
+ * decides: a logout or role change elsewhere may end this user's sockets on every device, while
+ * this device's own login goes on.
+ */
+async function resume(socket) {
+	const reason = socket.endedReason;
+	socket.endedReason = null;
+	if (!state.me) return;
+	if (reason === "too_many_sockets") {
+		// Coming back would push out another window of this user, which would come back too.
+		setConnection("offline");
+		return showError("Staying connected", { message: "too many windows are open", code: "TOO_MANY_SOCKETS" });
+	}
+	// Refused again right after a successful refresh: something else is wrong, do not loop.
+	if ((socket.resumes = (socket.resumes ?? 0) + 1) > 3) return endSession(SESSION_ENDED);
+	const outcome = await refresh();
+	if (!state.me) return;
+	if (outcome === "ok") socket.connect();
+	else if (outcome === "failed") setTimeout(() => resume(socket), 3_000);
+	else endSession(ENDED_MESSAGES[reason] ?? SESSION_ENDED);
+}
+
 function connectSockets() {
-	const options = { auth: { token: state.accessToken }, transports: ["websocket"] };
+	// Once per page: a later login reconnects the same sockets (io() would hand out the same
+	// objects anyway) with whatever token is current, as `auth` is read at every connect.
+	if (state.chat) {
+		for (const socket of [state.chat, state.notif]) socket.connect();
+		return;
+	}
+	const options = { auth: cb => cb({ token: state.accessToken }), transports: ["websocket"] };
 	const chat = (state.chat = io("/chat", options));
 	const notif = (state.notif = io("/notifications", options));
 
+	for (const socket of [chat, notif]) {
+		socket.on("connect", () => (socket.resumes = 0));
+		// Sent just before the server disconnects this socket, saying why.
+		socket.on("session:ended", ({ reason } = {}) => (socket.endedReason = reason));
+		socket.on("disconnect", reason => {
+			if (reason === "io server disconnect") resume(socket);
+		});
+		// `active` is false when the server refused the socket (a token it does not accept);
+		// after a network error it stays true and Socket.IO keeps retrying by itself.
+		socket.on("connect_error", () => {
+			if (!socket.active) resume(socket);
+		});
+	}
+
 	chat.on("connect", async () => {
-		$("connection").textContent = "online";
-		$("connection").classList.add("online");
+		setConnection("online");
 		// Back after a drop: fetch what was missed, by seq, and rejoin the open room.
 		if (state.current) {
 			await emit(chat, "conversation:join", { conversationId: state.current.id }).catch(() => undefined);
@@ -182,16 +436,8 @@ function connectSockets() {
 		}
 		await loadConversations().catch(() => undefined);
 	});
-	chat.on("disconnect", () => {
-		$("connection").textContent = "reconnecting…";
-		$("connection").classList.remove("online");
-	});
-	chat.on("connect_error", async err => {
-		// An expired access token: refresh it, and Socket.IO retries with the new one.
-		if (err.message === "Unauthorized" && !(await refresh())) showAuth("Your session ended, log in again.");
-	});
-	notif.on("connect_error", async err => {
-		if (err.message === "Unauthorized") await refresh();
+	chat.on("disconnect", reason => {
+		if (state.me) setConnection(reason === "io client disconnect" ? "offline" : "reconnecting…");
 	});
 
 	chat.on("message:created", async message => {
@@ -676,6 +922,8 @@ $("read-all").addEventListener("click", () => emit(state.notif, "notification:re
 // ---------- start: a refresh cookie means we are still logged in ----------
 
 (async () => {
-	if (await refresh()) await enter({ accessToken: state.accessToken });
-	else showAuth();
+	// No marker: nobody logged in from this browser (or logged out), so there is no cookie to try.
+	const outcome = hasSessionMarker() ? await refresh() : "ended";
+	if (outcome === "ok") await enter({ accessToken: state.accessToken });
+	else showAuth(outcome === "failed" ? "The server is busy or restarting; reload in a moment." : "");
 })();

@@ -2,6 +2,9 @@
  * The web client in public/, served by the gateway, driven in a real (headless) Chromium by two
  * people: register, find each other, the message request, live messages both ways, read
  * receipts, an image attachment, the notification badge, and a reload that keeps the session.
+ * Also its session: under the Content-Security-Policy with no violation, no failed request, the
+ * refresh token only in its cookie, sockets that outlive many short access tokens, and a login
+ * ended elsewhere ending the page's session.
  */
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -10,7 +13,7 @@ import path from "node:path";
 import zlib from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import { type Browser, type Page, chromium } from "playwright-core";
-import { startBroker, tempDir, type RunningSystem } from "../helpers/system";
+import { registerUser, startBroker, tempDir, type RunningSystem } from "../helpers/system";
 
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const skip = fs.existsSync(CHROMIUM) ? false : `No Chromium at ${CHROMIUM}: browser test skipped (.ci/run installs Debian's chromium; set CHROMIUM_PATH otherwise)`;
@@ -37,13 +40,40 @@ function solidPng(width: number, height: number, rgb: [number, number, number]):
 }
 const PNG = solidPng(160, 100, [47, 111, 237]);
 
+/** Short-lived access tokens for the whole suite: every page must renew them as it goes. */
+const TOKEN_TTL_SECONDS = 8;
+
+/** What one page did on the network and in its console. */
+interface PageLog {
+	/** Requests that failed, or answered 400 or more. */
+	failed: string[];
+	/** POST /auth/refresh calls made. */
+	refreshCalls: number;
+	/** WebSocket connections opened. */
+	websockets: number;
+}
+
+/** Reports every CSP violation to the console, where the test collects it with Chromium's own. */
+const REPORT_CSP_VIOLATIONS = `document.addEventListener("securitypolicyviolation", e => console.error("CSP violation: " + e.violatedDirective + " " + e.blockedURI));`;
+
+/** Records the connection indicator's every change, from now on, in window.connectionStates. */
+const RECORD_CONNECTION_STATES = `(() => {
+	window.connectionStates = [];
+	const node = document.getElementById("connection");
+	new MutationObserver(() => window.connectionStates.push(node.textContent)).observe(node, { childList: true, characterData: true, subtree: true });
+})()`;
+
 describe("web client in a real browser", { skip }, () => {
 	let sys: RunningSystem;
 	let browser: Browser;
 	const pageErrors: string[] = [];
+	const cspViolations: string[] = [];
+	const logs = new Map<Page, PageLog>();
+	const logOf = (page: Page) => logs.get(page) as PageLog;
 
 	before(async () => {
 		process.env.DATA_DIR = tempDir();
+		process.env.ACCESS_TOKEN_TTL = String(TOKEN_TTL_SECONDS);
 		process.env.JWT_SECRET = "web-client-secret-0123456789";
 		process.env.BCRYPT_ROUNDS = "4";
 		process.env.RATE_LIMIT = "0";
@@ -65,9 +95,30 @@ describe("web client in a real browser", { skip }, () => {
 		await sys?.stop();
 	});
 
-	async function person(name: string, shootLogin = false): Promise<Page> {
-		const page = await (await browser.newContext({ viewport: { width: 1200, height: 760 } })).newPage();
+	/** A new browser (own cookies and storage) with one page, watched from its first request. */
+	async function openPage(name: string): Promise<Page> {
+		const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
+		await context.addInitScript(REPORT_CSP_VIOLATIONS);
+		const page = await context.newPage();
+		const log: PageLog = { failed: [], refreshCalls: 0, websockets: 0 };
+		logs.set(page, log);
 		page.on("pageerror", err => pageErrors.push(`${name}: ${err.message}`));
+		page.on("console", msg => {
+			if (/Content Security Policy|CSP violation/i.test(msg.text())) cspViolations.push(`${name}: ${msg.text()}`);
+		});
+		page.on("requestfailed", req => log.failed.push(`${name}: ${req.method()} ${req.url()} ${req.failure()?.errorText}`));
+		page.on("response", res => {
+			if (res.status() >= 400) log.failed.push(`${name}: ${res.status()} ${res.request().method()} ${res.url()}`);
+		});
+		page.on("request", req => {
+			if (new URL(req.url()).pathname === "/auth/refresh") log.refreshCalls++;
+		});
+		page.on("websocket", () => log.websockets++);
+		return page;
+	}
+
+	async function person(name: string, shootLogin = false): Promise<Page> {
+		const page = await openPage(name);
 		await page.goto(`${sys.baseUrl}/`);
 		await page.waitForSelector("#auth-view:not([hidden])");
 		// What a newcomer sees first after npm start.
@@ -75,10 +126,44 @@ describe("web client in a real browser", { skip }, () => {
 		await page.fill("#register-form [name=username]", name);
 		await page.fill("#register-form [name=email]", `${name}@example.test`);
 		await page.fill("#register-form [name=password]", "a long password");
-		await page.click("#register-form button");
+		const [registered] = await Promise.all([page.waitForResponse(res => new URL(res.url()).pathname === "/auth/register"), page.click("#register-form button")]);
+		// The refresh token travels only in the HttpOnly cookie, out of the page's reach.
+		assert.equal(registered.request().headers()["x-refresh-transport"], "cookie");
+		const body = await registered.json();
+		assert.equal(typeof body.accessToken, "string");
+		assert.equal("refreshToken" in body, false, "no refresh token in the body the page sees");
 		await page.waitForSelector("#app-view:not([hidden])");
 		await page.waitForSelector("#connection.online");
 		return page;
+	}
+
+	/** The page's refresh cookie, as another device holding it would send it. */
+	async function refreshCookieOf(page: Page): Promise<string> {
+		const cookie = (await page.context().cookies(`${sys.baseUrl}/auth/refresh`)).find(c => c.name === "refreshToken");
+		assert.ok(cookie, "a refresh cookie");
+		assert.equal(cookie.httpOnly, true);
+		return `refreshToken=${cookie.value}`;
+	}
+
+	/** Two people in an accepted private chat, each with it open. */
+	async function chatting(a: string, b: string): Promise<[Page, Page]> {
+		const first = await person(a);
+		const second = await person(b);
+		await first.fill("#search", b);
+		await first.click(`#search-results li[data-username=${b}] button`);
+		await first.waitForSelector(`#chat-title:text-is('${b}')`);
+		await first.fill("#text", `Hello ${b}`);
+		await first.press("#text", "Enter");
+		await second.waitForSelector("#requests li .accept");
+		await second.click("#requests li .accept");
+		await second.waitForSelector(`#messages .message .content:text-is('Hello ${b}')`);
+		return [first, second];
+	}
+
+	async function say(page: Page, text: string) {
+		await page.fill("#text", text);
+		await page.press("#text", "Enter");
+		await page.waitForSelector(`#messages .message.mine .content:text-is('${text}')`);
 	}
 
 	it("two people chat end to end through the page", async () => {
@@ -149,6 +234,7 @@ describe("web client in a real browser", { skip }, () => {
 		await alice.waitForSelector("#auth-view:not([hidden])");
 		await alice.reload();
 		await alice.waitForSelector("#auth-view:not([hidden])");
+		assert.deepEqual(cspViolations, [], "no Content-Security-Policy violation");
 	});
 
 	it("a group with roles, message search and blocking through the page", async () => {
@@ -189,6 +275,141 @@ describe("web client in a real browser", { skip }, () => {
 		await finn.press("#text", "Enter");
 		await finn.waitForSelector("#banner:not([hidden])");
 		assert.match((await finn.textContent("#banner-text")) ?? "", /Sending the message failed: .*not allowed/);
+		assert.deepEqual(pageErrors, [], "no script errors in the page");
+		assert.deepEqual(cspViolations, [], "no Content-Security-Policy violation");
+	});
+
+	it("loads without a failed request or a refresh call, and is served under the security headers", async () => {
+		const gina = await registerUser(sys.baseUrl, "gina");
+		const page = await openPage("gina");
+		const log = logOf(page);
+
+		// A first visit: nobody is logged in, so nothing is asked that could fail.
+		const doc = await page.goto(`${sys.baseUrl}/`);
+		await page.waitForSelector("#auth-view:not([hidden])");
+		await page.waitForLoadState("networkidle");
+		assert.deepEqual(log.failed, [], "no failed request on a fresh visit");
+		assert.equal(log.refreshCalls, 0, "no /auth/refresh without a session");
+
+		// The page, its script and its style sheet: the CSP, no sniffing, no referrer, revalidated.
+		const served = [{ path: "/", headers: doc?.headers() ?? {} }];
+		for (const file of ["/app.js", "/style.css"]) {
+			const res = await fetch(`${sys.baseUrl}${file}`);
+			served.push({ path: file, headers: Object.fromEntries(res.headers) });
+		}
+		for (const { path: file, headers } of served) {
+			const csp = headers["content-security-policy"] ?? "";
+			assert.match(csp, /frame-ancestors 'none'/, `${file}: CSP ${csp}`);
+			assert.match(csp, /script-src 'self'(;|$)/, `${file}: scripts only from the origin`);
+			assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/, file);
+			assert.equal(headers["x-content-type-options"], "nosniff", file);
+			assert.equal(headers["referrer-policy"], "no-referrer", file);
+			assert.match(headers["cache-control"] ?? "", /no-cache/, `${file}: revalidated on every load`);
+		}
+		const icon = await fetch(`${sys.baseUrl}/favicon.svg`);
+		assert.equal(icon.status, 200);
+		assert.match(icon.headers.get("content-type") ?? "", /^image\/svg\+xml/);
+
+		// Logging in: the answer the page gets has no refresh token, only the cookie has it.
+		await page.fill("#login-form [name=login]", gina.username);
+		await page.fill("#login-form [name=password]", gina.password);
+		const [login] = await Promise.all([page.waitForResponse(res => new URL(res.url()).pathname === "/auth/login"), page.click("#login-form button")]);
+		assert.equal(login.status(), 200);
+		assert.equal(login.request().headers()["x-refresh-transport"], "cookie");
+		const body = await login.json();
+		assert.equal(typeof body.accessToken, "string");
+		assert.equal("refreshToken" in body, false, "no refresh token in the login body");
+		await refreshCookieOf(page);
+		await page.waitForSelector("#connection.online");
+
+		// A reload restores the session from the cookie, again with nothing failing.
+		const [refreshed] = await Promise.all([page.waitForResponse(res => new URL(res.url()).pathname === "/auth/refresh"), page.reload()]);
+		assert.equal(refreshed.status(), 200);
+		assert.equal(refreshed.request().headers()["x-refresh-transport"], "cookie");
+		assert.equal("refreshToken" in (await refreshed.json()), false, "no refresh token in the refresh body");
+		await page.waitForSelector("#app-view:not([hidden])");
+		await page.waitForSelector("#connection.online");
+		await page.waitForLoadState("networkidle");
+		assert.equal(await page.textContent("#me"), gina.username);
+		assert.deepEqual(log.failed, [], "no failed request on a reload either");
+		assert.deepEqual(cspViolations, [], "no Content-Security-Policy violation");
+		assert.deepEqual(pageErrors, [], "no script errors in the page");
+	});
+
+	it("a logout on another device ends the page's session within seconds, and only that login's", async () => {
+		const page = await person("joan");
+		const log = logOf(page);
+		// The same person also logged in on a second device: a login of its own.
+		const other = await openPage("joan-2");
+		await other.goto(`${sys.baseUrl}/`);
+		await other.fill("#login-form [name=login]", "joan");
+		await other.fill("#login-form [name=password]", "a long password");
+		await other.click("#login-form button");
+		await other.waitForSelector("#connection.online");
+
+		// The same login ended from elsewhere (the cookie is what another device would hold).
+		const res = await fetch(`${sys.baseUrl}/auth/logout`, { method: "POST", headers: { cookie: await refreshCookieOf(page) } });
+		assert.equal(res.status, 204);
+		await page.waitForSelector("#auth-view:not([hidden])", { timeout: 5_000 });
+		assert.equal(await page.textContent("#auth-error"), "Your session ended, log in again.");
+		assert.equal(await page.isVisible("#app-view"), false);
+		// The second device's login goes on (its sockets may be ended too, and come back).
+		await other.waitForTimeout(1_000);
+		await other.waitForSelector("#connection.online", { timeout: 5_000 });
+		assert.equal(await other.isVisible("#app-view"), true);
+		assert.deepEqual(logOf(other).failed, []);
+		// A call or a renewal that raced the logout may have been refused (401); nothing else may fail.
+		assert.deepEqual(
+			log.failed.filter(f => !/^\w+: 401 /.test(f)),
+			[],
+			"nothing but a refused call failed",
+		);
+		// Nothing is left to restore: a reload asks for no refresh.
+		const before = { refreshes: log.refreshCalls, failed: log.failed.length };
+		await page.reload();
+		await page.waitForSelector("#auth-view:not([hidden])");
+		await page.waitForLoadState("networkidle");
+		assert.equal(log.refreshCalls, before.refreshes, "no /auth/refresh once the session is over");
+		assert.deepEqual(log.failed.slice(before.failed), [], "no failed request after the session ended");
+		assert.deepEqual(cspViolations, [], "no Content-Security-Policy violation");
+	});
+
+	it("stays connected across many access token lifetimes, and through a password change", async () => {
+		const [kim, lou] = await chatting("kim", "lou");
+		for (const page of [kim, lou]) await page.evaluate(RECORD_CONNECTION_STATES);
+		const sockets = logOf(kim).websockets;
+		const refreshes = logOf(kim).refreshCalls;
+
+		// Both pages stay open for about four token lifetimes, doing nothing.
+		await kim.waitForTimeout(4 * TOKEN_TTL_SECONDS * 1000);
+		await say(lou, "still there?");
+		await kim.waitForSelector("#messages .message:not(.mine) .content:text-is('still there?')", { timeout: 5_000 });
+		for (const page of [kim, lou]) {
+			assert.deepEqual(await page.evaluate("window.connectionStates"), [], "the indicator never left online");
+		}
+		assert.equal(logOf(kim).websockets, sockets, "the same connection all along");
+		assert.ok(logOf(kim).refreshCalls - refreshes >= 3, `renewed the token before each expiry (${logOf(kim).refreshCalls - refreshes} refreshes)`);
+		assert.equal(await kim.textContent("#connection"), "online");
+
+		// A password change ends every login of the account: the page logs in again by itself.
+		await kim.click("#password-button");
+		await kim.fill("#password-form [name=oldPassword]", "a long password");
+		await kim.fill("#password-form [name=newPassword]", "a new long password");
+		await kim.click("#password-form button[type=submit]");
+		await kim.waitForSelector("#password-form", { state: "hidden" });
+		await kim.waitForSelector("#connection.online");
+		await say(lou, "after the change");
+		await kim.waitForSelector("#messages .message:not(.mine) .content:text-is('after the change')", { timeout: 5_000 });
+		assert.equal(await kim.isVisible("#app-view"), true);
+		const old = await fetch(`${sys.baseUrl}/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "kim", password: "a long password" }) });
+		assert.equal(old.status, 400, "the old password no longer works");
+		// And the new login is the one a reload restores.
+		await kim.reload();
+		await kim.waitForSelector("#connection.online");
+		assert.equal(await kim.textContent("#me"), "kim");
+		assert.deepEqual(logOf(kim).failed, []);
+		assert.deepEqual(logOf(lou).failed, []);
+		assert.deepEqual(cspViolations, [], "no Content-Security-Policy violation");
 		assert.deepEqual(pageErrors, [], "no script errors in the page");
 	});
 });
