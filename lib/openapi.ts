@@ -226,7 +226,13 @@ const FILE_TYPES_TEXT =
 	"Accepted: images (PNG, JPEG, GIF, WebP), video (MP4, QuickTime, WebM), audio (MP3, MP4/M4A, Ogg, WAV, FLAC, WebM), PDF, " +
 	"office documents (docx, xlsx, pptx, odt, ods, odp, doc, xls, ppt), plain text (UTF-8 text, CSV, Markdown) and archives (zip, gzip, 7z, rar). " +
 	"SVG and HTML are never accepted, whatever they are called: served from this origin they could run script. Anything else is 415.";
-const GROUP_AVATAR: Obj = { type: "string", nullable: true, maxLength: 2048, description: "A group's picture: an http(s) URL or a path on this server.", example: FILE_URL_EXAMPLE };
+const GROUP_AVATAR: Obj = {
+	type: "string",
+	nullable: true,
+	maxLength: 2048,
+	description: "A group's picture: `/files/<fileId>` of an image the caller uploaded (400 `VALIDATION_ERROR` otherwise, 403 for someone else's file).",
+	example: FILE_URL_EXAMPLE,
+};
 
 const schemas: Record<string, Obj> = {
 	Error: {
@@ -264,7 +270,7 @@ const schemas: Record<string, Obj> = {
 			id: { type: "integer", description: "Alias of `user_id`.", example: 42 },
 			username: { type: "string", example: "alice" },
 			email: { type: "string", format: "email", description: "Present only when the caller is this user or an admin.", example: "alice@example.com" },
-			avatar_url: { type: "string", nullable: true, description: "An http(s) URL or a path on this server.", example: FILE_URL_EXAMPLE },
+			avatar_url: { type: "string", nullable: true, description: "`/files/<fileId>`: an image of this server.", example: FILE_URL_EXAMPLE },
 			bio: { type: "string", nullable: true, maxLength: 500, example: "Coffee first." },
 			status: { type: "string", enum: ["online", "offline"], description: "`online` while the user has at least one `/chat` socket open on any gateway node, `offline` otherwise.", example: "offline" },
 			role: { ...ROLE_NAME, description: "The most privileged of `roles` (admin, then moderator, then user)." },
@@ -374,10 +380,17 @@ const schemas: Record<string, Obj> = {
 				type: "string",
 				nullable: true,
 				maxLength: 2048,
-				description: "An http(s) URL or a path starting with `/`; `null` (or an empty string) removes the avatar.",
+				description: "`/files/<fileId>` of an image the caller uploaded (400 `VALIDATION_ERROR` otherwise, 403 for someone else's file); `null` (or an empty string) removes the avatar. A replaced avatar's file is deleted unless something else uses it.",
 				example: FILE_URL_EXAMPLE,
 			},
 			bio: { type: "string", nullable: true, maxLength: 500, description: "`null` removes it.", example: "Coffee first." },
+			currentPassword: {
+				type: "string",
+				format: "password",
+				minLength: 1,
+				maxLength: 200,
+				description: "The caller's own current password: required to change `email` (400 `VALIDATION_ERROR` when missing, 400 `INVALID_CREDENTIALS` when wrong; counted like a failed login).",
+			},
 		},
 	},
 	BatchUsersRequest: {
@@ -628,7 +641,7 @@ const schemas: Record<string, Obj> = {
 		description: "Both optional; only the fields given change. An empty body changes nothing and returns the conversation.",
 		properties: {
 			name: { ...GROUP_NAME, description: "Trimmed; `null` or an empty string removes it." },
-			avatar: { ...GROUP_AVATAR, description: "An http(s) URL or a path on this server; `null` or an empty string removes it." },
+			avatar: { ...GROUP_AVATAR, description: "`/files/<fileId>` of an image the caller uploaded; `null` or an empty string removes it." },
 		},
 	},
 	MuteRequest: {
@@ -1030,10 +1043,11 @@ function multipartUploadErrors(field: string, maxFiles: number): Obj {
 			},
 		),
 		413: errorResponse(
-			`\`PAYLOAD_TOO_LARGE\`: a file is over the limit (${FILE_LIMIT_TEXT}), or the whole request is over ${maxFiles === 1 ? "that limit" : `${maxFiles} times that limit`} plus 1 MiB. Nothing of the request is kept.`,
+			`\`PAYLOAD_TOO_LARGE\`: a file is over the limit (${FILE_LIMIT_TEXT}), the whole request is over ${maxFiles === 1 ? "that limit" : `${maxFiles} times that limit`} plus 1 MiB, or it would take the caller over its storage quota (\`details: { quota, used }\`). Nothing of the request is kept.`,
 			{
 				fileTooLarge: errorExample(413, "PAYLOAD_TOO_LARGE", "A file may be at most 26214400 bytes"),
 				requestTooLarge: errorExample(413, "PAYLOAD_TOO_LARGE", "The upload is too large"),
+				overQuota: errorExample(413, "PAYLOAD_TOO_LARGE", "Storage quota exceeded: 1.0 GiB of 1.0 GiB used; delete files to upload more", { quota: 1073741824, used: 1073741000 }),
 			},
 		),
 		415: errorResponse(
@@ -1059,9 +1073,10 @@ const BASE64_UPLOAD_ERRORS: Obj = {
 			badJson: errorExample(400, "BAD_REQUEST", "Malformed JSON body"),
 		},
 	),
-	413: errorResponse(`\`PAYLOAD_TOO_LARGE\`: the JSON body is over 35 MiB, or the decoded file is over the limit (${FILE_LIMIT_TEXT}). Nothing is kept.`, {
+	413: errorResponse(`\`PAYLOAD_TOO_LARGE\`: the JSON body is over 35 MiB, the decoded file is over the limit (${FILE_LIMIT_TEXT}), or it would take the caller over its storage quota (\`details: { quota, used }\`). Nothing is kept.`, {
 		bodyTooLarge: errorExample(413, "PAYLOAD_TOO_LARGE", "Request body too large"),
 		fileTooLarge: errorExample(413, "PAYLOAD_TOO_LARGE", "A file may be at most 26214400 bytes"),
+		overQuota: errorExample(413, "PAYLOAD_TOO_LARGE", "Storage quota exceeded: 1.0 GiB of 1.0 GiB used; delete files to upload more", { quota: 1073741824, used: 1073741000 }),
 	}),
 };
 
@@ -1229,8 +1244,10 @@ const paths: Record<string, Obj> = {
 		get: operation({
 			operationId: "searchUsers",
 			tag: "Users",
-			summary: "Find users by username or email prefix",
-			description: "Case-insensitive prefix match on username or email; an exact username match comes first, then shorter usernames.",
+			summary: "Find users by username prefix, or by a whole email address",
+			description:
+				"Case-insensitive prefix match on the username; an email matches only when `q` is the whole address (admins: by prefix). " +
+				"An exact match comes first, then shorter usernames. Another user's email is never shown.",
 			bearer: true,
 			parameters: [
 				{ name: "q", in: "query", required: true, description: "The prefix (trimmed).", schema: { type: "string", minLength: 1, maxLength: 100 } },
@@ -1297,7 +1314,7 @@ const paths: Record<string, Obj> = {
 			operationId: "listUsers",
 			tag: "Users",
 			summary: "List users, a page at a time",
-			description: "Newest first. `search` matches, case-insensitively, a substring of the username or a prefix of the email.",
+			description: "Newest first. `search` matches, case-insensitively, a prefix of the username, or a whole email address (admins: an email prefix).",
 			bearer: true,
 			parameters: [
 				{ name: "search", in: "query", required: false, description: "Filter (trimmed).", schema: { type: "string", maxLength: 100 } },
@@ -1522,8 +1539,9 @@ const paths: Record<string, Obj> = {
 			responses: {
 				201: ok("Created.", schema("Conversation")),
 				200: ok("The private chat between the two users already existed; here it is.", schema("Conversation")),
-				403: errorResponse("`FORBIDDEN`: one of the two users of a private chat blocked the other.", {
+				403: errorResponse("`FORBIDDEN`: one of the two users of a private chat blocked the other, or a group would include someone the caller blocked or who blocked it (`details` names each one).", {
 					blocked: errorExample(403, "FORBIDDEN", "You cannot start a conversation with this user"),
+					groupWithBlocked: errorExample(403, "FORBIDDEN", "You cannot start a group with a user you blocked or who blocked you", [{ field: "participants", type: "blocked", message: "User 12" }]),
 				}),
 				404: errorResponse("`NOT_FOUND`: a participant does not exist (`details` names each one).", {
 					noSuchUser: errorExample(404, "NOT_FOUND", "User not found", [{ field: "participants", type: "notFound", message: "No user 99" }]),
@@ -1909,23 +1927,27 @@ const DESCRIPTION = `REST API of Parley, a self-hostable chat backend. Every rou
 ## Authentication
 
 Register or log in under \`/auth\` to get an **access token** (a JWT, valid **15 minutes** by default) and a **refresh token**.
-Send the access token on every other route (except \`GET /files/{fileId}\`, see Files) as \`Authorization: Bearer <accessToken>\`; a missing, malformed or expired token is \`401 UNAUTHORIZED\`.
-The refresh token is also set as an httpOnly cookie \`refreshToken\` (path \`/auth\`). \`POST /auth/refresh\` spends it and returns a new pair
-(rotation); presenting a spent refresh token again revokes that whole login. \`POST /auth/logout\` revokes it and clears the cookie.
+Send the access token on every other route (except \`GET /files/{fileId}\`, see Files) as \`Authorization: Bearer <accessToken>\`; a missing, malformed or expired token,
+or one whose login has ended (logout, a password or role change, a deleted account), is \`401 UNAUTHORIZED\`, answered before the request body is read.
+The refresh token is also set as an httpOnly cookie \`refreshToken\` (path \`/auth\`); a client that sends \`X-Refresh-Transport: cookie\` gets it in the cookie only,
+not in the body. \`POST /auth/refresh\` spends it and returns a new pair (rotation); presenting a spent refresh token again revokes that whole login.
+\`POST /auth/logout\` revokes it (or, without one, the login of the bearer token sent along) and clears the cookie.
 
 ## Errors
 
 Every error is JSON: \`{ statusCode, code, message, traceId, details? }\` with \`code\` one of ${ERROR_CODES.map(c => `\`${c}\``).join(", ")}.
 Status codes follow their HTTP meaning (400, 401, 403, 404, 409, 413, 415, 429, 503; a 500 never carries a stack trace).
 \`VALIDATION_ERROR\` lists the failed fields in \`details\`. Wrong login credentials are \`400 INVALID_CREDENTIALS\`.
-JSON bodies are limited to 1 MiB (413), except on the base64 uploads \`POST /upload/file-base64\` and \`POST /users/upload-avatar\` (35 MiB).
+JSON bodies are limited to 1 MiB (413), except on the base64 uploads \`POST /upload/file-base64\` and \`POST /users/upload-avatar\` (35 MiB; a node reads a few
+at a time: more are \`503\` with \`Retry-After\`, more than two of one user \`429\`).
 
 ## Files
 
 Upload with \`POST /upload/single\` or \`POST /upload/multiple\` (multipart) or \`POST /upload/file-base64\` (JSON); each answers the stored
 \`File\`, whose \`url\` (\`/files/<fileId>\`) goes into a message's \`attachments\` or an avatar. \`GET /files/{fileId}\` needs no token, so
 \`<img src>\` works: the random 32-hex-character id is the capability. A file may be at most ${FILE_LIMIT_TEXT}, or it is 413; its type is decided
-from its content against an allow-list (415; never SVG or HTML). An upload that is refused, fails or is interrupted keeps nothing.
+from its content against an allow-list (415; never SVG or HTML). Each user may keep \`FILE_QUOTA_BYTES\` of files (1 GiB by default; 413 over it).
+An upload that is refused, fails or is interrupted keeps nothing. A file is deleted when the last message, profile or group using it lets go of it.
 
 ## Rate limits
 

@@ -244,7 +244,9 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 						{ replacements: { hash }, type: QueryTypes.SELECT, transaction: tx },
 					);
 					if (!row) return { error: "unknown" as const };
-					if (row.used_at || row.revoked_at) {
+					// A login that ended (logout, password change): nothing to detect, the token is just dead.
+					if (row.revoked_at && !row.used_at) return { error: "ended" as const };
+					if (row.used_at) {
 						// A spent token came back: someone holds a copy. End the whole login, its access tokens too.
 						if ((await this.revokeFamily(row.family_id, tx)) > 0) {
 							await this.revokeSessions(ctx, { userId: row.user_id, sid: row.family_id, reason: "token_reuse" }, tx);
