@@ -834,8 +834,12 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				// An event this namespace does not have still gets its ack, so a client never hangs.
 				socket.onAny((event: unknown, ...args: unknown[]) => {
 					if (typeof event === "string" && Object.hasOwn(events, event)) return;
+					// Counted like any event: a flood of made-up events is limited too.
+					const limit = this.socketLimiter.take(`u:${user.id}`);
 					const ack = args[args.length - 1];
-					if (typeof ack === "function") ack({ ok: false, error: { code: "NOT_FOUND", message: `No such event on ${nsp}` } });
+					if (typeof ack !== "function") return;
+					if (!limit.ok) this.socketOnError(rateLimited(limit.retryAfter), ack as Ack);
+					else ack({ ok: false, error: { code: "NOT_FOUND", message: `No such event on ${nsp}` } });
 				});
 				// Every event for a user goes to this room, so each of its devices gets it.
 				socket.join(`user:${user.id}`);
