@@ -17,6 +17,8 @@ export const CHANNELS = {
 	messageCreated: "message.created",
 	groupInviteCreated: "group_invite.created",
 	systemBroadcast: "system.broadcast",
+	/** A message was deleted: its notifications go too (their text is the message's). */
+	messageDeleted: "message.deleted",
 } as const;
 export type ChannelName = (typeof CHANNELS)[keyof typeof CHANNELS];
 
@@ -25,6 +27,7 @@ export const CONSUMER_GROUPS: Record<ChannelName, string[]> = {
 	[CHANNELS.messageCreated]: ["notifications"],
 	[CHANNELS.groupInviteCreated]: ["notifications"],
 	[CHANNELS.systemBroadcast]: ["notifications"],
+	[CHANNELS.messageDeleted]: ["notifications"],
 };
 
 export const DEAD_LETTER_QUEUE = "DEAD_LETTER";

@@ -9,6 +9,7 @@ export interface PublisherThis extends Service {
 	publisher: DurablePublisher;
 	backgroundWork: Set<Promise<unknown>>;
 	publishEvent(channel: ChannelName, payload: unknown): Promise<void>;
+	publishPatiently(channel: ChannelName, payload: unknown): Promise<void>;
 	inBackground(label: string, work: () => Promise<unknown>): void;
 }
 
@@ -16,6 +17,17 @@ export const PublisherMixin: Partial<ServiceSchema> = {
 	methods: {
 		publishEvent(this: PublisherThis, channel: ChannelName, payload: unknown) {
 			return this.publisher.publish(channel, payload);
+		},
+		/** A few tries over ~10 s: the bus may be restarting. For events with no outbox behind them. */
+		async publishPatiently(this: PublisherThis, channel: ChannelName, payload: unknown) {
+			for (let attempt = 0; ; attempt++) {
+				try {
+					return await this.publisher.publish(channel, payload);
+				} catch (err) {
+					if (attempt >= 4) throw err;
+					await new Promise(r => setTimeout(r, 500 * 2 ** attempt));
+				}
+			}
 		},
 		inBackground(this: PublisherThis, label: string, work: () => Promise<unknown>) {
 			const run = work().catch(err => this.logger.warn(`${label} failed; it will be retried`, (err as Error).message));

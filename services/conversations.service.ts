@@ -828,17 +828,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		/** A group_invite notification for each added user, through the durable event bus. */
 		announceInvite(this: ConvThis, conv: ConversationDoc, userIds: number[], inviter: AuthUser) {
 			const event = { eventId: `invite:${conv._id}:${crypto.randomUUID()}`, conversationId: conv._id, conversationName: conv.name, inviterId: inviter.id, inviterName: inviter.username, userIds };
-			this.inBackground("group_invite.created publish", async () => {
-				// A few tries over ~10 s: the bus may be restarting.
-				for (let attempt = 0; ; attempt++) {
-					try {
-						return await this.publishEvent(CHANNELS.groupInviteCreated, event);
-					} catch (err) {
-						if (attempt >= 4) throw err;
-						await new Promise(r => setTimeout(r, 500 * 2 ** attempt));
-					}
-				}
-			});
+			this.inBackground("group_invite.created publish", () => this.publishPatiently(CHANNELS.groupInviteCreated, event));
 		},
 
 		/** Not a member and not existing look the same: no conversation's existence leaks. */

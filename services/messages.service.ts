@@ -233,6 +233,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				const audience = await this.audience(ctx, conv._id, msg.sender_id, false);
 				await this.push(ctx, [{ rooms: audience.map(userRoom), event: "message:deleted", payload: { messageId: msg._id, conversationId: conv._id } }]);
 				this.releaseFiles(ctx, msg.attachments);
+				// Its notifications quote it: they go too.
+				this.inBackground("message.deleted publish", () => this.publishPatiently(CHANNELS.messageDeleted, { eventId: `deleted:${msg._id}`, messageId: msg._id }));
 				return null;
 			},
 		},

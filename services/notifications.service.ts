@@ -7,6 +7,7 @@
 import crypto from "node:crypto";
 import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { encodeCursor, decodeCursor, idRule, limitRule } from "../lib/chat";
+import { EVENTS } from "../lib/constants";
 import { CHANNELS } from "../lib/durable-events";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
@@ -33,6 +34,8 @@ interface NotificationDoc extends Doc {
 	sender_avatar: string | null;
 	conversation_name: string | null;
 	message_type: string | null;
+	/** The message a `message` / `message_request` notification quotes: it goes when that message is deleted. */
+	message_id?: string | null;
 	event_key: string;
 	created_at: Date;
 }
@@ -59,6 +62,11 @@ interface GroupInviteEvent {
 	inviterId: number;
 	inviterName: string;
 	userIds: number[];
+}
+
+interface MessageDeletedEvent {
+	eventId: string;
+	messageId: string;
 }
 
 interface BroadcastEvent {
@@ -125,10 +133,17 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 						sender_avatar: { type: String, default: null },
 						conversation_name: { type: String, default: null },
 						message_type: { type: String, default: null },
+						message_id: { type: String, default: null },
 						event_key: String,
 						created_at: Date,
 					},
-					indexes: [{ fields: { event_key: 1 }, unique: true }, { fields: { user_id: 1, created_at: -1 } }, { fields: { user_id: 1, is_read: 1 } }, { fields: { user_id: 1 } }],
+					indexes: [
+						{ fields: { event_key: 1 }, unique: true },
+						{ fields: { user_id: 1, created_at: -1 } },
+						{ fields: { user_id: 1, is_read: 1 } },
+						{ fields: { user_id: 1 } },
+						{ fields: { message_id: 1 } },
+					],
 				},
 			},
 		}),
@@ -159,6 +174,8 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 							sender_avatar: event.senderAvatar ?? null,
 							conversation_name: event.conversationName ?? null,
 							message_type: event.messageType ?? "text",
+							// message.created's eventId is the message's id.
+							message_id: event.eventId,
 						});
 						if (made) created.push(r.userId);
 					}
@@ -191,6 +208,26 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 						if (made) created.push(userId);
 					}
 					await this.pushCount(created);
+				} catch (err) {
+					await this.retryLater(raw, err);
+				}
+			},
+		},
+
+		/** An unsent message must not live on in notifications: they go, on every device of their users. */
+		[CHANNELS.messageDeleted]: {
+			group: "notifications",
+			async handler(this: NotifThis, event: MessageDeletedEvent, raw: unknown) {
+				checkEvent(!!event && typeof event.messageId === "string" && event.messageId.length > 0 && event.messageId.length <= 64, CHANNELS.messageDeleted);
+				try {
+					const gone = (await this.stores.notifications.find({ message_id: event.messageId })) as NotificationDoc[];
+					if (gone.length === 0) return;
+					await this.stores.notifications.removeMany({ message_id: event.messageId });
+					await this.push(
+						null,
+						gone.map(n => ({ namespace: NSP, rooms: [userRoom(n.user_id)], event: "notification:deleted", payload: { notificationId: n._id } })),
+					);
+					await this.pushCount(gone.filter(n => !n.is_read).map(n => n.user_id));
 				} catch (err) {
 					await this.retryLater(raw, err);
 				}
@@ -232,6 +269,13 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 					await this.retryLater(raw, err);
 				}
 			},
+		},
+	},
+
+	events: {
+		/** A deleted account's notifications go with it. */
+		async [EVENTS.userDeleted](this: NotifThis, ctx: Context<{ userId: number }>) {
+			if (isPositiveInt(ctx.params.userId)) await this.stores.notifications.removeMany({ user_id: ctx.params.userId });
 		},
 	},
 

@@ -87,6 +87,27 @@ export function runNotificationsSuite(mode: "embedded" | "mongo", mongoUrl: stri
 			assert.deepEqual(rest.map(n => n.content), ["who's there", "knock knock"], "newest first");
 		});
 
+		it("a deleted message's notifications go, on every device, with the count; a deleted account's go with it", async () => {
+			const [a, b] = [await registerUser(base, "da"), await registerUser(base, "db")];
+			const sa = await chat(a);
+			const [b1, b2] = [await notif(b), await notif(b)];
+			const conv = await call(sa, "conversation:create", { type: "private", participants: [b.id] });
+			const kept = await call(sa, "message:send", { conversationId: conv.id, content: "hello" });
+			const unsent = await call(sa, "message:send", { conversationId: conv.id, content: "my password is hunter2" });
+			const n = await waitForEvent(b1, "notification:created", p => p.content === "my password is hunter2");
+			await waitForEvent(b1, "notification:count", p => p.count === 2);
+			assert.deepEqual(await emitAck(sa, "message:delete", { messageId: unsent.id }), { ok: true });
+			for (const s of [b1, b2]) {
+				assert.deepEqual(await waitForEvent(s, "notification:deleted", p => p.notificationId === n.id), { notificationId: n.id });
+				await waitForEvent(s, "notification:count", p => p.count === 1);
+			}
+			assert.deepEqual((await list(b)).map(x => x.content), ["hello"], "the unsent text is nowhere");
+			assert.ok(kept.id);
+			// The account goes: its notifications too.
+			assert.equal((await http(base, "DELETE", `/users/${b.id}`, { token: b.accessToken })).status, 204);
+			await waitFor(async () => ((await sys.broker.call("notifications.list", {}, { meta: { user: { id: b.id, username: b.username, roles: ["user"] } } })) as unknown[]).length === 0, 5000);
+		});
+
 		it("none while the recipient muted the conversation, until muteUntil", async () => {
 			const [a, b] = [await registerUser(base, "ma"), await registerUser(base, "mb")];
 			const [sa, sb] = [await chat(a), await chat(b)];
