@@ -3,7 +3,6 @@
  * Owns the tables users, roles, user_role, tokens, session_revocations; nothing else reads them.
  */
 import crypto from "node:crypto";
-import bcrypt from "bcryptjs";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { DataTypes, Op, QueryTypes, UniqueConstraintError, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
 import { config } from "../lib/config";
@@ -14,11 +13,14 @@ import type { CallMeta } from "../lib/meta";
 import { usersMigrations } from "../lib/migrations/users";
 import type { RevocationReason, SessionRevocation } from "../lib/session-revocations";
 import { type AuthUser, hashRefreshToken, newRefreshToken, signAccessToken } from "../lib/tokens";
+import { PasswordHasher } from "../lib/password-hasher";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 
 /** Failed logins for one account before each further attempt must wait (doubling, capped). */
 const FREE_FAILED_LOGINS = 5;
 const MAX_LOGIN_BLOCK_SECONDS = 15 * 60;
+/** bcrypt jobs (hash or compare) waiting for a worker thread on a users node; past that, 503 with Retry-After. */
+const PASSWORD_CHECKS_WAITING = 32;
 /** Nodes' clocks differ a little: a revocation outlives the tokens it covers by this much. */
 const REVOCATION_MARGIN_SECONDS = 5;
 /** Revocation rows are deleted this long after every token they cover has expired. */
@@ -99,6 +101,8 @@ type UsersThis = SqlMixinThis<UserModels> & Service & UsersMethods & {
 	/** Per gateway node: who has a /chat socket there, and when the node last said so. */
 	presence: Map<string, { userIds: Set<number>; at: number }>;
 	lastRevocationPrune: number;
+	/** bcrypt in worker threads: a few at once, a few more in line, the rest answered 503 at once. */
+	passwords: PasswordHasher;
 	dummy: { rounds: number; hash: Promise<string> } | null;
 };
 
@@ -197,11 +201,12 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const login = (email || username) as string;
 				const user = await this.findUserByLogin(login.includes("@") ? "email" : "username", login);
 				if (!user) {
-					await bcrypt.compare(password, await this.dummyHash());
+					const dummy = await this.dummyHash();
+					await this.passwords.compare(password, dummy);
 					throw invalidCredentials();
 				}
 				await this.countPasswordAttempt(user.id);
-				if (!(await bcrypt.compare(password, user.password_hash))) throw invalidCredentials();
+				if (!(await this.passwords.compare(password, user.password_hash))) throw invalidCredentials();
 				const result = await this.sequelize.transaction(async tx => {
 					// The right password clears the counter. Matching the hash we compared against, under the
 					// row lock, means a password change that committed meanwhile wins over this login.
@@ -501,7 +506,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				this.checkPasswordBytes("newPassword", ctx.params.newPassword);
 				// Counted like a login: a stolen access token must not be a way to guess the password.
 				const user = await this.checkOwnPassword(caller.id, ctx.params.oldPassword);
-				const hash = await bcrypt.hash(ctx.params.newPassword, config.bcryptRounds);
+				const hash = await this.passwords.hash(ctx.params.newPassword, config.bcryptRounds);
 				const changed = await this.sequelize.transaction(async tx => {
 					// Only over the hash that was checked: of two changes at once, the second fails.
 					const [row] = await this.sequelize.query<{ token_version: number }>(
@@ -894,7 +899,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			const user = await this.findUser(userId);
 			if (!user) throw unauthorized("This account no longer exists");
 			await this.countPasswordAttempt(userId);
-			if (!(await bcrypt.compare(password, user.password_hash))) throw invalidCredentials();
+			if (!(await this.passwords.compare(password, user.password_hash))) throw invalidCredentials();
 			await this.sequelize.query("UPDATE users SET failed_logins = 0, login_blocked_until = NULL WHERE id = :id", { replacements: { id: userId } });
 			return user;
 		},
@@ -902,12 +907,17 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		/** A hash to compare against for an unknown account, as slow as a real one (no enumeration by timing). */
 		dummyHash(this: UsersThis) {
 			const rounds = config.bcryptRounds;
-			if (!this.dummy || this.dummy.rounds !== rounds) this.dummy = { rounds, hash: bcrypt.hash(crypto.randomBytes(16).toString("hex"), rounds) };
+			if (!this.dummy || this.dummy.rounds !== rounds) {
+				const dummy = { rounds, hash: this.passwords.hash(crypto.randomBytes(16).toString("hex"), rounds) };
+				// Made again next time if the pool was too busy to make it now.
+				dummy.hash.catch(() => this.dummy === dummy && (this.dummy = null));
+				this.dummy = dummy;
+			}
 			return this.dummy.hash;
 		},
 
 		async createUser(this: UsersThis, input) {
-			const hash = await bcrypt.hash(input.password, config.bcryptRounds);
+			const hash = await this.passwords.hash(input.password, config.bcryptRounds);
 			try {
 				return await this.sequelize.transaction(async tx => {
 					const created = await this.models.User.create(
@@ -1046,6 +1056,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 	created(this: UsersThis) {
 		this.presence = new Map();
 		this.lastRevocationPrune = 0;
+		this.passwords = new PasswordHasher(undefined, PASSWORD_CHECKS_WAITING);
 		this.dummy = null;
 	},
 
@@ -1058,6 +1069,10 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			await this.disconnect();
 			throw err;
 		}
+	},
+
+	async stopped(this: UsersThis) {
+		await this.passwords.close();
 	},
 };
 

@@ -553,3 +553,27 @@ describe("security: socket event limits count per user, across its sockets", () 
 		for (const s of [...sockets, other]) s.close();
 	});
 });
+
+describe("security: a flood of password checks is bounded per node", () => {
+	let sys: RunningSystem;
+	before(async () => {
+		baseEnv({ BCRYPT_ROUNDS: "10" });
+		sys = await startBroker(["api", "users"]);
+	});
+	after(async () => {
+		process.env.BCRYPT_ROUNDS = "4";
+		await sys?.stop();
+	});
+
+	it("80 logins at once: a few are checked, the rest are told to come back (503 with Retry-After), the node stays responsive", async () => {
+		const results = await Promise.all(
+			Array.from({ length: 80 }, (_, i) => request(sys.baseUrl, "POST", "/auth/login", { body: { email: `nobody${i}@example.test`, password: "wrong password" } })),
+		);
+		const statuses = results.map(r => r.status);
+		const busy = results.filter(r => r.status === 503);
+		assert.ok(busy.length > 0, `none refused: ${statuses.join(",")}`);
+		assert.ok(busy.every(r => r.headers.get("retry-after") === "1" && r.body.code === "SERVICE_UNAVAILABLE"));
+		assert.ok(statuses.every(s => s === 400 || s === 503), statuses.join(","));
+		assert.equal((await request(sys.baseUrl, "GET", "/health")).status, 200);
+	});
+});

@@ -69,3 +69,33 @@ describe("revocation list", () => {
 		assert.equal(list.size, 0, "an entry already moot is not kept");
 	});
 });
+
+describe("work gate", () => {
+	it("runs a few at once, queues a few more in order, refuses the rest at once with 503", async () => {
+		const { WorkGate } = await import("../../lib/work-gate");
+		const gate = new WorkGate(2, 1);
+		const order: number[] = [];
+		const releases: (() => void)[] = [];
+		const job = (n: number) => () =>
+			new Promise<number>(resolve => {
+				order.push(n);
+				releases.push(() => resolve(n));
+			});
+		const runs = [gate.run(job(1)), gate.run(job(2)), gate.run(job(3))];
+		await assert.rejects(gate.run(job(4)), (err: { type?: string; data?: { retryAfter?: number } }) => err.type === "SERVICE_UNAVAILABLE" && err.data?.retryAfter === 1);
+		await new Promise(r => setImmediate(r));
+		assert.deepEqual(order, [1, 2], "two run, the third waits");
+		assert.deepEqual(gate.load, { active: 2, waiting: 1 });
+		releases[0]();
+		await runs[0];
+		await new Promise(r => setImmediate(r));
+		assert.deepEqual(order, [1, 2, 3], "the one in line takes the freed slot");
+		releases[1]();
+		releases[2]();
+		assert.deepEqual(await Promise.all(runs), [1, 2, 3]);
+		assert.deepEqual(gate.load, { active: 0, waiting: 0 });
+		// A job that fails frees its slot too.
+		await assert.rejects(gate.run(() => Promise.reject(new Error("boom"))), /boom/);
+		assert.deepEqual(gate.load, { active: 0, waiting: 0 });
+	});
+});
