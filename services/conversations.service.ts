@@ -25,6 +25,7 @@ import {
 import { CHANNELS } from "../lib/durable-events";
 import { appError, badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
+import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
 import type { AuthUser } from "../lib/tokens";
 import { createDocsMixin, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
@@ -61,7 +62,7 @@ interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	forgetMembers(ctx: Ctx<unknown>, keys: string[]): Promise<void>;
 	pruneTypingCaches(): void;
 	writeConversation<T>(conversationId: string, write: () => Promise<T>): Promise<T>;
-	convWrites: Map<string, Promise<unknown>>;
+	convWrites: SerialWork;
 	requireGroupManager(conv: ConversationDoc, userId: number): void;
 	reload(conversationId: string): Promise<ConversationDoc>;
 	removeFromGroup(ctx: Ctx<unknown>, conv: ConversationDoc, userId: number, actorId: number): Promise<ConversationDoc | null>;
@@ -975,14 +976,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		 * while a message moves the head ($addToSet / $pull beside $set) would otherwise be lost.
 		 */
 		writeConversation<T>(this: ConvThis, conversationId: string, write: () => Promise<T>): Promise<T> {
-			const prev = this.convWrites.get(conversationId) ?? Promise.resolve();
-			const run = prev.then(write, write);
-			const tail = run.catch(() => undefined);
-			this.convWrites.set(conversationId, tail);
-			void tail.then(() => {
-				if (this.convWrites.get(conversationId) === tail) this.convWrites.delete(conversationId);
-			});
-			return run;
+			return this.convWrites.run(conversationId, write);
 		},
 
 		/** The typing caches keep at most MAX_TYPING_CACHE entries: stale ones go first. */
@@ -1088,7 +1082,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 	created(this: ConvThis) {
 		this.typingState = new Map();
 		this.memberCache = new Map();
-		this.convWrites = new Map();
+		this.convWrites = new SerialWork();
 	},
 };
 

@@ -24,6 +24,7 @@ import { appError, badRequest, forbidden, notFound, validationError } from "../l
 import { type FileStorage, LocalDiskStorage } from "../lib/file-storage";
 import { SNIFF_BYTES, cleanFileName, detectType, storedFileName } from "../lib/file-types";
 import { callerOf } from "../lib/caller";
+import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
 import { createDocsMixin, type Doc, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
 
@@ -68,7 +69,7 @@ interface UsageDoc extends Doc {
 
 interface FilesThis extends DocsMixinThis<"files" | "file_usage"> {
 	storage: FileStorage;
-	usageLocks: Map<number, Promise<unknown>>;
+	usageLocks: SerialWork<number>;
 	store(ctx: Ctx<unknown>, source: Readable, fileName: string, onlyImages: boolean, knownSize?: number): Promise<ReturnType<typeof presentFile>>;
 	byId(fileId: string): Promise<FileDoc | null>;
 	fileIdOf(ref: string): string | null;
@@ -485,20 +486,13 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 
 		/** Changes of one owner's usage run one at a time in this process: no retries among local uploads. */
 		withUsageLock<T>(this: FilesThis, ownerId: number, fn: () => Promise<T>): Promise<T> {
-			const prev = this.usageLocks.get(ownerId) ?? Promise.resolve();
-			const run = prev.then(fn, fn);
-			const tail = run.catch(() => undefined);
-			this.usageLocks.set(ownerId, tail);
-			void tail.then(() => {
-				if (this.usageLocks.get(ownerId) === tail) this.usageLocks.delete(ownerId);
-			});
-			return run;
+			return this.usageLocks.run(ownerId, fn);
 		},
 	},
 
 	created(this: FilesThis) {
 		this.storage = new LocalDiskStorage(path.join(config.dataDir, "files"));
-		this.usageLocks = new Map();
+		this.usageLocks = new SerialWork<number>();
 	},
 
 	started(this: FilesThis) {

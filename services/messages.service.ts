@@ -31,6 +31,7 @@ import { EVENTS } from "../lib/constants";
 import { CHANNELS } from "../lib/durable-events";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
+import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
 import { createDocsMixin, type DocsMixinThis, escapeRegex, isDuplicateKeyError } from "../mixins/docs.mixin";
 import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
@@ -54,7 +55,7 @@ interface MessagesThis extends DocsMixinThis<"messages">, PushThis, PublisherThi
 	flushNotified(): Promise<void>;
 	sweepOutbox(): Promise<void>;
 	heads: Map<string, number>;
-	locks: Map<string, Promise<unknown>>;
+	locks: SerialWork;
 	profiles: Map<number, { profile: SenderProfile; until: number }>;
 	access(ctx: Ctx<unknown>, conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
 	withLock<T>(key: string, fn: () => Promise<T>): Promise<T>;
@@ -440,16 +441,9 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			return this.withLocks([key], fn);
 		},
 
-		/** fn after all work queued on these keys, and before any queued on them later (never a deadlock: it waits only on earlier work). */
+		/** fn after all work queued on these keys, and before any queued on them later. */
 		withLocks<T>(this: MessagesThis, keys: string[], fn: () => Promise<T>): Promise<T> {
-			const prev = Promise.all(keys.map(key => this.locks.get(key)));
-			const run = prev.then(fn, fn);
-			const tail = run.catch(() => undefined);
-			for (const key of keys) this.locks.set(key, tail);
-			void tail.then(() => {
-				for (const key of keys) if (this.locks.get(key) === tail) this.locks.delete(key);
-			});
-			return run;
+			return this.locks.run(keys, fn);
 		},
 
 		/** Who hears of userId's action (see conversations.audience). */
@@ -600,7 +594,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 
 	created(this: MessagesThis) {
 		this.heads = new Map();
-		this.locks = new Map();
+		this.locks = new SerialWork();
 		this.profiles = new Map();
 		this.outboxTimer = null;
 		this.notifiedBatch = new Set();
