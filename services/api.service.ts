@@ -596,15 +596,11 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 	},
 
 	methods: {
-		/** Required token on the "rest" route; a bad, expired or foreign token is 401. */
+		/** The user of an authenticated route: its token was checked (and refused with 401) by requireToken. */
 		async authenticate(this: ApiThis, _ctx: Context, _route: unknown, req: GatewayRequest): Promise<AuthUser> {
-			// requireToken ran first on every authenticated route and kept the session.
-			if (req.$session) return req.$session.user;
-			const token = extractBearer(req.headers.authorization);
-			if (!token) throw unauthorized("Missing bearer token");
-			const session = this.verifySession(token);
-			if (!session) throw unauthorized("Invalid or expired token");
-			return session.user;
+			// requireToken, the first middleware of every authenticated route, checked the token.
+			if (!req.$session) throw unauthorized();
+			return req.$session.user;
 		},
 
 		/** Role checks declared on actions (`roles: ["admin"]`), then the per-user rate limit. */
