@@ -78,6 +78,18 @@ export async function startBroker(services: string[], brokerOptions: Partial<Bro
 	return { broker, port, baseUrl: `http://127.0.0.1:${port}`, stop: () => broker.stop() };
 }
 
+/**
+ * Wait until `observer` has seen every node of `others` (a broadcast from it reaches only the
+ * nodes it knows, e.g. the gateways).
+ */
+export async function waitUntilKnown(observer: RunningSystem, others: RunningSystem[], timeoutMs = 30_000): Promise<void> {
+	await waitFor(async () => {
+		const registry = observer.broker.registry as unknown as { getNodeList(opts: object): { id: string }[] };
+		const nodes = registry.getNodeList({ onlyAvailable: true, withServices: false }).map(n => n.id);
+		return others.every(o => nodes.includes(o.broker.nodeID));
+	}, timeoutMs);
+}
+
 export interface HttpResult<T = any> {
 	status: number;
 	headers: Headers;

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { call, connectSocket, countEvents, emitAck, sleep, type TestSocket, waitForEvent } from "../helpers/sockets";
-import { createTestDatabase, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, type RunningSystem, waitFor } from "../helpers/system";
+import { createTestDatabase, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, type RunningSystem, waitUntilKnown } from "../helpers/system";
 import { mongoUrlForTest } from "./chat.suite";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres;
@@ -38,11 +38,7 @@ describe("chat across two gateway nodes over RabbitMQ", { skip }, () => {
 		gw2 = await startBroker(["api"], shared);
 		for (const gw of [gw1, gw2]) await gw.broker.waitForServices(["users", "conversations", "messages"], 30_000);
 		// And the chat node must know both gateways, or its broadcasts reach only the one it has seen.
-		await waitFor(async () => {
-			const registry = chat.broker.registry as unknown as { getNodeList(opts: object): { id: string }[] };
-			const nodes = registry.getNodeList({ onlyAvailable: true, withServices: false }).map(n => n.id);
-			return nodes.includes(gw1.broker.nodeID) && nodes.includes(gw2.broker.nodeID);
-		}, 30_000);
+		await waitUntilKnown(chat, [gw1, gw2]);
 	});
 
 	after(async () => {

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { connectSocket, emitAck, sleep, type TestSocket } from "../helpers/sockets";
-import { createTestDatabase, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, type RunningSystem, waitFor } from "../helpers/system";
+import { createTestDatabase, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, type RunningSystem, waitFor, waitUntilKnown } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres;
 const ADMIN = { email: "clusteradmin@example.test", password: "admin password 1", username: "clusteradmin" };
@@ -64,11 +64,7 @@ describe("security across two gateway nodes over RabbitMQ", { skip }, () => {
 		gw2 = await startBroker(["api"], shared);
 		for (const gw of [gw1, gw2]) await gw.broker.waitForServices(["users"], 30_000);
 		// The users node must know both gateways, or its broadcast reaches only the one it has seen.
-		await waitFor(async () => {
-			const registry = users.broker.registry as unknown as { getNodeList(opts: object): { id: string }[] };
-			const nodes = registry.getNodeList({ onlyAvailable: true, withServices: false }).map(n => n.id);
-			return nodes.includes(gw1.broker.nodeID) && nodes.includes(gw2.broker.nodeID);
-		}, 30_000);
+		await waitUntilKnown(users, [gw1, gw2]);
 	});
 
 	after(async () => {
