@@ -73,11 +73,6 @@ export function verifyAccessSession(token: string | null | undefined): AccessSes
 	}
 }
 
-/** The user of a valid access token, or null (see verifyAccessSession). */
-export function verifyAccessToken(token: string | null | undefined): AuthUser | null {
-	return verifyAccessSession(token)?.user ?? null;
-}
-
 /** Accepts "Bearer <jwt>" or the raw JWT. */
 export function extractBearer(value: unknown): string | null {
 	if (typeof value !== "string") return null;

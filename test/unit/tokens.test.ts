@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { before, describe, it } from "node:test";
 import jwt from "jsonwebtoken";
-import { extractBearer, hashRefreshToken, newRefreshToken, signAccessToken, verifyAccessToken } from "../../lib/tokens";
+import { extractBearer, hashRefreshToken, newRefreshToken, signAccessToken, verifyAccessSession } from "../../lib/tokens";
 
 const SECRET = "unit-test-secret-0123456789abcdef";
 
@@ -13,7 +13,7 @@ describe("access tokens", () => {
 
 	it("round-trips the user with sub, username, roles, iat and exp", () => {
 		const token = signAccessToken({ id: 7, username: "ann", roles: ["user"] });
-		assert.deepEqual(verifyAccessToken(token), { id: 7, username: "ann", roles: ["user"] });
+		assert.deepEqual(verifyAccessSession(token)?.user, { id: 7, username: "ann", roles: ["user"] });
 		const claims = jwt.decode(token) as jwt.JwtPayload;
 		assert.equal(claims.sub, "7");
 		assert.equal(claims.exp! - claims.iat!, 60);
@@ -35,7 +35,7 @@ describe("access tokens", () => {
 			"",
 			null,
 		]) {
-			assert.equal(verifyAccessToken(token), null, String(token));
+			assert.equal(verifyAccessSession(token), null, String(token));
 		}
 	});
 
