@@ -45,6 +45,8 @@ export interface ConversationDoc extends Doc {
 	last_seq: number;
 	last_message: LastMessage | null;
 	last_activity_at: Date;
+	/** Each sender's last message, by user id: moved with the head, it counts as read by its sender. */
+	sent_seq?: Record<string, number>;
 	nicknames: Record<string, string>;
 	created_at: Date;
 	updated_at: Date;
@@ -86,13 +88,38 @@ export const membershipKey = (conversationId: string, userId: number) => `${conv
 
 const iso = (d: Date | string | null | undefined) => (d ? new Date(d).toISOString() : null);
 
-/** A member's unread count: derived from positions, never counted by hand, so it cannot drift. */
+/**
+ * A member's unread count: derived from positions, never counted by hand, so it cannot drift.
+ * What a member sent itself is read by it: its own last message (sent_seq, written with the head
+ * in the same store operation) counts as a read position.
+ */
 export function unreadCount(conv: ConversationDoc, m: MembershipDoc | null): number {
 	if (!m) return 0;
-	return Math.max(0, conv.last_seq - Math.max(m.last_read_seq, m.cleared_seq));
+	return Math.max(0, conv.last_seq - Math.max(m.last_read_seq, m.cleared_seq, conv.sent_seq?.[String(m.user_id)] ?? 0));
 }
 
-export function isMuted(m: MembershipDoc | null, now = Date.now()): boolean {
+/**
+ * What the message path needs of a conversation, cached (lib/read-cache.ts) and forgotten on
+ * every change to it: the document without its head (last_seq, last_message … move with every
+ * message and are never read from here), each member's settings that decide delivery, and the
+ * blocks between its participants. JSON-safe, so it goes through Redis and the transporter as is.
+ */
+export interface ConversationMeta {
+	conv: Pick<ConversationDoc, "_id" | "type" | "participants" | "name" | "avatar" | "admin_id" | "moderator_ids" | "initiator_id" | "status">;
+	members: MemberMeta[];
+	/** [blocker, blocked] pairs among the participants. */
+	blocks: [number, number][];
+}
+
+export interface MemberMeta {
+	user_id: number;
+	cleared_seq: number;
+	muted: boolean;
+	mute_until: string | null;
+	hidden: boolean;
+}
+
+export function isMuted(m: Pick<MembershipDoc, "muted"> & { mute_until: Date | string | null } | null, now = Date.now()): boolean {
 	if (!m?.muted) return false;
 	return !m.mute_until || new Date(m.mute_until).getTime() > now;
 }

@@ -42,7 +42,8 @@ export function channelsUrl(): string | null {
 
 export function createChannelsMiddleware() {
 	const url = channelsUrl();
-	if (!url) return ChannelsMiddleware({ adapter: { type: "Fake", options: { maxInFlight: 20 } } });
+	// In one process the consumers batch their writes (lib/batcher.ts): many events in flight fill a batch.
+	if (!url) return ChannelsMiddleware({ adapter: { type: "Fake", options: { maxInFlight: 200 } } });
 	return ChannelsMiddleware({
 		adapter: {
 			type: "AMQP",

@@ -50,7 +50,14 @@ export interface DocStore {
 	findOne(query: Record<string, unknown>): Promise<Doc | null>;
 	findById(id: string): Promise<Doc | null>;
 	count(query: Record<string, unknown>): Promise<number>;
+	/** How many documents match `query` for each of `values` of `field`: one round trip for all (0s included). */
+	countEach(field: string, values: (string | number)[], query: Record<string, unknown>): Promise<Map<string | number, number>>;
 	insert(doc: Record<string, unknown>): Promise<Doc>;
+	/**
+	 * Many documents in one round trip. A document that violates a unique index is skipped (a
+	 * redelivered event), the others are stored; the stored ones come back, in order.
+	 */
+	insertMany(docs: Record<string, unknown>[]): Promise<Doc[]>;
 	/** Atomic update of one document; the updated document, or null when there is none. */
 	updateById(id: string, update: Record<string, unknown>): Promise<Doc | null>;
 	updateMany(query: Record<string, unknown>, update: Record<string, unknown>): Promise<number>;
@@ -159,6 +166,32 @@ async function prepareNedb(adapter: any, spec: CollectionSpec) {
 	adapter.db.setAutocompactionInterval?.(10 * 60_000);
 }
 
+// ---- store operations, counted per collection and kind (the cost of a request in round trips) ----
+
+const opCounts = new Map<string, number>();
+
+/** Store operations since the process started (or since resetStoreOps), by "collection.operation". */
+export function storeOps(): Record<string, number> {
+	return Object.fromEntries(opCounts);
+}
+
+export function resetStoreOps(): void {
+	opCounts.clear();
+}
+
+function counted(name: string, store: DocStore): DocStore {
+	const out = {} as DocStore;
+	for (const op of Object.keys(store) as (keyof DocStore)[]) {
+		const key = `${name}.${op}`;
+		const fn = store[op] as (...args: unknown[]) => Promise<unknown>;
+		(out as unknown as Record<string, unknown>)[op] = (...args: unknown[]) => {
+			opCounts.set(key, (opCounts.get(key) ?? 0) + 1);
+			return fn(...args);
+		};
+	}
+	return out;
+}
+
 function storeOf(adapter: any): DocStore {
 	const mongo = !!config.mongoUrl;
 	return {
@@ -176,7 +209,51 @@ function storeOf(adapter: any): DocStore {
 			return doc ? toPlain(adapter, doc) : null;
 		},
 		count: query => adapter.count({ query }),
+		countEach: async (field, values, query) => {
+			const out = new Map<string | number, number>(values.map(v => [v, 0]));
+			if (values.length === 0) return out;
+			if (mongo) {
+				const rows = (await adapter.model.aggregate([{ $match: { ...query, [field]: { $in: values } } }, { $group: { _id: `$${field}`, n: { $sum: 1 } } }])) as { _id: string | number; n: number }[];
+				for (const row of rows) out.set(row._id, row.n);
+			} else {
+				// In memory: NeDB counts through its index without copying documents.
+				await Promise.all(values.map(async v => out.set(v, await adapter.db.countAsync({ ...query, [field]: v }))));
+			}
+			return out;
+		},
 		insert: async doc => toPlain(adapter, await adapter.insert(doc)),
+		insertMany: async docs => {
+			if (docs.length === 0) return [];
+			if (mongo) {
+				// The driver's unordered insert: one round trip, and a duplicate stops only itself.
+				const rows = docs.map(d => ({ ...d }));
+				let failed = new Set<number>();
+				try {
+					await adapter.model.collection.insertMany(rows, { ordered: false });
+				} catch (err) {
+					const writeErrors = ((err as { writeErrors?: unknown }).writeErrors ?? []) as { index: number; code?: number; err?: { code?: number } }[];
+					const list = Array.isArray(writeErrors) ? writeErrors : [writeErrors];
+					if (list.length === 0 || !list.every(e => isDuplicateKeyError({ code: e.code ?? e.err?.code }))) throw err;
+					failed = new Set(list.map(e => e.index));
+				}
+				return rows.filter((_, i) => !failed.has(i)).map(d => ({ ...d, _id: String(d._id) }) as Doc);
+			}
+			// NeDB inserts an array all or nothing: on a duplicate, one by one (only on redelivery).
+			try {
+				return await Promise.all(((await adapter.db.insertAsync(docs)) as unknown[]).map(d => toPlain(adapter, d)));
+			} catch (err) {
+				if (!isDuplicateKeyError(err)) throw err;
+				const stored: Doc[] = [];
+				for (const doc of docs) {
+					try {
+						stored.push(await toPlain(adapter, await adapter.insert(doc)));
+					} catch (e) {
+						if (!isDuplicateKeyError(e)) throw e;
+					}
+				}
+				return stored;
+			}
+		},
 		updateById: async (id, update) => {
 			if (mongo && !mongoose.isValidObjectId(id)) return null;
 			const doc = await adapter.updateById(id, update);
@@ -223,7 +300,7 @@ export function createDocsMixin<C extends string>(options: DocsMixinOptions<C>):
 						const adapter = this.docAdapters[name];
 						await adapter.connect();
 						if (!config.mongoUrl) await prepareNedb(adapter, options.collections[name]);
-						stores[name] = storeOf(adapter);
+						stores[name] = counted(name, storeOf(adapter));
 					}
 				} catch (err) {
 					await this.disconnect();

@@ -7,6 +7,7 @@ import crypto from "node:crypto";
 import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import {
 	type ConversationDoc,
+	type ConversationMeta,
 	MAX_GROUP_SIZE,
 	type MembershipDoc,
 	decodeCursor,
@@ -25,6 +26,7 @@ import {
 import { CHANNELS } from "../lib/durable-events";
 import { appError, badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
+import { ReadCache } from "../lib/read-cache";
 import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
 import type { AuthUser } from "../lib/tokens";
@@ -37,14 +39,22 @@ type Ctx<P = Record<string, never>> = Context<P, CallMeta & { socketId?: string 
 
 /** Every conversations node drops these (conversation, user) pairs from its typing caches. */
 const MEMBERSHIP_REMOVED = "conversations.membership.removed";
+/** Every conversations node forgets its cached metadata of these conversations (or of all). */
+const META_CHANGED = "conversations.meta.changed";
 const MAX_TYPING_CACHE = 20_000;
+/** A safety net only: every change forgets the entry at once. */
+const META_TTL_SECONDS = 600;
 
 interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	announceInvite(conv: ConversationDoc, userIds: number[], inviter: AuthUser): void;
 	setMySettings(ctx: Ctx<unknown>, conversationId: string, set: Partial<MembershipDoc>): Promise<null>;
 	changeModerator(ctx: Ctx<unknown>, conv: ConversationDoc, target: number, promoted: boolean, actorId: number): Promise<ReturnType<typeof presentConversation>>;
 	typingState: Map<string, { at: number; isTyping: boolean }>;
-	memberCache: Map<string, number>;
+	metaCache: ReadCache<ConversationMeta>;
+	metaOf(conversationId: string): Promise<ConversationMeta | null>;
+	loadMeta(conversationId: string): Promise<ConversationMeta | null>;
+	forgetMeta(ctx: Ctx<unknown> | null, ids: string[] | "all"): Promise<void>;
+	audienceFromMeta(meta: ConversationMeta, userId: number, either: boolean): number[];
 	loadForMember(conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
 	membershipsOf(conversationId: string): Promise<MembershipDoc[]>;
 	addMembership(conversationId: string, userId: number, lastSeq: number): Promise<void>;
@@ -89,6 +99,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 						last_seq: Number,
 						last_message: { type: Object, default: null },
 						last_activity_at: Date,
+						sent_seq: { type: Object, default: {} },
 						nicknames: { type: Object, default: {} },
 						created_at: Date,
 						updated_at: Date,
@@ -156,6 +167,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 					if (existing) {
 						// A private chat between two users exists once: creating it again returns it.
 						await this.stores.memberships.updateMany({ key: membershipKey(existing._id, me.id) }, { $set: { hidden: false } });
+						await this.forgetMeta(ctx, [existing._id]);
 						return this.presentFor(existing, me.id);
 					}
 					let conv: ConversationDoc;
@@ -285,6 +297,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (avatar !== undefined) set.avatar = avatar;
 				if (Object.keys(set).length === 0) return this.presentFor(conv, me.id);
 				const updated = (await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $set: { ...set, updated_at: new Date() } }))) as ConversationDoc;
+				await this.forgetMeta(ctx, [conv._id]);
 				if (set.name !== undefined && set.name !== conv.name) await this.systemMessage(ctx, conv._id, "renamed", null, me.id);
 				if (set.avatar !== undefined && set.avatar !== conv.avatar) {
 					// The old picture may now be nobody's: the files service decides, after this write.
@@ -314,6 +327,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				// With a block either way nobody could send here: accepting would only tell the other side.
 				if ((await this.blockedBetween(me.id, conv.participants.filter(p => p !== me.id))).size > 0) throw forbidden("You cannot message this user");
 				const updated = (await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $set: { status: "accepted", updated_at: new Date() } }))) as ConversationDoc;
+				await this.forgetMeta(ctx, [conv._id]);
 				const live = await this.liveMembers(updated);
 				if (conv.initiator_id && live.includes(conv.initiator_id)) {
 					await this.push(ctx, [{ rooms: [userRoom(conv.initiator_id)], event: "request:accepted", payload: { conversationId: conv._id, acceptedBy: me.id } }]);
@@ -332,6 +346,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (conv.status === "declined") return this.presentFor(conv, me.id);
 				if (conv.status === "accepted") throw conflict("This conversation was already accepted");
 				const updated = (await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $set: { status: "declined", updated_at: new Date() } }))) as ConversationDoc;
+				await this.forgetMeta(ctx, [conv._id]);
 				// Declining is always possible; an initiator with a block either way is not told of it.
 				const told = await this.audienceOf(updated, me.id, true);
 				if (conv.initiator_id && told.includes(conv.initiator_id)) {
@@ -355,6 +370,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if ((await this.blockedBetween(userId, [me.id])).size > 0) throw forbidden("You cannot add this user");
 				await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $addToSet: { participants: userId }, $set: { updated_at: new Date() } }));
 				await this.addMembership(conv._id, userId, conv.last_seq);
+				await this.forgetMeta(ctx, [conv._id]);
 				await this.systemMessage(ctx, conv._id, "member_added", userId, me.id);
 				const fresh = await this.reload(conv._id);
 				const payload = { conversationId: conv._id, userId };
@@ -425,6 +441,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				} else {
 					// A private chat is hidden for me only; a new message brings it back.
 					await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { hidden: true } });
+					await this.forgetMeta(ctx, [conv._id]);
 					await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "conversation:deleted", payload: { conversationId: conv._id } }]);
 				}
 				ctx.meta.$statusCode = 204;
@@ -510,6 +527,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 					{ key: membershipKey(conv._id, me.id) },
 					{ $set: { cleared_seq: conv.last_seq, last_read_seq: conv.last_seq } },
 				);
+				await this.forgetMeta(ctx, [conv._id]);
 				ctx.meta.$statusCode = 204;
 				return null;
 			},
@@ -537,25 +555,20 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; isTyping: boolean }>) {
 				const me = callerOf(ctx);
 				const { conversationId, isTyping } = ctx.params;
-				// Membership is checked at most every 30 s per (conversation, user): typing is chatty.
-				// A member that leaves or is removed is dropped from this cache on every node at once.
+				// Typing is chatty: membership and blocks come from the cached metadata, which every
+				// change (a member removed, a block) makes every node forget.
+				const meta = await this.metaOf(conversationId);
+				if (!meta || !meta.conv.participants.includes(me.id) || !meta.members.some(m => m.user_id === me.id)) throw notFound("Conversation");
 				const memberKey = membershipKey(conversationId, me.id);
-				const knownUntil = this.memberCache.get(memberKey) ?? 0;
-				if (knownUntil < Date.now()) {
-					await this.loadForMember(conversationId, me.id);
-					this.pruneTypingCaches();
-					this.memberCache.set(memberKey, Date.now() + 30_000);
-				}
 				// Throttled: the same state again within a second is not sent on.
 				const prev = this.typingState.get(memberKey);
 				const now = Date.now();
 				if (prev && prev.isTyping === isTyping && now - prev.at < 1000) return null;
+				this.pruneTypingCaches();
 				this.typingState.set(memberKey, { at: now, isTyping });
-				// Typing tells who is here now: nobody with a block either way hears it. Blocks are read
-				// every time (never cached), so a new block holds at once. Socket.IO's except takes a list
-				// of rooms (the sender's socket id is one), and the gateway hands it on unchanged.
-				const blocks = await this.stores.blocks.find({ $or: [{ blocker_id: me.id }, { blocked_id: me.id }] });
-				const except = [...new Set(blocks.map(b => userRoom((b.blocker_id === me.id ? b.blocked_id : b.blocker_id) as number)))];
+				// Typing tells who is here now: nobody with a block either way hears it. Socket.IO's except
+				// takes a list of rooms (the sender's socket id is one), and the gateway hands it on unchanged.
+				const except = [...new Set(meta.blocks.filter(([a, b]) => a === me.id || b === me.id).map(([a, b]) => userRoom(a === me.id ? b : a)))];
 				if (ctx.meta.socketId) except.push(ctx.meta.socketId);
 				const item: PushItem = { rooms: [conversationRoom(conversationId)], event: "typing", payload: { conversationId, userId: me.id, isTyping } };
 				if (except.length > 0) item.except = except;
@@ -576,6 +589,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				} catch (err) {
 					if (!isDuplicateKeyError(err)) throw err; // already blocked: fine
 				}
+				// Blocks are cached with each conversation of the two: every node forgets them all.
+				await this.forgetMeta(ctx, "all");
 				await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "user:blocked", payload: { targetUserId: target } }]);
 				return null;
 			},
@@ -586,6 +601,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ targetUserId: number }>) {
 				const me = callerOf(ctx);
 				await this.stores.blocks.removeMany({ key: `${me.id}:${ctx.params.targetUserId}` });
+				await this.forgetMeta(ctx, "all");
 				await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "user:unblocked", payload: { targetUserId: ctx.params.targetUserId } }]);
 				return null;
 			},
@@ -606,7 +622,11 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			visibility: "public",
 			params: { conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				return this.loadForMember(ctx.params.conversationId, ctx.params.userId);
+				const { conversationId, userId } = ctx.params;
+				const meta = await this.metaOf(conversationId);
+				const membership = meta?.conv.participants.includes(userId) ? meta.members.find(m => m.user_id === userId) : undefined;
+				if (!meta || !membership) throw notFound("Conversation");
+				return { conv: meta.conv, membership };
 			},
 		},
 
@@ -616,25 +636,21 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			params: { conversationId: idRule, senderId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
 				const { conversationId, senderId } = ctx.params;
-				const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
-				if (!conv || !conv.participants.includes(senderId)) throw notFound("Conversation");
-				const others = conv.participants.filter(p => p !== senderId);
+				// From the cached metadata: no store round trip for a conversation already seen.
+				const meta = await this.metaOf(conversationId);
+				if (!meta || !meta.conv.participants.includes(senderId)) throw notFound("Conversation");
+				const conv = meta.conv;
 				// A deleted account stays in its private chats' participants (the other side still sees
-				// who it was) but loses its memberships: the membership, not the list, decides who may
-				// send. In a private chat the other side's is read too, in the same query.
-				const keys = (conv.type === "private" ? conv.participants : [senderId]).map(uid => membershipKey(conv._id, uid));
-				const [members, blocks] = await Promise.all([
-					this.stores.memberships.find({ key: { $in: keys } }),
-					others.length === 0 ? [] : this.stores.blocks.find({ $or: [{ blocker_id: senderId, blocked_id: { $in: others } }, { blocker_id: { $in: others }, blocked_id: senderId }] }),
-				]);
-				const memberIds = new Set(members.map(m => m.user_id as number));
+				// who it was) but loses its memberships: the membership, not the list, decides who may send.
+				const memberIds = new Set(meta.members.map(m => m.user_id));
 				if (!memberIds.has(senderId)) throw notFound("Conversation");
+				const others = conv.participants.filter(p => p !== senderId);
 				if (conv.type === "private" && others.some(o => !memberIds.has(o))) throw forbidden("This account no longer exists");
 				if (conv.status === "declined") throw forbidden("This message request was declined");
 				if (conv.status === "pending" && conv.initiator_id !== senderId) throw forbidden("Accept the message request before replying");
-				if (conv.type === "private" && blocks.length > 0) throw forbidden("You cannot message this user");
+				if (conv.type === "private" && meta.blocks.some(([a, b]) => a === senderId || b === senderId)) throw forbidden("You cannot message this user");
 				// In a group, members who blocked the sender do not receive its messages live.
-				const blockedBy = blocks.filter(b => b.blocked_id === senderId).map(b => b.blocker_id as number);
+				const blockedBy = meta.blocks.filter(([, blocked]) => blocked === senderId).map(([blocker]) => blocker);
 				return { conversation: conv, blockedBy };
 			},
 		},
@@ -646,14 +662,21 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; seq: number; senderId: number; lastMessage: Record<string, unknown> }>) {
 				const { conversationId, seq, senderId, lastMessage } = ctx.params;
 				const now = new Date();
-				// Three independent writes, each a no-op when already further along.
-				await Promise.all([
-					this.writeConversation(conversationId, () =>
-						this.stores.conversations.updateMany({ _id: conversationId, last_seq: { $lt: seq } }, { $set: { last_seq: seq, last_message: lastMessage, last_activity_at: now, updated_at: now } }),
+				// One write: the head, and the sender's own position (sent_seq: what it sent it has read),
+				// a no-op when the head is already further along.
+				const head = this.writeConversation(conversationId, () =>
+					this.stores.conversations.updateMany(
+						{ _id: conversationId, last_seq: { $lt: seq } },
+						{ $set: { last_seq: seq, last_message: lastMessage, last_activity_at: now, updated_at: now, [`sent_seq.${senderId}`]: seq } },
 					),
-					this.stores.memberships.updateMany({ conversation_id: conversationId, hidden: true }, { $set: { hidden: false } }),
-					this.stores.memberships.updateMany({ key: membershipKey(conversationId, senderId), last_read_seq: { $lt: seq } }, { $set: { last_read_seq: seq } }),
-				]);
+				);
+				// A new message brings a conversation back for whoever hid it: a second write only then.
+				const meta = await this.metaOf(conversationId);
+				if (!meta || meta.members.some(m => m.hidden)) {
+					const unhidden = await this.stores.memberships.updateMany({ conversation_id: conversationId, hidden: true }, { $set: { hidden: false } });
+					if (unhidden > 0) await this.forgetMeta(ctx, [conversationId]);
+				}
+				await head;
 				return true;
 			},
 		},
@@ -699,14 +722,16 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			},
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number; known?: { type: string; name: string | null; status: string; participants: number[]; blockedBy: number[] } }>) {
 				const { conversationId, senderId } = ctx.params;
-				let known = ctx.params.known;
-				if (!known) {
-					const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
-					if (!conv) return null;
-					const blockers = await this.stores.blocks.find({ blocker_id: { $in: conv.participants }, blocked_id: senderId });
-					known = { type: conv.type, name: conv.name, status: conv.status, participants: conv.participants, blockedBy: blockers.map(b => b.blocker_id as number) };
-				}
-				const muted = new Set((await this.membershipsOf(conversationId)).filter(m => isMuted(m)).map(m => m.user_id));
+				const meta = await this.metaOf(conversationId);
+				if (!meta) return null;
+				const known = ctx.params.known ?? {
+					type: meta.conv.type,
+					name: meta.conv.name,
+					status: meta.conv.status,
+					participants: meta.conv.participants,
+					blockedBy: meta.blocks.filter(([, blocked]) => blocked === senderId).map(([blocker]) => blocker),
+				};
+				const muted = new Set(meta.members.filter(m => isMuted(m)).map(m => m.user_id));
 				const type = known.status === "pending" ? "message_request" : "message";
 				return {
 					conversationType: known.type,
@@ -721,8 +746,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			visibility: "public",
 			params: { conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const conv = (await this.stores.conversations.findById(ctx.params.conversationId)) as ConversationDoc | null;
-				return conv ? conv.participants : [];
+				return (await this.metaOf(ctx.params.conversationId))?.conv.participants ?? [];
 			},
 		},
 
@@ -736,8 +760,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			visibility: "public",
 			params: { conversationId: idRule, userId: userIdRule, either: "boolean" },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number; either: boolean }>) {
-				const conv = (await this.stores.conversations.findById(ctx.params.conversationId)) as ConversationDoc | null;
-				return conv ? this.audienceOf(conv, ctx.params.userId, ctx.params.either) : [];
+				const meta = await this.metaOf(ctx.params.conversationId);
+				return meta ? this.audienceFromMeta(meta, ctx.params.userId, ctx.params.either) : [];
 			},
 		},
 
@@ -790,19 +814,23 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			}
 			if (privateKeys.length > 0) {
 				await this.stores.memberships.removeMany({ key: { $in: privateKeys } });
+				await this.forgetMeta(ctx as Ctx<unknown>, convs.filter(c => c.type === "private").map(c => c._id));
 				await this.forgetMembers(ctx as Ctx<unknown>, privateKeys);
 				// Its sockets (the token lives on for a while) stop hearing typing there.
 				await this.leaveRooms(ctx, { rooms: [userRoom(userId)], leave: convs.filter(c => c.type === "private").map(c => conversationRoom(c._id)) });
 			}
 			await this.stores.blocks.removeMany({ $or: [{ blocker_id: userId }, { blocked_id: userId }] });
+			await this.forgetMeta(ctx as Ctx<unknown>, "all");
 		},
 
-		/** A membership ended somewhere in the cluster: this node's typing caches forget it too. */
+		/** A membership ended somewhere in the cluster: this node's typing cache forgets it too. */
 		[MEMBERSHIP_REMOVED](this: ConvThis, ctx: Context<{ keys: string[] }>) {
-			for (const key of ctx.params.keys) {
-				this.memberCache.delete(key);
-				this.typingState.delete(key);
-			}
+			for (const key of ctx.params.keys) this.typingState.delete(key);
+		},
+
+		/** A conversation changed somewhere in the cluster (members, settings, blocks): its cached metadata goes. */
+		async [META_CHANGED](this: ConvThis, ctx: Context<{ ids: string[] | "all" }>) {
+			await this.metaCache.forget(ctx.params.ids);
 		},
 	},
 
@@ -811,6 +839,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		async changeModerator(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc, target: number, promoted: boolean, actorId: number) {
 			const change = promoted ? { $addToSet: { moderator_ids: target } } : { $pull: { moderator_ids: target } };
 			await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { ...change, $set: { updated_at: new Date() } }));
+			await this.forgetMeta(ctx, [conv._id]);
 			await this.systemMessage(ctx, conv._id, promoted ? "moderator_promoted" : "moderator_demoted", target, actorId);
 			const fresh = await this.reload(conv._id);
 			await this.pushToParticipants(ctx, fresh.participants, "conversation:moderator-updated", { conversationId: conv._id, userId: target, promoted });
@@ -822,6 +851,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			const me = callerOf(ctx);
 			const { conv } = await this.loadForMember(conversationId, me.id);
 			await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: set });
+			await this.forgetMeta(ctx, [conv._id]);
 			ctx.meta.$statusCode = 204;
 			return null;
 		},
@@ -830,6 +860,55 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		announceInvite(this: ConvThis, conv: ConversationDoc, userIds: number[], inviter: AuthUser) {
 			const event = { eventId: `invite:${conv._id}:${crypto.randomUUID()}`, conversationId: conv._id, conversationName: conv.name, inviterId: inviter.id, inviterName: inviter.username, userIds };
 			this.inBackground("group_invite.created publish", () => this.publishPatiently(CHANNELS.groupInviteCreated, event));
+		},
+
+		/** What the message path needs of a conversation (lib/chat.ts ConversationMeta), cached. */
+		metaOf(this: ConvThis, conversationId: string) {
+			return this.metaCache.get(conversationId, () => this.loadMeta(conversationId));
+		},
+
+		async loadMeta(this: ConvThis, conversationId: string): Promise<ConversationMeta | null> {
+			const conv = (await this.stores.conversations.findById(conversationId)) as ConversationDoc | null;
+			if (!conv) return null;
+			const [members, blocks] = await Promise.all([
+				this.membershipsOf(conversationId),
+				conv.participants.length < 2 ? [] : this.stores.blocks.find({ blocker_id: { $in: conv.participants }, blocked_id: { $in: conv.participants } }),
+			]);
+			return {
+				conv: {
+					_id: conv._id,
+					type: conv.type,
+					participants: conv.participants,
+					name: conv.name,
+					avatar: conv.avatar,
+					admin_id: conv.admin_id,
+					moderator_ids: conv.moderator_ids,
+					initiator_id: conv.initiator_id,
+					status: conv.status,
+				},
+				members: members.map(m => ({ user_id: m.user_id, cleared_seq: m.cleared_seq, muted: !!m.muted, mute_until: m.mute_until ? new Date(m.mute_until).toISOString() : null, hidden: !!m.hidden })),
+				blocks: blocks.map(b => [b.blocker_id as number, b.blocked_id as number]),
+			};
+		},
+
+		/** After a change to conversations' members, settings, roles or blocks: forgotten here at once, and on every node. */
+		async forgetMeta(this: ConvThis, ctx: Ctx<unknown> | null, ids: string[] | "all") {
+			await this.metaCache.forget(ids);
+			if (ctx) await ctx.broadcast(META_CHANGED, { ids }, "conversations");
+			else await this.broker.broadcast(META_CHANGED, { ids }, "conversations");
+		},
+
+		/** audienceOf, from the cached metadata. */
+		audienceFromMeta(this: ConvThis, meta: ConversationMeta, userId: number, either: boolean) {
+			const memberIds = new Set(meta.members.map(m => m.user_id));
+			// A deleted account is a participant of its private chats without a membership.
+			const live = meta.conv.type === "group" ? meta.conv.participants : meta.conv.participants.filter(p => memberIds.has(p));
+			const shut = new Set<number>();
+			for (const [blocker, blocked] of meta.blocks) {
+				if (blocked === userId) shut.add(blocker);
+				else if (either && blocker === userId) shut.add(blocked);
+			}
+			return live.filter(m => !shut.has(m));
 		},
 
 		/** Not a member and not existing look the same: no conversation's existence leaks. */
@@ -963,10 +1042,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 
 		/** Memberships that ended: every conversations node stops trusting its cached checks of them. */
 		async forgetMembers(this: ConvThis, ctx: Ctx<unknown>, keys: string[]) {
-			for (const key of keys) {
-				this.memberCache.delete(key);
-				this.typingState.delete(key);
-			}
+			for (const key of keys) this.typingState.delete(key);
 			await ctx.broadcast(MEMBERSHIP_REMOVED, { keys }, "conversations");
 		},
 
@@ -979,13 +1055,11 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			return this.convWrites.run(conversationId, write);
 		},
 
-		/** The typing caches keep at most MAX_TYPING_CACHE entries: stale ones go first. */
+		/** The typing cache keeps at most MAX_TYPING_CACHE entries: stale ones go first. */
 		pruneTypingCaches(this: ConvThis) {
-			if (this.memberCache.size < MAX_TYPING_CACHE && this.typingState.size < MAX_TYPING_CACHE) return;
+			if (this.typingState.size < MAX_TYPING_CACHE) return;
 			const now = Date.now();
-			for (const [key, until] of this.memberCache) if (until < now) this.memberCache.delete(key);
 			for (const [key, state] of this.typingState) if (now - state.at > 5_000) this.typingState.delete(key);
-			if (this.memberCache.size >= MAX_TYPING_CACHE) this.memberCache.clear();
 			if (this.typingState.size >= MAX_TYPING_CACHE) this.typingState.clear();
 		},
 
@@ -1020,6 +1094,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			set.moderator_ids = conv.moderator_ids.filter(id => id !== userId && id !== newAdmin);
 			await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $pull: { participants: userId }, $set: set }));
 			await this.stores.memberships.removeMany({ key: membershipKey(conv._id, userId) });
+			await this.forgetMeta(ctx, [conv._id]);
 			await this.forgetMembers(ctx, [membershipKey(conv._id, userId)]);
 			await this.systemMessage(ctx, conv._id, actorId === userId ? "member_left" : "member_removed", userId, actorId);
 			if (newAdmin != null) await this.systemMessage(ctx, conv._id, "admin_changed", newAdmin, actorId);
@@ -1035,6 +1110,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		async deleteConversation(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc) {
 			await this.stores.conversations.removeMany({ _id: conv._id });
 			await this.stores.memberships.removeMany({ conversation_id: conv._id });
+			await this.forgetMeta(ctx, [conv._id]);
 			await this.forgetMembers(ctx, conv.participants.map(uid => membershipKey(conv._id, uid)));
 			// The messages service releases its attachments; the group's picture is this service's.
 			await ctx.call("messages.purgeConversation", { conversationId: conv._id });
@@ -1081,7 +1157,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 
 	created(this: ConvThis) {
 		this.typingState = new Map();
-		this.memberCache = new Map();
+		this.metaCache = new ReadCache(this.broker, "conversations.meta", META_TTL_SECONDS);
 		this.convWrites = new SerialWork();
 	},
 };

@@ -13,9 +13,9 @@
 import crypto from "node:crypto";
 import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import {
-	type ConversationDoc,
+	type ConversationMeta,
 	MAX_CONTENT,
-	type MembershipDoc,
+	type MemberMeta,
 	type MessageDoc,
 	type SenderProfile,
 	fileIdOfPath,
@@ -57,7 +57,7 @@ interface MessagesThis extends DocsMixinThis<"messages">, PushThis, PublisherThi
 	heads: Map<string, number>;
 	locks: SerialWork;
 	profiles: Map<number, { profile: SenderProfile; until: number }>;
-	access(ctx: Ctx<unknown>, conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
+	access(ctx: Ctx<unknown>, conversationId: string, userId: number): Promise<{ conv: ConversationMeta["conv"]; membership: MemberMeta }>;
 	withLock<T>(key: string, fn: () => Promise<T>): Promise<T>;
 	withLocks<T>(keys: string[], fn: () => Promise<T>): Promise<T>;
 	audience(ctx: Ctx<unknown>, conversationId: string, userId: number, either: boolean): Promise<number[]>;
@@ -67,7 +67,7 @@ interface MessagesThis extends DocsMixinThis<"messages">, PushThis, PublisherThi
 	insertWithSeq(conversationId: string, doc: Omit<MessageDoc, "_id" | "seq" | "seq_key">): Promise<{ msg: MessageDoc; created: boolean }>;
 	senderProfiles(caller: Caller, ids: number[]): Promise<Map<number, SenderProfile>>;
 	present(ctx: Ctx<unknown>, msgs: MessageDoc[]): Promise<ReturnType<typeof presentMessage>[]>;
-	loadOwnMessage(ctx: Ctx<unknown>, messageId: string, userId: number): Promise<{ msg: MessageDoc; conv: ConversationDoc }>;
+	loadOwnMessage(ctx: Ctx<unknown>, messageId: string, userId: number): Promise<{ msg: MessageDoc; conv: ConversationMeta["conv"] }>;
 	record(ctx: Ctx<unknown>, msg: MessageDoc): Promise<void>;
 }
 
@@ -146,7 +146,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				// A retry of a send that went through hits the unique dedupe_key in insertWithSeq:
 				// it gets the first message back, and nothing is pushed again.
 				const dedupeKey = clientId ? `${conversationId}:${me.id}:${clientId}` : `${conversationId}:${me.id}:auto:${crypto.randomUUID()}`;
-				const { conversation, blockedBy } = (await ctx.call("conversations.authorizeSend", { conversationId, senderId: me.id })) as { conversation: ConversationDoc; blockedBy: number[] };
+				const { conversation, blockedBy } = (await ctx.call("conversations.authorizeSend", { conversationId, senderId: me.id })) as { conversation: ConversationMeta["conv"]; blockedBy: number[] };
 				// Attachments must be files of this server that the sender uploaded; the message's
 				// type follows the first one.
 				let files: { url: string; fileType: string }[] = [];
@@ -418,7 +418,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 
 	methods: {
 		async access(this: MessagesThis, ctx: Ctx<unknown>, conversationId: string, userId: number) {
-			return (await ctx.call("conversations.access", { conversationId, userId })) as { conv: ConversationDoc; membership: MembershipDoc };
+			return (await ctx.call("conversations.access", { conversationId, userId })) as { conv: ConversationMeta["conv"]; membership: MemberMeta };
 		},
 
 		/** A message of a conversation the user belongs to; not found otherwise (nothing leaks). */

@@ -9,12 +9,15 @@ import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { encodeCursor, decodeCursor, idRule, limitRule } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
 import { CHANNELS } from "../lib/durable-events";
+import mongoose from "mongoose";
+import { Batcher } from "../lib/batcher";
+import { config } from "../lib/config";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
-import { createDocsMixin, type Doc, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
+import { createDocsMixin, type Doc, type DocsMixinThis } from "../mixins/docs.mixin";
 import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
-import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
+import { PushMixin, type PushItem, type PushThis, userRoom } from "../mixins/push.mixin";
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
 const NSP = "/notifications";
@@ -41,6 +44,13 @@ interface NotificationDoc extends Doc {
 }
 
 type NewNotification = Omit<NotificationDoc, "_id" | "event_key" | "is_read" | "created_at" | "user_id">;
+
+/** One notification for one user, keyed by (event, user) so a redelivered event makes none again. */
+interface Delivery {
+	userId: number;
+	eventKey: string;
+	n: NewNotification;
+}
 
 interface MessageCreatedEvent {
 	eventId: string;
@@ -79,9 +89,11 @@ interface BroadcastEvent {
 
 interface NotifThis extends DocsMixinThis<"notifications">, PushThis, PublisherThis {
 	present(n: NotificationDoc): ReturnType<typeof presentNotification>;
-	deliver(userId: number, eventKey: string, n: NewNotification): Promise<boolean>;
+	deliverMany(list: Delivery[]): Promise<void>;
+	writeNotifications(batches: Delivery[][]): Promise<void[]>;
+	deliveries: Batcher<Delivery[]>;
 	pushCount(userIds: number[]): Promise<void>;
-	unread(userId: number): Promise<number>;
+	countItems(userIds: number[]): Promise<PushItem[]>;
 	own(ctx: Ctx<unknown>, id: string): Promise<NotificationDoc>;
 	retryLater(raw: unknown, err: unknown): Promise<never>;
 }
@@ -160,26 +172,29 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 					CHANNELS.messageCreated,
 				);
 				try {
-					const created: number[] = [];
+					const list: Delivery[] = [];
 					for (const r of event.recipients) {
 						if (r.userId === event.senderId) continue;
 						const request = r.type === "message_request";
-						const made = await this.deliver(r.userId, `${event.eventId}:${r.userId}`, {
-							type: request ? "message_request" : "message",
-							title: request ? `${event.senderName} wants to message you` : event.conversationType === "group" ? (event.conversationName ?? "Group") : event.senderName,
-							content: String(event.content ?? "").slice(0, 200),
-							related_id: event.conversationId,
-							sender_id: event.senderId,
-							sender_name: event.senderName,
-							sender_avatar: event.senderAvatar ?? null,
-							conversation_name: event.conversationName ?? null,
-							message_type: event.messageType ?? "text",
-							// message.created's eventId is the message's id.
-							message_id: event.eventId,
+						list.push({
+							userId: r.userId,
+							eventKey: `${event.eventId}:${r.userId}`,
+							n: {
+								type: request ? "message_request" : "message",
+								title: request ? `${event.senderName} wants to message you` : event.conversationType === "group" ? (event.conversationName ?? "Group") : event.senderName,
+								content: String(event.content ?? "").slice(0, 200),
+								related_id: event.conversationId,
+								sender_id: event.senderId,
+								sender_name: event.senderName,
+								sender_avatar: event.senderAvatar ?? null,
+								conversation_name: event.conversationName ?? null,
+								message_type: event.messageType ?? "text",
+								// message.created's eventId is the message's id.
+								message_id: event.eventId,
+							},
 						});
-						if (made) created.push(r.userId);
 					}
-					await this.pushCount(created);
+					await this.deliverMany(list);
 				} catch (err) {
 					await this.retryLater(raw, err);
 				}
@@ -191,23 +206,25 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 			async handler(this: NotifThis, event: GroupInviteEvent, raw: unknown) {
 				checkEvent(!!event && typeof event.eventId === "string" && typeof event.conversationId === "string" && Array.isArray(event.userIds) && event.userIds.every(isPositiveInt), CHANNELS.groupInviteCreated);
 				try {
-					const created: number[] = [];
-					for (const userId of event.userIds) {
-						if (userId === event.inviterId) continue;
-						const made = await this.deliver(userId, `${event.eventId}:${userId}`, {
-							type: "group_invite",
-							title: event.conversationName ?? "New group",
-							content: `${event.inviterName} added you to ${event.conversationName ?? "a group"}`,
-							related_id: event.conversationId,
-							sender_id: event.inviterId,
-							sender_name: event.inviterName,
-							sender_avatar: null,
-							conversation_name: event.conversationName ?? null,
-							message_type: null,
-						});
-						if (made) created.push(userId);
-					}
-					await this.pushCount(created);
+					await this.deliverMany(
+						event.userIds
+							.filter(userId => userId !== event.inviterId)
+							.map(userId => ({
+								userId,
+								eventKey: `${event.eventId}:${userId}`,
+								n: {
+									type: "group_invite",
+									title: event.conversationName ?? "New group",
+									content: `${event.inviterName} added you to ${event.conversationName ?? "a group"}`,
+									related_id: event.conversationId,
+									sender_id: event.inviterId,
+									sender_name: event.inviterName,
+									sender_avatar: null,
+									conversation_name: event.conversationName ?? null,
+									message_type: null,
+								},
+							})),
+					);
 				} catch (err) {
 					await this.retryLater(raw, err);
 				}
@@ -246,22 +263,13 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 					for (let page = 0; ; page++) {
 						const ids = explicit ? explicit.slice(page * BROADCAST_BATCH, (page + 1) * BROADCAST_BATCH) : ((await this.broker.call("users.ids", { afterId, limit: BROADCAST_BATCH })) as number[]);
 						if (ids.length === 0) break;
-						const created: number[] = [];
-						for (const userId of ids) {
-							const made = await this.deliver(userId, `${event.eventId}:${userId}`, {
-								type: "system",
-								title: event.title,
-								content: event.content,
-								related_id: null,
-								sender_id: event.senderId ?? null,
-								sender_name: null,
-								sender_avatar: null,
-								conversation_name: null,
-								message_type: null,
-							});
-							if (made) created.push(userId);
-						}
-						await this.pushCount(created);
+						await this.deliverMany(
+							ids.map(userId => ({
+								userId,
+								eventKey: `${event.eventId}:${userId}`,
+								n: { type: "system", title: event.title, content: event.content, related_id: null, sender_id: event.senderId ?? null, sender_name: null, sender_avatar: null, conversation_name: null, message_type: null },
+							})),
+						);
 						afterId = ids[ids.length - 1];
 						await new Promise(r => setTimeout(r, BROADCAST_PAUSE_MS));
 					}
@@ -306,7 +314,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 
 		unreadCount: {
 			async handler(this: NotifThis, ctx: Ctx) {
-				return { count: await this.unread(callerOf(ctx).id) };
+				return { count: await this.stores.notifications.count({ user_id: callerOf(ctx).id, is_read: false }) };
 			},
 		},
 
@@ -391,27 +399,41 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 			return n;
 		},
 
-		/** Store one notification unless this (event, user) has one already; push it if new. */
-		async deliver(this: NotifThis, userId: number, eventKey: string, n: NewNotification) {
-			let doc: NotificationDoc;
-			try {
-				doc = (await this.stores.notifications.insert({ ...n, user_id: userId, event_key: eventKey, is_read: false, created_at: new Date() })) as NotificationDoc;
-			} catch (err) {
-				if (isDuplicateKeyError(err)) return false; // a redelivered event
-				throw err;
-			}
-			await this.push(null, [{ namespace: NSP, rooms: [userRoom(userId)], event: "notification:created", payload: this.present(doc) }]);
-			return true;
+		/** Store these notifications (those not stored already) and push them; settles once written. */
+		deliverMany(this: NotifThis, list: Delivery[]) {
+			return list.length === 0 ? Promise.resolve() : this.deliveries.add(list);
 		},
 
-		async unread(this: NotifThis, userId: number) {
-			return this.stores.notifications.count({ user_id: userId, is_read: false });
+		/**
+		 * One batch of deliveries, from however many events: one insert for all of them, one count
+		 * query for all their users, one push for everything. A redelivered event's notifications
+		 * exist already (unique event_key) and are skipped, not pushed again.
+		 */
+		async writeNotifications(this: NotifThis, batches: Delivery[][]) {
+			const now = new Date();
+			// One batch shares its time; the ids, made here in order (ObjectIds grow), keep the order of
+			// its events for the lists, which sort by (created_at, _id). NeDB takes them as strings.
+			const docs = batches.flat().map(d => {
+				const _id = new mongoose.Types.ObjectId();
+				return { _id: config.mongoUrl ? _id : _id.toHexString(), ...d.n, user_id: d.userId, event_key: d.eventKey, is_read: false, created_at: now };
+			});
+			const stored = (await this.stores.notifications.insertMany(docs)) as NotificationDoc[];
+			if (stored.length > 0) {
+				const items: PushItem[] = stored.map(doc => ({ namespace: NSP, rooms: [userRoom(doc.user_id)], event: "notification:created", payload: this.present(doc) }));
+				await this.push(null, [...items, ...(await this.countItems(stored.map(n => n.user_id)))]);
+			}
+			return batches.map(() => undefined);
+		},
+
+		/** notification:count for these users: their unread counts in one query (counted, never kept by hand, so never drifting). */
+		async countItems(this: NotifThis, userIds: number[]) {
+			const users = [...new Set(userIds)];
+			const counts = await this.stores.notifications.countEach("user_id", users, { is_read: false });
+			return users.map(userId => ({ namespace: NSP, rooms: [userRoom(userId)], event: "notification:count", payload: { count: counts.get(userId) ?? 0 } }));
 		},
 
 		async pushCount(this: NotifThis, userIds: number[]) {
-			for (const userId of new Set(userIds)) {
-				await this.push(null, [{ namespace: NSP, rooms: [userRoom(userId)], event: "notification:count", payload: { count: await this.unread(userId) } }]);
-			}
+			if (userIds.length > 0) await this.push(null, await this.countItems(userIds));
 		},
 
 		/**
@@ -424,6 +446,11 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 			await new Promise(r => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)));
 			throw err;
 		},
+	},
+
+	created(this: NotifThis) {
+		// Notifications may wait 10 ms: under load, one write then takes many messages' worth.
+		this.deliveries = new Batcher(batches => this.writeNotifications(batches), { lingerMs: 10 });
 	},
 };
 

@@ -59,6 +59,8 @@ export async function startBroker(services: string[], brokerOptions: Partial<Bro
 		requestTimeout: 10_000,
 		validator: true,
 		tracking: { enabled: true, shutdownTimeout: 5_000 },
+		// As in production (moleculer.config.ts): the caches and their invalidation are under test too.
+		cacher: { type: "MemoryLRU", options: { max: 10_000, ttl: 600 } },
 		...brokerOptions,
 		middlewares: [createChannelsMiddleware() as Middleware, ...((brokerOptions.middlewares as Middleware[] | undefined) ?? [])],
 	});
