@@ -403,7 +403,8 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				mappingPolicy: "restrict",
 				authentication: false,
 				bodyParsers: false,
-				use: [serveStatic(path.join(require("swagger-ui-dist").getAbsoluteFSPath()), { index: false, fallthrough: false })],
+				// The package directory, without loading the package: its main module is the whole 1.5 MB UI bundle.
+				use: [serveStatic(path.dirname(require.resolve("swagger-ui-dist/package.json")), { index: false, fallthrough: false })],
 				aliases: {},
 			},
 			{
