@@ -26,6 +26,44 @@ function transporter(): BrokerOptions["transporter"] {
 	return url;
 }
 
+/** Entries a node's in-memory cache holds at most (least recently used go first). */
+export const MEMORY_CACHE_MAX_ENTRIES = 10_000;
+/** Default lifetime of a cache entry, seconds (an action or method may give its own). */
+export const CACHE_TTL_SECONDS = 300;
+
+/** ioredis options from a redis:// or rediss:// URL (Moleculer hands ioredis one argument). */
+export function redisOptions(url: string) {
+	const u = new URL(url);
+	const db = Number(u.pathname.replace(/^\//, "") || 0);
+	return {
+		host: u.hostname.replace(/^\[(.*)\]$/, "$1"),
+		port: Number(u.port || 6379),
+		username: u.username ? decodeURIComponent(u.username) : undefined,
+		password: u.password ? decodeURIComponent(u.password) : undefined,
+		db: Number.isInteger(db) && db >= 0 ? db : 0,
+		tls: u.protocol.toLowerCase() === "rediss:" ? {} : undefined,
+		// A cache must never hold a request up: with Redis away a command fails fast and the
+		// caller reads the database instead (ioredis' defaults would queue it for many seconds).
+		maxRetriesPerRequest: 1,
+		commandTimeout: 500,
+	};
+}
+
+/**
+ * The Moleculer cacher. With REDIS_URL: Redis, shared by every node (keys prefixed with
+ * MOL-<NAMESPACE>-, so clusters sharing a Redis need distinct namespaces). Without: a bounded
+ * LRU in each node's memory; then each node's cache is its own, and whoever caches must clean
+ * every node's copy on a change (the users service does, see its forgetProfiles).
+ *
+ * MemoryLRU renews an entry's TTL on each read (lru-cache's updateAgeOnGet): a hot entry does not
+ * expire by itself, so the TTL is an idle timeout there, never a freshness bound.
+ */
+export function cacher(): BrokerOptions["cacher"] {
+	const url = config.redisUrl;
+	if (url) return { type: "Redis", options: { ttl: CACHE_TTL_SECONDS, redis: redisOptions(url) } };
+	return { type: "MemoryLRU", options: { max: MEMORY_CACHE_MAX_ENTRIES, ttl: CACHE_TTL_SECONDS } };
+}
+
 const brokerConfig: BrokerOptions = {
 	namespace: config.namespace,
 	nodeID: process.env.NODE_ID || `${os.hostname().toLowerCase()}-${process.pid}`,
@@ -62,6 +100,7 @@ const brokerConfig: BrokerOptions = {
 	registry: { strategy: "RoundRobin", preferLocal: true, stopDelay: 1000 } as BrokerOptions["registry"],
 	circuitBreaker: { enabled: false },
 	validator: true,
+	cacher: cacher(),
 	metrics: { enabled: false },
 	tracing: { enabled: false },
 	middlewares: [TraceLogMiddleware(), createChannelsMiddleware() as Middleware],

@@ -51,6 +51,13 @@ export const config = {
 	get mongoUrl() {
 		return process.env.MONGO_URL || null;
 	},
+	/** Redis for the shared Moleculer cache (redis:// or rediss://); unset: each node caches in its own memory. */
+	get redisUrl() {
+		const raw = process.env.REDIS_URL?.trim();
+		if (!raw) return null;
+		if (!/^rediss?:\/\/[^/]/i.test(raw)) throw new Error("Environment variable REDIS_URL must be a redis:// or rediss:// URL"); // not echoed: it may hold a password
+		return raw;
+	},
 	get dataDir() {
 		return dataDir();
 	},

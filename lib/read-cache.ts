@@ -2,12 +2,31 @@
  * A read-through cache on the broker's cacher (moleculer.config.ts: MemoryLRU inside a node,
  * Redis shared by all nodes with REDIS_URL), for data read on every message and changed rarely.
  *
- * Invalidation holds across nodes: the writer forgets its entries at once and broadcasts the
- * change; every node forgets them again when the broadcast arrives. A read that was in flight
- * while anything was forgotten on this node is returned but not cached, so an old value read
- * before a change cannot be stored after it. With no cacher (a broker without one) every get reads.
+ * Invalidation holds across nodes: the writer forgets its entries, then has every other node of
+ * the service forget them too (forgetOnOtherNodes: acknowledged calls, so once the change is
+ * answered no node serves the old value). A read that was in flight while anything was forgotten
+ * on a node is returned but not cached there, so an old value read before a change cannot be
+ * stored after it. With no cacher (a broker without one) every get reads.
  */
 import type { ServiceBroker } from "moleculer";
+
+/**
+ * Calls `action` (a service's own "forget" action) with `params` on every other node running it,
+ * and waits for all, each bounded by `timeoutMs`. A node that cannot be reached is logged and
+ * skipped: it keeps its entries until their TTL.
+ */
+export async function forgetOnOtherNodes(broker: ServiceBroker, action: string, params: unknown, timeoutMs: number, requestID?: string | null): Promise<void> {
+	const service = action.slice(0, action.lastIndexOf("."));
+	const services = broker.registry.getServiceList({ onlyAvailable: true, withActions: true }) as { name: string; nodeID: string; actions?: Record<string, unknown> }[];
+	const nodes = new Set(services.filter(s => s.name === service && s.nodeID !== broker.nodeID && s.actions?.[action]).map(s => s.nodeID));
+	await Promise.all(
+		[...nodes].map(nodeID =>
+			broker.call(action, params, { nodeID, timeout: timeoutMs, retries: 0, requestID: requestID ?? undefined }).catch((err: Error) => {
+				broker.logger.warn(`${action} on node ${nodeID} failed (${err.message}): it keeps its cached entries until they expire`);
+			}),
+		),
+	);
+}
 
 export class ReadCache<T> {
 	/** Bumped by every forget: a load that saw it change while in flight is not cached. */

@@ -585,7 +585,12 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		[SOCKET_PUSH_EVENT](this: ApiThis, ctx: Context<{ items: PushItem[] }>) {
 			if (!this.io) return;
 			for (const item of ctx.params.items) {
-				let target = this.io.of(item.namespace ?? "/chat").to(item.rooms);
+				const nsp = this.io.of(item.namespace ?? "/chat");
+				// Socket.IO encodes a packet before it looks for sockets: a push for rooms with no socket
+				// on this node (most pushes, on most gateways of a cluster) stops here.
+				const rooms = nsp.adapter.rooms;
+				if (!item.rooms.some(room => rooms.has(room))) continue;
+				let target = nsp.to(item.rooms);
 				if (item.except) target = target.except(item.except);
 				target.emit(item.event, item.payload);
 			}

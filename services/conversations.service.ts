@@ -26,7 +26,7 @@ import {
 import { CHANNELS } from "../lib/durable-events";
 import { appError, badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
-import { ReadCache } from "../lib/read-cache";
+import { ReadCache, forgetOnOtherNodes } from "../lib/read-cache";
 import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
 import type { AuthUser } from "../lib/tokens";
@@ -39,8 +39,8 @@ type Ctx<P = Record<string, never>> = Context<P, CallMeta & { socketId?: string 
 
 /** Every conversations node drops these (conversation, user) pairs from its typing caches. */
 const MEMBERSHIP_REMOVED = "conversations.membership.removed";
-/** Every conversations node forgets its cached metadata of these conversations (or of all). */
-const META_CHANGED = "conversations.meta.changed";
+/** How long a change waits for another conversations node to forget its cached metadata. */
+const FORGET_TIMEOUT_MS = 2_000;
 const MAX_TYPING_CACHE = 20_000;
 /** A safety net only: every change forgets the entry at once. */
 const META_TTL_SECONDS = 600;
@@ -787,6 +787,16 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			},
 		},
 
+		/** Another conversations node changed these conversations (or blocks: "all"): this node's cached metadata goes. */
+		forgetMeta: {
+			visibility: "public",
+			params: { ids: [{ type: "equal", value: "all" }, { type: "array", max: 10_000, items: idRule }] },
+			async handler(this: ConvThis, ctx: Ctx<{ ids: string[] | "all" }>) {
+				await this.metaCache.forget(ctx.params.ids);
+				return true;
+			},
+		},
+
 		/** The conversations a user belongs to (ids only), for message search. */
 		idsOf: {
 			visibility: "public",
@@ -828,10 +838,6 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			for (const key of ctx.params.keys) this.typingState.delete(key);
 		},
 
-		/** A conversation changed somewhere in the cluster (members, settings, blocks): its cached metadata goes. */
-		async [META_CHANGED](this: ConvThis, ctx: Context<{ ids: string[] | "all" }>) {
-			await this.metaCache.forget(ctx.params.ids);
-		},
 	},
 
 	methods: {
@@ -891,11 +897,14 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			};
 		},
 
-		/** After a change to conversations' members, settings, roles or blocks: forgotten here at once, and on every node. */
+		/**
+		 * After a change to conversations' members, settings, roles or blocks: forgotten here, and on
+		 * every other conversations node before the change is answered (a removed member or a new
+		 * block holds at once everywhere).
+		 */
 		async forgetMeta(this: ConvThis, ctx: Ctx<unknown> | null, ids: string[] | "all") {
 			await this.metaCache.forget(ids);
-			if (ctx) await ctx.broadcast(META_CHANGED, { ids }, "conversations");
-			else await this.broker.broadcast(META_CHANGED, { ids }, "conversations");
+			await forgetOnOtherNodes(this.broker, "conversations.forgetMeta", { ids }, FORGET_TIMEOUT_MS, ctx?.requestID);
 		},
 
 		/** audienceOf, from the cached metadata. */

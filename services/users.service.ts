@@ -1,6 +1,11 @@
 /**
  * users: accounts, roles, tokens and ended sessions (PostgreSQL, or the embedded PGlite).
  * Owns the tables users, roles, user_role, tokens, session_revocations; nothing else reads them.
+ *
+ * Profiles (a row's public columns and its roles, never a secret, a counter or presence) are kept
+ * in the broker's cacher: GET /users/me and users.resolve read no SQL for a cached user. Every
+ * change of a row or its roles ends with profilesChanged(), which cleans the entry on every users
+ * node before the change is answered (see there); explicit permission checks still read SQL.
  */
 import crypto from "node:crypto";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
@@ -14,6 +19,7 @@ import { usersMigrations } from "../lib/migrations/users";
 import type { RevocationReason, SessionRevocation } from "../lib/session-revocations";
 import { type AuthUser, hashRefreshToken, newRefreshToken, signAccessToken } from "../lib/tokens";
 import { PasswordHasher } from "../lib/password-hasher";
+import { forgetOnOtherNodes } from "../lib/read-cache";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 
 /** Failed logins for one account before each further attempt must wait (doubling, capped). */
@@ -32,6 +38,15 @@ const FILE_ID = /^[a-f0-9]{32}$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const USERNAME = /^[A-Za-z0-9_.-]{3,32}$/;
 const EMAIL_LIKE = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
+/**
+ * How long a cached profile is used at most, whatever the cacher does (MemoryLRU renews its own
+ * TTL on every read): the bound on staleness should a node miss a cleaning (unreachable, Redis away).
+ */
+const PROFILE_TTL_SECONDS = 60;
+/** Cache key of a profile; the version changes whenever the cached shape does (Redis outlives a deploy). */
+const profileKey = (id: number) => `users.profile.v1.${id}`;
+/** How long a change waits for another users node to clean its cache before going on without it. */
+const FORGET_TIMEOUT_MS = 2000;
 
 interface UserRow {
 	id: number;
@@ -47,6 +62,23 @@ interface UserRow {
 	origin: string;
 	created_at: Date;
 	updated_at: Date;
+}
+
+/**
+ * An account as presented: its public columns and its roles. This, not a presented user, is what
+ * the cache holds: presentation depends on the viewer (email) and on live presence (status).
+ */
+interface Profile {
+	id: number;
+	username: string;
+	email: string;
+	avatar_url: string | null;
+	bio: string | null;
+	roles: string[];
+	created_at: string | Date;
+	updated_at: string | Date;
+	/** When it was read from the database (ms since the epoch). */
+	at: number;
 }
 
 export interface PublicUser {
@@ -104,6 +136,9 @@ type UsersThis = SqlMixinThis<UserModels> & Service & UsersMethods & {
 	/** bcrypt in worker threads: a few at once, a few more in line, the rest answered 503 at once. */
 	passwords: PasswordHasher;
 	dummy: { rounds: number; hash: Promise<string> } | null;
+	/** Raised by every cleaning of cached profiles: a read that began before one does not store what it read. */
+	profileEpoch: number;
+	lastCacheWarning: number;
 };
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
@@ -114,8 +149,14 @@ interface UsersMethods {
 	lockUser(id: number, tx: Transaction, mode: "share" | "update"): Promise<UserRow | null>;
 	findUserByLogin(field: "email" | "username", value: string): Promise<UserRow | null>;
 	rolesOf(ids: number[], tx?: Transaction): Promise<Map<number, string[]>>;
-	present(rows: UserRow[], viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>): Promise<PublicUser[]>;
-	presentOne(row: UserRow, viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>): Promise<PublicUser>;
+	profilesOf(ids: number[]): Promise<Map<number, Profile>>;
+	loadProfiles(ids: number[]): Promise<Profile[]>;
+	withRoles(rows: UserRow[]): Promise<Profile[]>;
+	profilesChanged(ids: number[], requestID?: string | null): Promise<void>;
+	forgetProfiles(ids: number[]): Promise<void>;
+	cacheTrouble(what: string, err: unknown): void;
+	present(profiles: Profile[], viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>): Promise<PublicUser[]>;
+	presentOne(profile: Profile, viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>): Promise<PublicUser>;
 	blockedAmong(ctx: Ctx<unknown> | undefined, viewerId: number, others: number[]): Promise<Set<number>>;
 	issueTokens(ctx: Ctx<unknown>, user: UserRow, familyId?: string, tx?: Transaction): Promise<{ accessToken: string; refreshToken: string }>;
 	revokeFamily(familyId: string, tx: Transaction, userId?: number): Promise<number>;
@@ -149,6 +190,21 @@ const likePrefix = (s: string) => s.toLowerCase().replace(/[\\%_]/g, c => "\\" +
 
 const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every(x => b.includes(x));
 
+/** The cached form of an account: dates as ISO strings (as Redis gives them back), frozen (shared by readers). */
+function profileOf(row: Omit<Profile, "roles" | "at">, roles: string[], at: number): Profile {
+	return Object.freeze({
+		id: Number(row.id),
+		username: row.username,
+		email: row.email,
+		avatar_url: row.avatar_url,
+		bio: row.bio,
+		roles: Object.freeze([...roles]) as string[],
+		created_at: new Date(row.created_at).toISOString(),
+		updated_at: new Date(row.updated_at).toISOString(),
+		at,
+	});
+}
+
 const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 	name: "users",
 	mixins: [
@@ -180,7 +236,8 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				ctx.meta.$statusCode = 201;
 				ctx.meta.$location = `/users/${user.id}`;
 				const viewer = { id: user.id, username: user.username, roles: ["user"] };
-				return { user: await this.presentOne(user, viewer, ctx), ...tokens };
+				const [profile] = await this.withRoles([user]);
+				return { user: await this.presentOne(profile, viewer, ctx), ...tokens };
 			},
 		},
 
@@ -218,7 +275,8 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					return { fresh, tokens: await this.issueTokens(ctx, fresh, undefined, tx) };
 				});
 				if (!result) throw invalidCredentials();
-				const presented = await this.presentOne(result.fresh, { id: user.id, username: user.username, roles: [] }, ctx);
+				const [profile] = await this.withRoles([result.fresh]);
+				const presented = await this.presentOne(profile, { id: user.id, username: user.username, roles: [] }, ctx);
 				return { user: presented, ...result.tokens };
 			},
 		},
@@ -307,9 +365,10 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		me: {
 			async handler(this: UsersThis, ctx: Ctx) {
 				const caller = callerOf(ctx);
-				const user = await this.findUser(caller.id);
-				if (!user) throw unauthorized("This account no longer exists");
-				return this.presentOne(user, caller, ctx);
+				// From the cache when it is there: no SQL at all (presence is in memory, the viewer is the user).
+				const profile = (await this.profilesOf([caller.id])).get(caller.id);
+				if (!profile) throw unauthorized("This account no longer exists");
+				return this.presentOne(profile, caller, ctx);
 			},
 		},
 
@@ -342,7 +401,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					raw: true,
 				});
 				return {
-					data: await this.present(rows as unknown as UserRow[], caller, ctx),
+					data: await this.present(await this.withRoles(rows as unknown as UserRow[]), caller, ctx),
 					total: count,
 					page,
 					limit,
@@ -368,7 +427,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					 LIMIT :limit`,
 					{ replacements: { pattern: likePrefix(ctx.params.q), exact: ctx.params.q.toLowerCase(), limit: ctx.params.limit }, type: QueryTypes.SELECT },
 				);
-				return this.present(rows, caller, ctx);
+				return this.present(await this.withRoles(rows), caller, ctx);
 			},
 		},
 
@@ -376,9 +435,9 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			params: { $$strict: "remove", id: idParam },
 			async handler(this: UsersThis, ctx: Ctx<{ id: number }>) {
 				const caller = callerOf(ctx);
-				const user = await this.findUser(ctx.params.id);
-				if (!user) throw notFound("User");
-				return this.presentOne(user, caller, ctx);
+				const profile = (await this.profilesOf([ctx.params.id])).get(ctx.params.id);
+				if (!profile) throw notFound("User");
+				return this.presentOne(profile, caller, ctx);
 			},
 		},
 
@@ -391,10 +450,9 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const caller = callerOf(ctx);
 				const ids = [...new Set(ctx.params.ids)];
 				if (ids.length === 0) return [];
-				const rows = (await this.models.User.findAll({ where: { id: ids }, raw: true })) as unknown as UserRow[];
-				const byId = new Map(rows.map(r => [r.id, r]));
+				const byId = await this.profilesOf(ids);
 				// In the order asked for; unknown ids are left out.
-				return this.present(ids.map(id => byId.get(id)).filter((r): r is UserRow => !!r), caller, ctx);
+				return this.present(ids.map(id => byId.get(id)).filter((p): p is Profile => !!p), caller, ctx);
 			},
 		},
 
@@ -459,10 +517,12 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 						});
 					} catch (err) {
 						this.uniqueViolation(err);
+					} finally {
+						await this.profilesChanged([id], ctx.requestID);
 					}
 					if (patch.avatar_url !== undefined && previousAvatar !== patch.avatar_url) this.releaseFiles(ctx, [previousAvatar]);
 				}
-				const updated = await this.findUser(id);
+				const updated = (await this.profilesOf([id])).get(id);
 				if (!updated) throw notFound("User");
 				const presented = await this.presentOne(updated, caller, ctx);
 				ctx.broadcast(EVENTS.userUpdated, { userId: id });
@@ -475,19 +535,23 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			async handler(this: UsersThis, ctx: Ctx<{ id: number }>) {
 				const { id } = ctx.params;
 				await this.requireSelfOrAdmin(ctx, id);
-				const avatar = await this.sequelize.transaction(async tx => {
-					await this.lockRoleChanges(tx);
-					const user = await this.lockUser(id, tx, "update");
-					if (!user) throw notFound("User");
-					const roles = (await this.rolesOf([id], tx)).get(id) ?? [];
-					if (roles.includes("admin") && (await this.adminCount(tx)) <= 1) {
-						throw conflict("The last admin cannot be deleted");
-					}
-					// user_role and tokens go with it (ON DELETE CASCADE); its access tokens end with it.
-					await this.models.User.destroy({ where: { id }, transaction: tx });
-					await this.revokeSessions(ctx, { userId: id, all: true, reason: "account_deleted" }, tx);
-					return user.avatar_url;
-				});
+				let deleting = false;
+				const avatar = await this.sequelize
+					.transaction(async tx => {
+						await this.lockRoleChanges(tx);
+						const user = await this.lockUser(id, tx, "update");
+						if (!user) throw notFound("User");
+						const roles = (await this.rolesOf([id], tx)).get(id) ?? [];
+						if (roles.includes("admin") && (await this.adminCount(tx)) <= 1) {
+							throw conflict("The last admin cannot be deleted");
+						}
+						deleting = true;
+						// user_role and tokens go with it (ON DELETE CASCADE); its access tokens end with it.
+						await this.models.User.destroy({ where: { id }, transaction: tx });
+						await this.revokeSessions(ctx, { userId: id, all: true, reason: "account_deleted" }, tx);
+						return user.avatar_url;
+					})
+					.finally(() => deleting && this.profilesChanged([id], ctx.requestID));
 				ctx.broadcast(EVENTS.userDeleted, { userId: id });
 				this.releaseFiles(ctx, [avatar]);
 				ctx.meta.$statusCode = 204;
@@ -507,6 +571,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				// Counted like a login: a stolen access token must not be a way to guess the password.
 				const user = await this.checkOwnPassword(caller.id, ctx.params.oldPassword);
 				const hash = await this.passwords.hash(ctx.params.newPassword, config.bcryptRounds);
+				// The cached profile holds no hash, but updated_at changes: cleaned like every change of the row.
 				const changed = await this.sequelize.transaction(async tx => {
 					// Only over the hash that was checked: of two changes at once, the second fails.
 					const [row] = await this.sequelize.query<{ token_version: number }>(
@@ -522,7 +587,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					});
 					await this.revokeSessions(ctx, { userId: user.id, minVersion: row.token_version, reason: "password_changed" }, tx);
 					return true;
-				});
+				}).finally(() => this.profilesChanged([user.id], ctx.requestID));
 				if (!changed) throw invalidCredentials();
 				ctx.meta.$statusCode = 204;
 				return null;
@@ -544,18 +609,20 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const file = (await ctx.call("files.saveBase64", { ...ctx.params, onlyImages: true })) as { url: string; fileId: string };
 				ctx.meta.$statusCode = 200;
 				const url = FILE_ID.test(file.fileId) ? `/files/${file.fileId}` : file.url;
-				const previous = await this.sequelize.transaction(async tx => {
-					const locked = await this.lockUser(caller.id, tx, "update");
-					if (!locked) return undefined;
-					await this.models.User.update({ avatar_url: url, updated_at: new Date() }, { where: { id: caller.id }, transaction: tx });
-					return locked.avatar_url;
-				});
+				const previous = await this.sequelize
+					.transaction(async tx => {
+						const locked = await this.lockUser(caller.id, tx, "update");
+						if (!locked) return undefined;
+						await this.models.User.update({ avatar_url: url, updated_at: new Date() }, { where: { id: caller.id }, transaction: tx });
+						return locked.avatar_url;
+					})
+					.finally(() => this.profilesChanged([caller.id], ctx.requestID));
 				if (previous === undefined) {
 					this.releaseFiles(ctx, [url]);
 					throw unauthorized("This account no longer exists");
 				}
 				if (previous !== url) this.releaseFiles(ctx, [previous]);
-				const user = await this.findUser(caller.id);
+				const user = (await this.profilesOf([caller.id])).get(caller.id);
 				if (!user) throw unauthorized("This account no longer exists");
 				ctx.broadcast(EVENTS.userUpdated, { userId: caller.id });
 				return { url, user: await this.presentOne(user, caller, ctx) };
@@ -579,27 +646,32 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			async handler(this: UsersThis, ctx: Ctx<{ id: number; roles: string[] }>) {
 				const caller = callerOf(ctx);
 				const { id, roles } = ctx.params;
-				await this.sequelize.transaction(async tx => {
-					// One role change at a time: two admins demoting each other at once must not leave none,
-					// and an admin demoted a moment ago changes nothing.
-					await this.lockRoleChanges(tx);
-					if (!((await this.rolesOf([caller.id], tx)).get(caller.id) ?? []).includes("admin")) throw forbidden("Only an admin may change roles");
-					const user = await this.lockUser(id, tx, "update");
-					if (!user) throw notFound("User");
-					const current = (await this.rolesOf([id], tx)).get(id) ?? [];
-					if (sameSet(current, roles)) return;
-					if (current.includes("admin") && !roles.includes("admin") && (await this.adminCount(tx)) <= 1) {
-						throw conflict("The last admin cannot lose the admin role");
-					}
-					await this.setRoles(id, roles, tx);
-					// Tokens carry the roles: the ones issued before end (a refresh gives the new roles).
-					const [row] = await this.sequelize.query<{ token_version: number }>(
-						"UPDATE users SET token_version = token_version + 1, updated_at = now() WHERE id = :id RETURNING token_version",
-						{ replacements: { id }, type: QueryTypes.SELECT, transaction: tx },
-					);
-					await this.revokeSessions(ctx, { userId: id, minVersion: row.token_version, reason: "roles_changed" }, tx);
-				});
-				const user = await this.findUser(id);
+				let changing = false;
+				await this.sequelize
+					.transaction(async tx => {
+						// One role change at a time: two admins demoting each other at once must not leave none,
+						// and an admin demoted a moment ago changes nothing.
+						await this.lockRoleChanges(tx);
+						if (!((await this.rolesOf([caller.id], tx)).get(caller.id) ?? []).includes("admin")) throw forbidden("Only an admin may change roles");
+						const user = await this.lockUser(id, tx, "update");
+						if (!user) throw notFound("User");
+						const current = (await this.rolesOf([id], tx)).get(id) ?? [];
+						if (sameSet(current, roles)) return;
+						if (current.includes("admin") && !roles.includes("admin") && (await this.adminCount(tx)) <= 1) {
+							throw conflict("The last admin cannot lose the admin role");
+						}
+						changing = true;
+						await this.setRoles(id, roles, tx);
+						// Tokens carry the roles: the ones issued before end (a refresh gives the new roles).
+						const [row] = await this.sequelize.query<{ token_version: number }>(
+							"UPDATE users SET token_version = token_version + 1, updated_at = now() WHERE id = :id RETURNING token_version",
+							{ replacements: { id }, type: QueryTypes.SELECT, transaction: tx },
+						);
+						await this.revokeSessions(ctx, { userId: id, minVersion: row.token_version, reason: "roles_changed" }, tx);
+					})
+					// Cached profiles carry the roles: a demoted admin is no admin anywhere once this answers.
+					.finally(() => changing && this.profilesChanged([id], ctx.requestID));
+				const user = (await this.profilesOf([id])).get(id);
 				if (!user) throw notFound("User");
 				return this.presentOne(user, caller, ctx);
 			},
@@ -677,8 +749,20 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			visibility: "public",
 			params: { ids: { type: "array", max: 1000, items: { type: "number", integer: true, positive: true } } },
 			async handler(this: UsersThis, ctx: Ctx<{ ids: number[] }>) {
-				const rows = (await this.models.User.findAll({ where: { id: [...new Set(ctx.params.ids)] }, raw: true })) as unknown as UserRow[];
-				return this.present(rows, null, ctx);
+				// Cached profiles as they are; one query for the ones missing. Unknown (or deleted) ids are left out.
+				const ids = [...new Set(ctx.params.ids)];
+				const byId = await this.profilesOf(ids);
+				return this.present(ids.map(id => byId.get(id)).filter((p): p is Profile => !!p), null, ctx);
+			},
+		},
+
+		/** Each users node: drop these cached profiles, called by the node that changed them (not routed). */
+		forgetProfiles: {
+			visibility: "public",
+			params: { ids: { type: "array", max: 1000, items: { type: "number", integer: true, positive: true } } },
+			async handler(this: UsersThis, ctx: Context<{ ids: number[] }>) {
+				await this.forgetProfiles(ctx.params.ids);
+				return null;
 			},
 		},
 	},
@@ -736,17 +820,117 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			return out;
 		},
 
-		async present(this: UsersThis, rows: UserRow[], viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>) {
+		/**
+		 * Profiles of these ids that exist: from the cache, the others from the database in one
+		 * query (then cached). Never a secret or a counter, never presence (computed when presented).
+		 */
+		async profilesOf(this: UsersThis, ids: number[]) {
+			const out = new Map<number, Profile>();
+			const unique = [...new Set(ids)];
+			if (unique.length === 0) return out;
+			// A Redis known to be away is not waited for (its commands would only time out).
+			const cacher = this.broker.cacher && (this.broker.cacher as { connected?: boolean | null }).connected !== false ? this.broker.cacher : null;
+			let missing = unique;
+			if (cacher) {
+				const hits = await Promise.all(
+					unique.map(id =>
+						(cacher.get(profileKey(id)) as Promise<Profile | null>).catch(err => {
+							this.cacheTrouble("read", err);
+							return null;
+						}),
+					),
+				);
+				const fresh = Date.now() - PROFILE_TTL_SECONDS * 1000;
+				missing = [];
+				unique.forEach((id, i) => {
+					const hit = hits[i];
+					if (hit && hit.id === id && hit.at > fresh) out.set(id, hit);
+					else missing.push(id);
+				});
+				if (missing.length === 0) return out;
+			}
+			// Taken before reading: a cleaning meanwhile (a change committed while we read) means what
+			// we read may be older than it, so it is answered but not stored.
+			const epoch = this.profileEpoch;
+			const loaded = await this.loadProfiles(missing);
+			const store = cacher && this.profileEpoch === epoch;
+			for (const profile of loaded) {
+				out.set(profile.id, profile);
+				// Issued at once after the check: a later cleaning's DEL follows it on the same connection.
+				if (store) cacher.set(profileKey(profile.id), profile, PROFILE_TTL_SECONDS).catch(err => this.cacheTrouble("write", err));
+			}
+			return out;
+		},
+
+		/** Profiles straight from the database: the rows and their roles in one query. */
+		async loadProfiles(this: UsersThis, ids: number[]) {
+			const at = Date.now();
+			const rows = await this.sequelize.query<Omit<Profile, "at">>(
+				`SELECT u.id, u.username, u.email, u.avatar_url, u.bio, u.created_at, u.updated_at,
+					COALESCE(array_agg(r.name ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL), '{}') AS roles
+				 FROM users u LEFT JOIN user_role ur ON ur.user_id = u.id LEFT JOIN roles r ON r.id = ur.role_id
+				 WHERE u.id IN (:ids) GROUP BY u.id`,
+				{ replacements: { ids }, type: QueryTypes.SELECT },
+			);
+			return rows.map(row => profileOf(row, row.roles, at));
+		},
+
+		/** Rows read by a query of their own (list, search, login…), with their roles. */
+		async withRoles(this: UsersThis, rows: UserRow[]) {
+			const at = Date.now();
+			const roles = await this.rolesOf(rows.map(r => r.id));
+			return rows.map(row => profileOf(row, roles.get(row.id) ?? [], at));
+		},
+
+		/**
+		 * After a change of these accounts' rows or roles (committed, rolled back or unknown: called
+		 * in a finally): this node's cache and every other users node's are cleaned before the change
+		 * is answered, so the next read anywhere, on any node, sees it. Each node also raises its
+		 * epoch, so a read that began before the commit does not store the old profile afterwards.
+		 * With Redis the entry is shared and this node's DEL removes it; the other nodes' calls are
+		 * still needed for their epochs (and each DELs again, behind any SET it had in flight).
+		 * A node that cannot be reached keeps what it has for at most PROFILE_TTL_SECONDS.
+		 */
+		async profilesChanged(this: UsersThis, ids: number[], requestID?: string | null) {
+			await this.forgetProfiles(ids);
+			await forgetOnOtherNodes(this.broker, "users.forgetProfiles", { ids }, FORGET_TIMEOUT_MS, requestID);
+		},
+
+		/** This node: no read in flight stores an older profile, and the cached ones go. Never throws. */
+		async forgetProfiles(this: UsersThis, ids: number[]) {
+			this.profileEpoch++;
+			const cacher = this.broker.cacher;
+			if (!cacher || ids.length === 0) return;
+			try {
+				await cacher.del(ids.map(profileKey));
+			} catch (err) {
+				this.cacheTrouble("clean", err);
+			}
+		},
+
+		/** The cache is an optimisation: its failures are logged (at most every 10 s) and read through. */
+		cacheTrouble(this: UsersThis, what: string, err: unknown) {
+			if (Date.now() - this.lastCacheWarning < 10_000) return;
+			this.lastCacheWarning = Date.now();
+			this.logger.warn(`Profile cache ${what} failed (${(err as Error)?.message ?? err}); reading the database instead`);
+		},
+
+		async present(this: UsersThis, profiles: Profile[], viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>) {
 			const viewerId = viewer?.id;
-			const roles = await this.rolesOf([...new Set([...rows.map(r => r.id), ...(viewerId ? [viewerId] : [])])]);
-			// Who sees emails is decided by the viewer's roles in the database, not by its (older) token.
-			const viewerIsAdmin = viewerId !== undefined && (roles.get(viewerId) ?? []).includes("admin");
-			const online = new Set(rows.filter(r => this.isOnline(r.id)).map(r => r.id));
+			// Who sees emails is decided by the viewer's current roles (its profile, cleaned on every
+			// role change), not by its (older) token.
+			let viewerIsAdmin = false;
+			if (viewerId !== undefined) {
+				const own = profiles.find(p => p.id === viewerId) ?? (await this.profilesOf([viewerId])).get(viewerId);
+				viewerIsAdmin = !!own?.roles.includes("admin");
+			}
+			const online = new Set(profiles.filter(r => this.isOnline(r.id)).map(r => r.id));
 			const others = [...online].filter(id => id !== viewerId);
 			// Users with a block between them see each other offline, whoever blocked whom.
 			if (viewer && others.length > 0) for (const id of await this.blockedAmong(ctx, viewer.id, others)) online.delete(id);
-			return rows.map(row => {
-				const userRoles = roles.get(row.id) ?? [];
+			return profiles.map(row => {
+				// A copy: a cached profile is shared (MemoryLRU hands out the stored object).
+				const userRoles = [...row.roles];
 				const out: PublicUser = {
 					user_id: row.id,
 					id: row.id,
@@ -766,8 +950,8 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			});
 		},
 
-		async presentOne(this: UsersThis, row: UserRow, viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>) {
-			const [out] = await this.present([row], viewer, ctx);
+		async presentOne(this: UsersThis, profile: Profile, viewer: AuthUser | null | undefined, ctx?: Ctx<unknown>) {
+			const [out] = await this.present([profile], viewer, ctx);
 			return out;
 		},
 
@@ -918,6 +1102,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 
 		async createUser(this: UsersThis, input) {
 			const hash = await this.passwords.hash(input.password, config.bcryptRounds);
+			let createdId: number | null = null;
 			try {
 				return await this.sequelize.transaction(async tx => {
 					const created = await this.models.User.create(
@@ -925,11 +1110,15 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 						{ transaction: tx },
 					);
 					const row = created.get({ plain: true }) as UserRow;
+					createdId = row.id;
 					await this.setRoles(row.id, input.roles, tx);
 					return (await this.findUser(row.id, tx)) as UserRow;
 				});
 			} catch (err) {
 				this.uniqueViolation(err);
+			} finally {
+				// A new id is in no cache, unless one outlived its database (a Redis kept across a reset).
+				if (createdId !== null) await this.profilesChanged([createdId]);
 			}
 		},
 
@@ -1058,6 +1247,8 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		this.lastRevocationPrune = 0;
 		this.passwords = new PasswordHasher(undefined, PASSWORD_CHECKS_WAITING);
 		this.dummy = null;
+		this.profileEpoch = 0;
+		this.lastCacheWarning = 0;
 	},
 
 	// After the sql mixin's started (which connected and migrated). Not in afterConnected: moleculer-db
