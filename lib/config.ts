@@ -65,7 +65,8 @@ export const config = {
 		return process.env.NAMESPACE || "";
 	},
 	get corsOrigins() {
-		return listEnv("CORS_ORIGINS", ["http://localhost:3000", "http://localhost:5173"]);
+		// Read on every cross-origin request: parsed again only when the variable changed.
+		return parsedEnv("CORS_ORIGINS", () => listEnv("CORS_ORIGINS", ["http://localhost:3000", "http://localhost:5173"]));
 	},
 	/** Requests a second per user (REST) and per socket (events); 0 = off. */
 	get rateLimit() {
@@ -101,14 +102,9 @@ export const config = {
 	 * a number is that many, `false` or unset is none (the socket's address is the client's).
 	 */
 	get trustProxyHops() {
-		const raw = (process.env.TRUST_PROXY ?? "").trim().toLowerCase();
-		if (raw === "" || raw === "false" || raw === "0") return 0;
-		if (raw === "true") return 1;
-		const hops = Number(raw);
-		if (!Number.isInteger(hops) || hops < 0 || hops > 32) throw new Error(`Environment variable TRUST_PROXY must be true, false or a number of proxies, got "${raw}"`);
-		return hops;
-	},
-	get logLevel() {
+		// Read on every request (client address, rate limits): parsed again only when it changed.
+		return parsedEnv("TRUST_PROXY", trustProxyHops);
+	},	get logLevel() {
 		return process.env.LOG_LEVEL || "info";
 	},
 	get adminEmail() {
@@ -152,4 +148,26 @@ export function jwtSecret(): crypto.KeyObject {
 	const key = crypto.createSecretKey(Buffer.from(secret, "utf8"));
 	cachedSecret = { dir, env, key };
 	return key;
+}
+
+/** TRUST_PROXY as a number of proxies in front of the gateway. */
+function trustProxyHops(): number {
+	const raw = (process.env.TRUST_PROXY ?? "").trim().toLowerCase();
+	if (raw === "" || raw === "false" || raw === "0") return 0;
+	if (raw === "true") return 1;
+	const hops = Number(raw);
+	if (!Number.isInteger(hops) || hops < 0 || hops > 32) throw new Error(`Environment variable TRUST_PROXY must be true, false or a number of proxies, got "${raw}"`);
+	return hops;
+}
+
+const parsedCache = new Map<string, { raw: string | undefined; value: unknown }>();
+
+/** parse() of an environment variable, kept until the variable's value changes. */
+function parsedEnv<T>(name: string, parse: () => T): T {
+	const raw = process.env[name];
+	const hit = parsedCache.get(name);
+	if (hit && hit.raw === raw) return hit.value as T;
+	const value = parse();
+	parsedCache.set(name, { raw, value });
+	return value;
 }
