@@ -80,6 +80,8 @@ export interface MessageDoc extends Doc {
 	edited_at: Date | null;
 	deleted: boolean;
 	system_data: { event: string; userId: number | null; actorId: number } | null;
+	/** Present while message.created is not yet on the event bus (the outbox). */
+	outbox?: true;
 	created_at: Date;
 	updated_at: Date;
 }

@@ -11,7 +11,6 @@
  * Queries stay within what both stores do (DESIGN.md): no $all, no compound unique index
  * (NeDB indexes one field; a unique compound is a synthetic `*_key` field), paging on fields.
  */
-import fs from "node:fs";
 import path from "node:path";
 import type { Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import DbService from "moleculer-db";
@@ -19,10 +18,19 @@ import { NO_GENERIC_DB_ACTIONS } from "./db-actions";
 import MongooseDbAdapter from "moleculer-db-adapter-mongoose";
 import mongoose from "mongoose";
 import { config } from "../lib/config";
+import { createEmbeddedAdapter } from "../lib/embedded-doc-store";
 
 export interface IndexSpec {
 	fields: Record<string, 1 | -1>;
 	unique?: boolean;
+	/** Only documents that have the field are indexed (a flag present while something is pending). */
+	sparse?: boolean;
+	/**
+	 * false: not built in the embedded store. NeDB keeps one array per key value and an update
+	 * removes its document by scanning that array, so an index on a value most documents share
+	 * (null) makes every update of any of them cost as much as their number.
+	 */
+	nedb?: false;
 }
 
 export interface CollectionSpec {
@@ -129,7 +137,7 @@ class OwnConnectionMongooseAdapter extends (MongooseDbAdapter as unknown as new 
 		let model = conn.models[name];
 		if (!model) {
 			const schema = new mongoose.Schema(this.spec.definition, { versionKey: false, minimize: false, collection: name });
-			for (const idx of this.spec.indexes) schema.index(idx.fields, { unique: !!idx.unique });
+			for (const idx of this.spec.indexes) schema.index(idx.fields, { unique: !!idx.unique, sparse: !!idx.sparse });
 			model = conn.model(name, schema);
 		}
 		this.model = model;
@@ -143,10 +151,11 @@ class OwnConnectionMongooseAdapter extends (MongooseDbAdapter as unknown as new 
 	}
 }
 
-function nedbAdapter(name: string) {
-	const dir = path.join(config.dataDir, "docs");
-	fs.mkdirSync(dir, { recursive: true });
-	return new DbService.MemoryAdapter({ filename: path.join(dir, `${name}.db`) });
+function nedbAdapter(name: string, logger: Service["logger"]) {
+	// MemoryAdapter (NeDB) whose file is written in batches, one write(2) per batch: lib/embedded-doc-store.ts.
+	return createEmbeddedAdapter(path.join(config.dataDir, "docs", `${name}.db`), {
+		onCompactionError: err => logger.warn(`Compaction of ${name}.db failed; the file stays as it is`, err.message),
+	});
 }
 
 function toPlain(adapter: any, doc: unknown): Promise<Doc> {
@@ -157,13 +166,17 @@ function toPlain(adapter: any, doc: unknown): Promise<Doc> {
 }
 
 async function prepareNedb(adapter: any, spec: CollectionSpec) {
+	const wanted = new Set<string>(["_id"]);
 	for (const idx of spec.indexes) {
 		const fields = Object.keys(idx.fields);
 		// NeDB indexes single fields; compound ones are served by scanning in the embedded store.
-		if (fields.length === 1) await adapter.db.ensureIndex({ fieldName: fields[0], unique: !!idx.unique });
+		if (fields.length !== 1 || idx.nedb === false) continue;
+		wanted.add(fields[0]);
+		await adapter.db.ensureIndexAsync({ fieldName: fields[0], unique: !!idx.unique, sparse: !!idx.sparse });
 	}
-	// NeDB appends every change to its file; compact it now and then.
-	adapter.db.setAutocompactionInterval?.(10 * 60_000);
+	// NeDB keeps the indexes a data file was given: one this code no longer asks for goes.
+	for (const field of Object.keys(adapter.db.indexes)) if (!wanted.has(field)) await adapter.db.removeIndexAsync(field);
+	// The store compacts its file itself when it passes twice the size of the live documents.
 }
 
 // ---- store operations, counted per collection and kind (the cost of a request in round trips) ----
@@ -284,7 +297,7 @@ export function createDocsMixin<C extends string>(options: DocsMixinOptions<C>):
 			const url = config.mongoUrl;
 			this.docAdapters = {} as Record<C, any>;
 			for (const name of names) {
-				this.docAdapters[name] = url ? new OwnConnectionMongooseAdapter(url, name, options.collections[name]) : nedbAdapter(name);
+				this.docAdapters[name] = url ? new OwnConnectionMongooseAdapter(url, name, options.collections[name]) : nedbAdapter(name, this.logger);
 			}
 			this.adapter = this.docAdapters[names[0]];
 			// moleculer-db-adapter-mongoose's init() wants a model or schema in the service schema.

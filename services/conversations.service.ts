@@ -105,7 +105,9 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 						updated_at: Date,
 					},
 					// avatar: the files service asks which files are still some group's picture (fileRefs).
-					indexes: [{ fields: { pair_key: 1 }, unique: true }, { fields: { participants: 1, last_activity_at: -1 } }, { fields: { participants: 1 } }, { fields: { avatar: 1 } }],
+					// Not in NeDB: nearly every conversation shares its null, which would make each head
+					// update scan them all (docs.mixin IndexSpec.nedb); fileRefs is rare and scans instead.
+					indexes: [{ fields: { pair_key: 1 }, unique: true }, { fields: { participants: 1, last_activity_at: -1 } }, { fields: { participants: 1 } }, { fields: { avatar: 1 }, nedb: false }],
 				},
 				memberships: {
 					definition: {

@@ -107,7 +107,10 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 						edited_at: { type: Date, default: null },
 						deleted: Boolean,
 						system_data: { type: Object, default: null },
-						notified: Boolean,
+						// Present (true) only while message.created is not yet on the bus: the outbox.
+						outbox: { type: Boolean, default: undefined },
+						// The outbox flag of messages stored before it became sparse (cleared in started()).
+						notified: { type: Boolean, default: undefined },
 						created_at: Date,
 						updated_at: Date,
 					},
@@ -116,7 +119,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 						{ fields: { dedupe_key: 1 }, unique: true },
 						{ fields: { conversation_id: 1, seq: -1 } },
 						{ fields: { conversation_id: 1 } },
-						{ fields: { notified: 1 } },
+						{ fields: { outbox: 1 }, sparse: true },
 						// The files service asks which files are still attached (fileRefs).
 						{ fields: { attachments: 1 } },
 					],
@@ -165,8 +168,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					edited_at: null,
 					deleted: false,
 					system_data: null,
-					// The outbox flag: true once message.created is safely on the event bus.
-					notified: false,
+					// The outbox flag: removed once message.created is safely on the event bus.
+					outbox: true,
 					created_at: now,
 					updated_at: now,
 				});
@@ -356,7 +359,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					edited_at: null,
 					deleted: false,
 					system_data: { event, userId, actorId },
-					notified: true, // group changes notify through their own events
+					// No outbox flag: group changes notify through their own events.
 					created_at: now,
 					updated_at: now,
 				});
@@ -572,13 +575,13 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			this.notifiedBatch.clear();
 			// If this write is lost (the node dies), the sweep publishes again: harmless, events are idempotent.
 			// Queued behind edits and deletions of these messages, never beside them (see the header).
-			if (ids.length > 0) await this.withLocks(ids.map(id => `m:${id}`), () => this.stores.messages.updateMany({ _id: { $in: ids } }, { $set: { notified: true } }));
+			if (ids.length > 0) await this.withLocks(ids.map(id => `m:${id}`), () => this.stores.messages.updateMany({ _id: { $in: ids } }, { $unset: { outbox: true } }));
 		},
 
 		/** Messages whose event did not make it to the bus (it was down, the node died): publish again. */
 		async sweepOutbox(this: MessagesThis) {
 			const stale = new Date(Date.now() - 15_000);
-			const pending = (await this.stores.messages.find({ notified: false, created_at: { $lt: stale } }, { sort: ["created_at"], limit: 100 })) as MessageDoc[];
+			const pending = (await this.stores.messages.find({ outbox: true, created_at: { $lt: stale } }, { sort: ["created_at"], limit: 100 })) as MessageDoc[];
 			if (pending.length === 0) return;
 			const profiles = await this.senderProfiles(this.broker, pending.map(m => m.sender_id));
 			for (const msg of pending) {
@@ -601,7 +604,9 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		this.notifiedTimer = null;
 	},
 
-	started(this: MessagesThis) {
+	async started(this: MessagesThis) {
+		// Messages stored before the outbox flag became a sparse field: their pending ones carry it now.
+		await this.stores.messages.updateMany({ notified: false }, { $set: { outbox: true }, $unset: { notified: true } });
 		this.outboxTimer = setInterval(() => {
 			this.inBackground("outbox sweep", () => this.sweepOutbox());
 		}, 10_000);
