@@ -1,9 +1,11 @@
 /**
- * Live fan-out to sockets. A Moleculer *broadcast* event that every `api` node receives and
- * applies to its own sockets, so a socket on any gateway node gets it (DESIGN.md). Emitting to
- * several rooms at once reaches each socket once, even if it is in more than one of them.
+ * Live fan-out to sockets: the `socket.push` event, applied by each gateway (`api` node) to its
+ * own sockets. It goes only to the gateways that hold sockets of its users (lib/socket-directory.ts);
+ * with one node it is a plain broadcast. Emitting to several rooms at once reaches each socket
+ * once, even if it is in more than one of them.
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
+import { broadcastToNodes, type DirectoryChange, directoryOf } from "../lib/socket-directory";
 
 export const SOCKET_PUSH_EVENT = "socket.push";
 export const SOCKET_ROOMS_EVENT = "socket.rooms";
@@ -35,13 +37,45 @@ export interface PushThis extends Service {
 }
 
 export const PushMixin: Partial<ServiceSchema> = {
+	actions: {
+		/** A gateway's users that gained their first or lost their last socket there (lib/socket-directory.ts). */
+		socketDirectory: {
+			visibility: "public",
+			params: {
+				gateway: { type: "string", min: 1, max: 200 },
+				joined: { type: "array", optional: true, items: "number" },
+				left: { type: "array", optional: true, items: "number" },
+				resync: { type: "boolean", optional: true },
+			},
+			handler(this: PushThis, ctx: Context<DirectoryChange>) {
+				directoryOf(this.broker).apply(ctx.params);
+				return true;
+			},
+		},
+	},
+	events: {
+		"$node.connected"(this: PushThis, ctx: Context<{ node: { id: string } }>) {
+			directoryOf(this.broker).forgetNode(ctx.params.node.id);
+		},
+		"$node.disconnected"(this: PushThis, ctx: Context<{ node: { id: string } }>) {
+			directoryOf(this.broker).forgetNode(ctx.params.node.id);
+		},
+		"$services.changed"(this: PushThis) {
+			directoryOf(this.broker).nodesChanged();
+		},
+	},
 	methods: {
 		async push(this: PushThis, ctx: Context | null, items: PushItem[]) {
 			const live = items.filter(i => i.rooms.length > 0);
 			if (live.length === 0) return;
-			// Only api nodes listen; the trace id travels with the context.
-			if (ctx) await ctx.broadcast(SOCKET_PUSH_EVENT, { items: live }, ["api"]);
-			else await this.broker.broadcast(SOCKET_PUSH_EVENT, { items: live }, ["api"]);
+			const plan = directoryOf(this.broker).plan(live);
+			if (!plan) {
+				// Only api nodes listen; the trace id travels with the context.
+				if (ctx) await ctx.broadcast(SOCKET_PUSH_EVENT, { items: live }, ["api"]);
+				else await this.broker.broadcast(SOCKET_PUSH_EVENT, { items: live }, ["api"]);
+				return;
+			}
+			await Promise.all([...plan].map(([nodeID, forNode]) => broadcastToNodes(this.broker, new Set([nodeID]), SOCKET_PUSH_EVENT, { items: forNode }, ["api"], ctx)));
 		},
 		async leaveRooms(this: PushThis, ctx: Context | null, change: RoomsChange) {
 			if (ctx) await ctx.broadcast(SOCKET_ROOMS_EVENT, change, ["api"]);

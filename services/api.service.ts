@@ -27,6 +27,7 @@ import { RateLimiter } from "../lib/rate-limiter";
 import { type AccessSession, type AuthUser, extractBearer, verifyAccessSession } from "../lib/tokens";
 import { type PushItem, type RoomsChange, SOCKET_PUSH_EVENT, SOCKET_ROOMS_EVENT } from "../mixins/push.mixin";
 import { SocketSessionsMixin, type SocketSessionsThis } from "../mixins/socket-sessions.mixin";
+import { DirectoryAnnouncer } from "../lib/socket-directory";
 
 const MiB = 1024 * 1024;
 const REFRESH_COOKIE = "refreshToken";
@@ -62,6 +63,10 @@ interface GatewayRequest extends IncomingMessage {
 interface ApiThis extends Service, SocketSessionsThis {
 	/** Open /chat sockets per user on this node, for presence. */
 	presence: Map<number, number>;
+	/** Open sockets (both namespaces) per user on this node, for the socket directory. */
+	socketCount: Map<number, number>;
+	announcer: DirectoryAnnouncer;
+	deliverItems(items: PushItem[]): void;
 	presenceTimer: NodeJS.Timeout | null;
 	announcePresence(): void;
 	userLimiter: RateLimiter;
@@ -573,6 +578,13 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		},
 		// The mixins' own actions: for this node's code (and the REPL), never for another node
 		// or a socket. broadcast would let a caller forge events on anyone's sockets.
+		/** The users with a socket on this node: a pushing node's directory pulls it. */
+		socketUsers: {
+			visibility: "public",
+			handler(this: ApiThis) {
+				return [...this.socketCount.keys()];
+			},
+		},
 		broadcast: { visibility: "protected" },
 		getClients: { visibility: "protected" },
 		listAliases: { visibility: "protected" },
@@ -583,17 +595,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 	events: {
 		/** Live fan-out from any service, on every api node, to this node's sockets. */
 		[SOCKET_PUSH_EVENT](this: ApiThis, ctx: Context<{ items: PushItem[] }>) {
-			if (!this.io) return;
-			for (const item of ctx.params.items) {
-				const nsp = this.io.of(item.namespace ?? "/chat");
-				// Socket.IO encodes a packet before it looks for sockets: a push for rooms with no socket
-				// on this node (most pushes, on most gateways of a cluster) stops here.
-				const rooms = nsp.adapter.rooms;
-				if (!item.rooms.some(room => rooms.has(room))) continue;
-				let target = nsp.to(item.rooms);
-				if (item.except) target = target.except(item.except);
-				target.emit(item.event, item.payload);
-			}
+			this.deliverItems(ctx.params.items);
 		},
 		[SOCKET_ROOMS_EVENT](this: ApiThis, ctx: Context<RoomsChange>) {
 			if (!this.io) return;
@@ -789,12 +791,38 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 
 		// ---- Socket.IO (moleculer-io) ----
 
+		deliverItems(this: ApiThis, items: PushItem[]) {
+			if (!this.io) return;
+			for (const item of items) {
+				const nsp = this.io.of(item.namespace ?? "/chat");
+				// Socket.IO encodes a packet before it looks for sockets: a push for rooms with no socket
+				// on this node stops here.
+				const rooms = nsp.adapter.rooms;
+				if (!item.rooms.some(room => rooms.has(room))) continue;
+				let target = nsp.to(item.rooms);
+				if (item.except) target = target.except(item.except);
+				target.emit(item.event, item.payload);
+			}
+		},
+
 		/** At connect: a valid access token of a login that has not ended, or "Unauthorized". */
 		async socketAuthorize(this: ApiThis, socket: Socket): Promise<AccessSession> {
 			const auth = socket.handshake.auth as { token?: unknown } | undefined;
 			const token = extractBearer(auth?.token) ?? extractBearer(socket.handshake.headers.authorization);
 			const session = this.verifySession(token);
 			if (!session) throw new Error("Unauthorized");
+			// Counted from now (this socket connects once authorized); its first socket here is
+			// announced to every pushing node before the connection completes, so no push misses it.
+			const userId = session.user.id;
+			const before = this.socketCount.get(userId) ?? 0;
+			this.socketCount.set(userId, before + 1);
+			socket.once("disconnect", () => {
+				const left = (this.socketCount.get(userId) ?? 1) - 1;
+				if (left > 0) return void this.socketCount.set(userId, left);
+				this.socketCount.delete(userId);
+				this.announcer.leave(userId);
+			});
+			if (before === 0) await this.announcer.join(userId);
 			return session;
 		},
 		socketSaveUser(socket: Socket, session: AccessSession | null | undefined) {
@@ -822,6 +850,8 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		void config.trustProxyHops;
 		this.presence = new Map();
 		this.presenceTimer = null;
+		this.socketCount = new Map();
+		this.announcer = new DirectoryAnnouncer(this.broker, userId => this.socketCount.has(userId));
 	},
 
 	started(this: ApiThis) {
