@@ -1,11 +1,21 @@
 /**
- * Live chat benchmark of the real system: `npm run bench:chat`.
+ * Chat benchmark of the real system over Socket.IO: `npm run bench:chat`.
  *
- * BENCH_CLIENTS socket clients (default 40), one user each, in BENCH_CONVERSATIONS
+ * Two benchmarks share this entry point:
+ * - without flags, the FIXED-RATE bench below;
+ * - `--find-max`: the open-loop search for the highest sustainable message rate, with memory
+ *   figures and server CPU per message, in bench/chat-find-max.ts (see there).
+ * `--relay <port>` runs the bare Socket.IO relay server both use as a baseline (a child process
+ * the bench starts itself; bench/chat-harness.ts).
+ * `--modes embedded,cluster,mongo,relay` picks the modes (both benches); default: every mode whose
+ * servers answer, a skipped one said so. A mode asked for explicitly that cannot run fails the run.
+ *
+ * Fixed rate: BENCH_CLIENTS socket clients (default 40), one user each, in BENCH_CONVERSATIONS
  * conversations (default 20): groups of CLIENTS/CONVERSATIONS members, or private pairs when
  * that is 2. Every client sends `message:send` at a fixed rate (BENCH_RATE messages/s, default 2)
- * for a 2 s warm-up (not reported), then BENCH_DURATION seconds (default 15), then sending stops
- * and up to 5 s are left for the last messages to arrive (the drain).
+ * on its own wall-clock schedule, whatever the acks (open loop), for a 2 s warm-up (not
+ * reported), then BENCH_DURATION seconds (default 15), then sending stops and up to 5 s are left
+ * for the last messages to arrive (the drain).
  *
  * Delivery latency is measured per recipient: from the sender's `message:send` emit to
  * `message:created` arriving on another member's socket. Every client lives in this process, so
@@ -13,20 +23,13 @@
  * `message:created` also reaches the sender's own socket (it is a participant): that echo is
  * counted separately and is not a delivery.
  *
- * Modes, in one run:
- * 1. embedded: one node with every service on embedded stores (temp DATA_DIR), as `npm start`.
- * 2. cluster: two gateway nodes (SERVICES=api, each its own port) and one node running
- *    users,conversations,messages, all on one TRANSPORTER (RabbitMQ). Half of the clients
- *    connect to each gateway, and the members of every conversation alternate between them, so
- *    a message sent on gateway 1 reaches sockets on gateway 2 through the Moleculer broadcast.
- *    Runs only when an AMQP server answers (BENCH_AMQP_URL, TEST_AMQP_URL, else
- *    amqp://guest:guest@127.0.0.1:5672). Users store: a fresh database on TEST_DATABASE_URL's
- *    server when set (dropped at the end), else embedded. Documents: TEST_MONGO_URL with a
- *    unique database name (dropped at the end) when set, else embedded.
- * 3. relay: the same client harness against a bare Socket.IO relay (this file run as
- *    `bench/chat.ts --relay <port>` in a child process): namespace /chat, no auth, no storage;
- *    `conversation:join` puts a socket in a room, `message:send` acks and emits `message:created`
- *    to the room. The other modes are reported as ratios of it.
+ * Modes (bench/chat-harness.ts): embedded (one node, every service, embedded stores, as
+ * `npm start`), cluster (two api gateways, a users,conversations,messages,files node and a
+ * notifications node on RabbitMQ from BENCH_AMQP_URL / TEST_AMQP_URL; users in PostgreSQL from
+ * TEST_DATABASE_URL; half of the clients on each gateway, the members of every conversation
+ * alternating between them), mongo (as embedded with MONGO_URL = TEST_MONGO_URL, a fresh
+ * database), relay (the bare Socket.IO relay; the other modes are reported as ratios of it).
+ * Every node runs with RATE_LIMIT=0 RATE_LIMIT_AUTH=0.
  *
  * The clients run in THIS process and every server in child processes ON THE SAME MACHINE: the
  * reference machine has only 2 cores, shared by clients and servers, so the figures measure the
@@ -41,47 +44,31 @@
  * Ctrl-C included.
  */
 import crypto from "node:crypto";
-import http from "node:http";
-import path from "node:path";
 import { performance } from "node:perf_hooks";
-import mongoose from "mongoose";
-import { io as connectSocket, type Socket as ClientSocket } from "socket.io-client";
+import type { Socket as ClientSocket } from "socket.io-client";
+import { findMaxMain } from "./chat-find-max";
 import {
-	amqpUrl,
-	configureCleanup,
-	createPostgresDatabase,
-	dropAtCleanup,
-	fmt,
-	fmtMs,
-	freePort,
-	handleSignals,
-	isInterrupted,
-	LatencyRecorder,
-	logTail,
-	makeTempDir,
-	positiveNumberEnv,
-	printMachine,
-	printTable,
-	redact,
-	registerBenchUser,
-	runMain,
-	throwAwayCluster,
-	type HealthBody,
-	type ServerNode,
-	sleep,
-	startNode,
-	startProcess,
-	stopNode,
-	waitForHealth,
-} from "./common";
+	type Ack,
+	assertAlive,
+	type BenchClient,
+	closeSockets,
+	describeConversations,
+	MODE_NAMES,
+	type ModeName,
+	modeSkipReason,
+	modesFromArgs,
+	prepare,
+	runRelay,
+	sockets,
+	startTarget,
+	type Target,
+} from "./chat-harness";
+import { fmt, fmtMs, handleSignals, isInterrupted, LatencyRecorder, positiveNumberEnv, printMachine, printTable, runMain, sleep } from "./common";
 
 // ---- settings ----
 
 const WARMUP_SECONDS = 2;
 const DRAIN_MS = 5_000;
-const CONNECT_TIMEOUT_MS = 15_000;
-const SETUP_ACK_TIMEOUT_MS = 15_000;
-const MiB = 1024 * 1024;
 
 interface Settings {
 	clients: number;
@@ -103,74 +90,8 @@ function readSettings(): Settings {
 	return s;
 }
 
-// ---- cleanup (bench/common.ts): children, temp dirs, databases, and the open sockets ----
+// ---- the fixed-rate run ----
 
-const sockets = new Set<ClientSocket>();
-
-function closeSockets(): void {
-	for (const socket of sockets) socket.disconnect();
-	sockets.clear();
-}
-
-configureCleanup({ beforeStop: closeSockets, databaseLabel: "a bench database" });
-
-// ---- helpers ----
-
-/** Runs `fn` over `items`, at most `limit` at a time, results in order. */
-async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
-	const out = new Array<R>(items.length);
-	let next = 0;
-	const worker = async () => {
-		while (next < items.length) {
-			const i = next++;
-			out[i] = await fn(items[i], i);
-		}
-	};
-	await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-	return out;
-}
-
-/** A node that died during a run makes the figures meaningless: say so with its log. */
-function assertAlive(watched: ServerNode[]): void {
-	for (const node of watched) {
-		if (node.exitInfo !== null) {
-			throw new Error(`${node.name} exited (${node.exitInfo}) during the run. Last lines of ${path.basename(node.logFile)}:\n${logTail(node.logFile)}`);
-		}
-	}
-}
-
-async function registerUser(baseUrl: string): Promise<{ token: string; userId: number }> {
-	const { token, body, text } = await registerBenchUser(baseUrl);
-	const userId = Number(body.user?.id ?? body.user?.user_id);
-	if (!Number.isInteger(userId)) throw new Error(`POST /auth/register: no user id in ${text.slice(0, 500)}`);
-	return { token, userId };
-}
-
-// ---- the client harness ----
-
-interface Ack {
-	ok?: boolean;
-	data?: { id?: unknown; _id?: unknown };
-	error?: { code?: string; message?: string };
-}
-
-interface BenchClient {
-	index: number;
-	userId: number;
-	token: string;
-	gateway: number;
-	conversation: number;
-	socket: ClientSocket | null;
-}
-
-interface BenchConversation {
-	index: number;
-	members: number[]; // client indexes; the first one creates it
-	type: "private" | "group";
-	id: string;
-}
-
-/** A sent message: who sent it, when, and which recipients have it. */
 interface SentMessage {
 	sender: number;
 	conversation: number;
@@ -201,96 +122,6 @@ interface ModeResult {
 	p99: number;
 	ackP50: number;
 	drainMs: number;
-}
-
-interface Target {
-	/** Gateway base URLs; client i connects to bases[client.gateway]. */
-	bases: string[];
-	/** Registers the users and creates the conversations (the real system) or joins rooms (the relay). */
-	kind: "parley" | "relay";
-	/** Nodes whose death fails the run. */
-	watched: ServerNode[];
-}
-
-function layout(settings: Settings, gateways: number): { clients: BenchClient[]; conversations: BenchConversation[] } {
-	const conversations: BenchConversation[] = Array.from({ length: settings.conversations }, (_, index) => ({ index, members: [], type: "group" as const, id: "" }));
-	const clients: BenchClient[] = [];
-	for (let index = 0; index < settings.clients; index++) {
-		const conv = conversations[index % settings.conversations];
-		// Members of a conversation alternate between the gateways, so every conversation crosses them.
-		clients.push({ index, userId: 0, token: "", gateway: conv.members.length % gateways, conversation: conv.index, socket: null });
-		conv.members.push(index);
-	}
-	for (const conv of conversations) conv.type = conv.members.length === 2 ? "private" : "group";
-	return { clients, conversations };
-}
-
-function describeConversations(conversations: BenchConversation[]): string {
-	const sizes = [...new Set(conversations.map(c => c.members.length))].sort((a, b) => a - b);
-	const types = [...new Set(conversations.map(c => c.type))].join("+");
-	return `${conversations.length} ${types} x${sizes.join("/")}`;
-}
-
-function connect(base: string, token: string): Promise<ClientSocket> {
-	const socket = connectSocket(`${base}/chat`, { auth: { token }, transports: ["websocket"], forceNew: true, reconnection: false, timeout: CONNECT_TIMEOUT_MS });
-	sockets.add(socket);
-	return new Promise((resolve, reject) => {
-		const timer = setTimeout(() => reject(new Error(`socket to ${base}/chat not connected within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
-		socket.once("connect", () => {
-			clearTimeout(timer);
-			resolve(socket);
-		});
-		socket.once("connect_error", err => {
-			clearTimeout(timer);
-			reject(new Error(`socket to ${base}/chat refused: ${err.message}`));
-		});
-	});
-}
-
-async function setupAck(socket: ClientSocket, event: string, payload: unknown): Promise<Ack> {
-	const ack = (await socket.timeout(SETUP_ACK_TIMEOUT_MS).emitWithAck(event, payload)) as Ack;
-	if (!ack?.ok) throw new Error(`${event} ${JSON.stringify(payload)} acked ${JSON.stringify(ack)}`);
-	return ack;
-}
-
-async function prepare(target: Target, settings: Settings): Promise<{ clients: BenchClient[]; conversations: BenchConversation[] }> {
-	const { clients, conversations } = layout(settings, target.bases.length);
-	const started = Date.now();
-	if (target.kind === "parley") {
-		await mapLimit(clients, 8, async c => {
-			const { token, userId } = await registerUser(target.bases[c.gateway]);
-			c.token = token;
-			c.userId = userId;
-		});
-	} else {
-		for (const c of clients) {
-			c.userId = c.index + 1;
-			c.token = "relay";
-		}
-	}
-	await mapLimit(clients, 10, async c => {
-		c.socket = await connect(target.bases[c.gateway], c.token);
-	});
-	const sock = (i: number) => clients[i].socket as ClientSocket;
-	await mapLimit(conversations, 5, async conv => {
-		const [creator, ...others] = conv.members;
-		if (target.kind === "relay") {
-			conv.id = `relay-${conv.index}`;
-			await Promise.all(conv.members.map(m => setupAck(sock(m), "conversation:join", { conversationId: conv.id })));
-			return;
-		}
-		const participants = others.map(m => clients[m].userId);
-		const payload = conv.type === "private" ? { type: "private", participants } : { type: "group", participants, name: `bench ${conv.index}` };
-		const ack = await setupAck(sock(creator), "conversation:create", payload);
-		const id = ack.data?.id ?? ack.data?._id;
-		if (typeof id !== "string" || !id) throw new Error(`conversation:create acked without an id: ${JSON.stringify(ack).slice(0, 300)}`);
-		conv.id = id;
-		// A private chat starts as a message request: the other side accepts it before replying.
-		if (conv.type === "private") await setupAck(sock(others[0]), "conversation:accept", { conversationId: id });
-	});
-	const gatewaysUsed = target.bases.map((_, g) => clients.filter(c => c.gateway === g).length).join("+");
-	console.log(`  setup in ${((Date.now() - started) / 1000).toFixed(1)}s: ${clients.length} clients connected (${gatewaysUsed} per gateway), ${describeConversations(conversations)}`);
-	return { clients, conversations };
 }
 
 async function runLoad(mode: string, target: Target, settings: Settings): Promise<ModeResult> {
@@ -447,6 +278,7 @@ async function runLoad(mode: string, target: Target, settings: Settings): Promis
 	};
 }
 
+
 // ---- modes ----
 
 interface Row {
@@ -457,10 +289,12 @@ interface Row {
 
 const rows: Row[] = [];
 
-async function runMode(mode: string, body: () => Promise<ModeResult>): Promise<void> {
+async function runMode(name: ModeName, settings: Settings): Promise<void> {
+	let target: Target | null = null;
 	try {
-		const result = await body();
-		rows.push({ mode, result, failure: null });
+		target = await startTarget(name);
+		const result = await runLoad(target.mode, target, settings);
+		rows.push({ mode: result.mode, result, failure: null });
 		const lost = result.expected - result.delivered;
 		console.log(
 			`done\n  sent ${result.sent}, acked ok ${result.ackedOk}, failed acks ${result.ackFailed}, no ack ${result.ackMissing}; ` +
@@ -470,153 +304,12 @@ async function runMode(mode: string, body: () => Promise<ModeResult>): Promise<v
 	} catch (err) {
 		if (isInterrupted()) throw err;
 		const message = err instanceof Error ? err.message : String(err);
-		console.error(`\n  ${mode} failed: ${message}`);
-		rows.push({ mode, result: null, failure: message.split("\n")[0] });
+		console.error(`\n  ${name} failed: ${message}`);
+		rows.push({ mode: target?.mode ?? name, result: null, failure: message.split("\n")[0] });
 	} finally {
 		closeSockets();
+		await target?.stop();
 	}
-}
-
-async function embeddedMode(settings: Settings): Promise<ModeResult> {
-	console.log("\n== embedded: one process, every service, embedded stores ==");
-	const dir = makeTempDir("chat-embedded");
-	const port = await freePort();
-	const node = startNode("embedded", dir, { PORT: String(port), DATA_DIR: path.join(dir, "data") });
-	const base = `http://127.0.0.1:${port}`;
-	try {
-		const started = Date.now();
-		const health = await waitForHealth(base, [node]);
-		console.log(`  ready in ${((Date.now() - started) / 1000).toFixed(1)}s (node ${health.node}, services ${(health.services ?? []).join(",")})`);
-		return await runLoad("embedded", { bases: [base], kind: "parley", watched: [node] }, settings);
-	} finally {
-		closeSockets();
-		await stopNode(node);
-	}
-}
-
-/** TEST_MONGO_URL with a database of its own; registered to be dropped at the end. */
-function mongoDatabase(serverUrl: string): string {
-	const url = new URL(serverUrl);
-	url.pathname = `/parley_bench_${crypto.randomBytes(4).toString("hex")}`;
-	const dbUrl = url.toString();
-	dropAtCleanup(async () => {
-		const conn = mongoose.createConnection(dbUrl, { serverSelectionTimeoutMS: 5_000 });
-		try {
-			await conn.asPromise();
-			await conn.dropDatabase();
-		} finally {
-			await conn.close();
-		}
-	});
-	return dbUrl;
-}
-
-async function clusterMode(settings: Settings, amqp: string): Promise<ModeResult> {
-	const pgServer = process.env.TEST_DATABASE_URL || "";
-	const mongoServer = process.env.TEST_MONGO_URL || "";
-	console.log(
-		`\n== cluster: 2 api nodes + 1 users,conversations,messages node through RabbitMQ (${redact(amqp)}); ` +
-			`users: ${pgServer ? `PostgreSQL ${redact(pgServer)}` : "embedded PGlite"}; documents: ${mongoServer ? `MongoDB ${redact(mongoServer)}` : "embedded NeDB"} ==`,
-	);
-	const { namespace, common } = throwAwayCluster(amqp);
-	const dir = makeTempDir("chat-cluster");
-
-	const servicesEnv: Record<string, string> = { ...common, SERVICES: "users,conversations,messages", DATA_DIR: path.join(dir, "services-data") };
-	if (pgServer) {
-		servicesEnv.DATABASE_URL = await createPostgresDatabase(pgServer);
-		console.log(`  PostgreSQL database ${new URL(servicesEnv.DATABASE_URL).pathname.slice(1)} created (dropped at the end)`);
-	}
-	if (mongoServer) {
-		servicesEnv.MONGO_URL = mongoDatabase(mongoServer);
-		console.log(`  MongoDB database ${new URL(servicesEnv.MONGO_URL).pathname.slice(1)} (dropped at the end)`);
-	}
-	const ports = [await freePort(), await freePort()];
-	const api1 = startNode("api1", dir, { ...common, SERVICES: "api", PORT: String(ports[0]), DATA_DIR: path.join(dir, "api1-data") });
-	const api2 = startNode("api2", dir, { ...common, SERVICES: "api", PORT: String(ports[1]), DATA_DIR: path.join(dir, "api2-data") });
-	const services = startNode("services", dir, servicesEnv);
-	const watched = [api1, api2, services];
-	const bases = ports.map(p => `http://127.0.0.1:${p}`);
-	try {
-		const started = Date.now();
-		const wanted = ["users", "conversations", "messages"];
-		const ready = (body: HealthBody) => Array.isArray(body.cluster) && wanted.every(s => body.cluster?.includes(s));
-		const health = await Promise.all(bases.map(b => waitForHealth(b, watched, ready)));
-		console.log(`  ready in ${((Date.now() - started) / 1000).toFixed(1)}s (namespace ${namespace}, gateways ${health.map(h => h.node).join(" + ")}, cluster ${(health[0].cluster ?? []).join(",")})`);
-		const mode = `cluster/amqp+${pgServer ? "postgres" : "pglite"}+${mongoServer ? "mongo" : "nedb"}`;
-		return await runLoad(mode, { bases, kind: "parley", watched }, settings);
-	} finally {
-		closeSockets();
-		await Promise.all(watched.map(stopNode));
-	}
-}
-
-async function relayMode(settings: Settings): Promise<ModeResult> {
-	console.log("\n== relay: bare Socket.IO server, namespace /chat, rooms only (no auth, no storage, no broker) ==");
-	const dir = makeTempDir("chat-relay");
-	const port = await freePort();
-	const env: NodeJS.ProcessEnv = { ...process.env };
-	delete env.NODE_OPTIONS;
-	const node = startProcess("relay", dir, [path.join("bench", "chat.ts"), "--relay", String(port)], env);
-	const base = `http://127.0.0.1:${port}`;
-	try {
-		const started = Date.now();
-		await waitForHealth(base, [node]);
-		console.log(`  ready in ${((Date.now() - started) / 1000).toFixed(1)}s`);
-		return await runLoad("relay", { bases: [base], kind: "relay", watched: [node] }, settings);
-	} finally {
-		closeSockets();
-		await stopNode(node);
-	}
-}
-
-// ---- the relay server (child process: bench/chat.ts --relay <port>) ----
-
-async function runRelay(port: number): Promise<void> {
-	const { Server } = await import("socket.io");
-	const server = http.createServer((req, res) => {
-		if (req.url === "/health") {
-			res.writeHead(200, { "content-type": "application/json" });
-			res.end(JSON.stringify({ status: "ok", node: "relay", services: ["relay"] }));
-			return;
-		}
-		res.writeHead(404);
-		res.end();
-	});
-	const ioServer = new Server(server, { maxHttpBufferSize: 2 * MiB });
-	const chat = ioServer.of("/chat");
-	let seq = 0;
-	chat.on("connection", socket => {
-		const ackOf = (args: unknown[]) => (typeof args[args.length - 1] === "function" ? (args[args.length - 1] as (r: unknown) => void) : () => undefined);
-		socket.on("conversation:join", (...args: unknown[]) => {
-			const ack = ackOf(args);
-			const { conversationId } = (args[0] ?? {}) as { conversationId?: unknown };
-			if (typeof conversationId !== "string") return ack({ ok: false, error: { code: "VALIDATION_ERROR", message: "conversationId" } });
-			void socket.join(`conversation:${conversationId}`);
-			ack({ ok: true });
-		});
-		socket.on("message:send", (...args: unknown[]) => {
-			const ack = ackOf(args);
-			const { conversationId, content, clientId } = (args[0] ?? {}) as { conversationId?: unknown; content?: unknown; clientId?: unknown };
-			if (typeof conversationId !== "string" || typeof content !== "string") return ack({ ok: false, error: { code: "VALIDATION_ERROR", message: "conversationId, content" } });
-			const now = new Date().toISOString();
-			const id = String(++seq);
-			const message = { id, _id: id, conversation_id: conversationId, content, client_id: clientId ?? null, clientId: clientId ?? null, created_at: now, createdAt: now };
-			// As the real system: push to the room (the sender included), then ack.
-			chat.to(`conversation:${conversationId}`).emit("message:created", message);
-			ack({ ok: true, data: message });
-		});
-	});
-	for (const signal of ["SIGINT", "SIGTERM"] as const) {
-		process.on(signal, () => {
-			void ioServer.close(() => process.exit(0));
-			setTimeout(() => process.exit(0), 2_000).unref();
-		});
-	}
-	await new Promise<void>((resolve, reject) => {
-		server.once("error", reject);
-		server.listen(port, "127.0.0.1", () => resolve());
-	});
-	console.log(`relay listening on 127.0.0.1:${port}`);
 }
 
 // ---- output ----
@@ -652,9 +345,11 @@ function printResults(settings: Settings): void {
 	printTable(detailHeader, detail, new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]));
 }
 
+
 async function main(): Promise<void> {
 	const settings = readSettings();
-	console.log("Parley chat (Socket.IO) benchmark");
+	const asked = modesFromArgs(process.argv, MODE_NAMES);
+	console.log("Parley chat (Socket.IO) benchmark, fixed rate");
 	const cpus = printMachine();
 	console.log(
 		`settings: ${settings.clients} clients in ${settings.conversations} conversations, ${settings.rate} msg/s per client, ` +
@@ -662,13 +357,17 @@ async function main(): Promise<void> {
 	);
 	console.log("servers:  RATE_LIMIT=0 RATE_LIMIT_AUTH=0 BCRYPT_ROUNDS=4 LOG_LEVEL=warn; the clients run in this process, on the same cores as the servers");
 
-	await runMode("embedded", () => embeddedMode(settings));
-
-	const amqp = await amqpUrl();
-	if (amqp.skip) console.log(`\ncluster mode skipped: ${amqp.skip}`);
-	else await runMode("cluster", () => clusterMode(settings, amqp.url));
-
-	await runMode("relay", () => relayMode(settings));
+	// The relay last, as before: the real system runs on a machine that is not yet warm from it.
+	const order: ModeName[] = asked ? MODE_NAMES.filter(m => asked.includes(m)) : [...MODE_NAMES];
+	for (const name of order) {
+		const skip = await modeSkipReason(name);
+		if (skip) {
+			console.log(`\n${name} mode skipped: ${skip}`);
+			if (asked) rows.push({ mode: name, result: null, failure: `asked for with --modes but cannot run: ${skip}` });
+			continue;
+		}
+		await runMode(name, settings);
+	}
 
 	console.log(`\nResults (${settings.duration}s measured, ${cpus.length} cores shared by clients and servers, node ${process.version}):\n`);
 	printResults(settings);
@@ -702,5 +401,5 @@ if (relayIndex >= 0) {
 	});
 } else {
 	handleSignals();
-	runMain(main);
+	runMain(process.argv.includes("--find-max") ? findMaxMain : main);
 }

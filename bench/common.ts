@@ -1,12 +1,14 @@
 /**
- * What bench/http.ts and bench/chat.ts share: server child processes (start, health, stop),
- * the cleanup registry with its signal handling and exit code, temp dirs, ports, the AMQP URL,
- * the bench PostgreSQL database, latency percentiles and table output.
+ * What the benches (bench/http.ts, bench/chat.ts, bench/chat-*.ts) share: server child processes
+ * (start, health, stop), the cleanup registry with its signal handling and exit code, temp dirs,
+ * ports, the AMQP and MongoDB URLs, the bench PostgreSQL database, process figures read from
+ * /proc (CPU time, RSS, finding RabbitMQ / PostgreSQL / FerretDB by name), latency percentiles
+ * and table output.
  *
  * Every child, temp dir and database is registered here as soon as it exists; `cleanup()` stops,
  * removes and drops them all, on success, on failure and on Ctrl-C alike.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
@@ -154,7 +156,7 @@ export function freePort(): Promise<number> {
 	});
 }
 
-function tcpReachable(host: string, port: number, timeoutMs = 2_000): Promise<string | null> {
+export function tcpReachable(host: string, port: number, timeoutMs = 2_000): Promise<string | null> {
 	return new Promise(resolve => {
 		const socket = net.connect({ host, port });
 		const done = (reason: string | null) => {
@@ -192,7 +194,7 @@ export function sleep(ms: number): Promise<void> {
 
 // ---- server nodes ----
 
-const PARLEY_VARIABLES = ["TRANSPORTER", "DATABASE_URL", "MONGO_URL", "SERVICES", "NAMESPACE", "NODE_ID", "PORT", "HOST", "DATA_DIR", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ADMIN_USERNAME", "NODE_OPTIONS"];
+const PARLEY_VARIABLES = ["TRANSPORTER", "CHANNELS_URL", "DATABASE_URL", "MONGO_URL", "SERVICES", "NAMESPACE", "NODE_ID", "PORT", "HOST", "DATA_DIR", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ADMIN_USERNAME", "NODE_OPTIONS"];
 
 /** The environment of a node: this process's, minus every Parley setting, plus `extra`. */
 function nodeEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
@@ -236,9 +238,68 @@ export function startProcess(name: string, logDir: string, args: string[], env: 
 	return node;
 }
 
-/** `node --import tsx bin/runner.ts --config moleculer.config.ts`, as `npm start`. */
-export function startNode(name: string, logDir: string, extraEnv: Record<string, string>): ServerNode {
-	return startProcess(name, logDir, ["bin/runner.ts", "--config", "moleculer.config.ts"], nodeEnv(extraEnv));
+/**
+ * `node --import tsx bin/runner.ts --config moleculer.config.ts`, as `npm start`. BENCH_NODE_ARGS
+ * (space-separated) go to node before the script, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
+ * (written when the node exits on SIGTERM).
+ */
+export function startNode(name: string, logDir: string, extraEnv: Record<string, string>, nodeArgs: string[] = []): ServerNode {
+	const benchArgs = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
+	return startProcess(name, logDir, [...benchArgs, ...nodeArgs, "bin/runner.ts", "--config", "moleculer.config.ts"], nodeEnv(extraEnv));
+}
+
+// ---- the inspector of a child started with INSPECT_ARG: force a GC, read the JS heap ----
+
+/** Node flag for a child whose heap the bench reads: the inspector on a free loopback port, idle until used. */
+export const INSPECT_ARG = "--inspect=127.0.0.1:0";
+
+/** The inspector's WebSocket URL, from the "Debugger listening on ..." line of the child's log. */
+export async function inspectorUrl(node: ServerNode, timeoutMs = 5_000): Promise<string | null> {
+	const deadline = Date.now() + timeoutMs;
+	for (;;) {
+		try {
+			const match = /Debugger listening on (ws:\/\/\S+)/.exec(fs.readFileSync(node.logFile, "utf8"));
+			if (match) return match[1];
+		} catch {
+			// not written yet
+		}
+		if (Date.now() > deadline) return null;
+		await sleep(100);
+	}
+}
+
+/** Forces a full GC in the child (HeapProfiler.collectGarbage) and returns its JS heap in use, bytes. */
+export async function heapAfterGc(url: string): Promise<number> {
+	const { default: WebSocket } = await import("ws");
+	const ws = new WebSocket(url);
+	const pending = new Map<number, (result: unknown) => void>();
+	let nextId = 1;
+	ws.on("message", data => {
+		const msg = JSON.parse(String(data)) as { id?: number; result?: unknown; error?: { message?: string } };
+		if (msg.id !== undefined) pending.get(msg.id)?.(msg.error ? new Error(msg.error.message ?? "inspector error") : msg.result);
+	});
+	const call = (method: string) =>
+		new Promise<unknown>((resolve, reject) => {
+			const id = nextId++;
+			const timer = setTimeout(() => reject(new Error(`inspector ${method}: no answer within 30 s`)), 30_000);
+			pending.set(id, result => {
+				clearTimeout(timer);
+				if (result instanceof Error) reject(result);
+				else resolve(result);
+			});
+			ws.send(JSON.stringify({ id, method }));
+		});
+	try {
+		await new Promise<void>((resolve, reject) => {
+			ws.once("open", () => resolve());
+			ws.once("error", reject);
+		});
+		await call("HeapProfiler.collectGarbage");
+		const usage = (await call("Runtime.getHeapUsage")) as { usedSize: number };
+		return usage.usedSize;
+	} finally {
+		ws.close();
+	}
 }
 
 export interface HealthBody {
@@ -316,6 +377,24 @@ export async function amqpUrl(): Promise<{ url: string; skip: string | null }> {
 	return { url, skip: reason ? `${source} ${redact(url)}: ${reason}` : null };
 }
 
+/**
+ * TEST_MONGO_URL (a MongoDB wire-protocol server, FerretDB in CI); `skip` says why it cannot be
+ * used: unset, not a mongodb:// URL, or nothing answers on its host and port.
+ */
+export async function mongoUrl(): Promise<{ url: string; skip: string | null }> {
+	const url = process.env.TEST_MONGO_URL || "";
+	if (!url) return { url, skip: "TEST_MONGO_URL is not set" };
+	let parsed: URL;
+	try {
+		parsed = new URL(url);
+	} catch {
+		return { url, skip: "TEST_MONGO_URL is not a URL" };
+	}
+	if (parsed.protocol !== "mongodb:") return { url, skip: `TEST_MONGO_URL ${redact(url)} is not a mongodb:// URL` };
+	const reason = await tcpReachable(parsed.hostname || "127.0.0.1", parsed.port ? Number(parsed.port) : 27017);
+	return { url, skip: reason ? `TEST_MONGO_URL ${redact(url)}: ${reason}` : null };
+}
+
 /** A fresh database on `serverUrl`'s PostgreSQL server, dropped by `cleanup()`; returns its URL. */
 export async function createPostgresDatabase(serverUrl: string): Promise<string> {
 	const name = `parley_bench_${crypto.randomBytes(4).toString("hex")}`;
@@ -338,6 +417,132 @@ export async function createPostgresDatabase(serverUrl: string): Promise<string>
 	const url = new URL(serverUrl);
 	url.pathname = `/${name}`;
 	return url.toString();
+}
+
+// ---- process figures from /proc (Linux) ----
+
+let clockTicksPerSecond: number | null = null;
+
+/** USER_HZ, the unit of utime/stime in /proc/<pid>/stat (100 nearly everywhere). */
+function clockTicks(): number {
+	if (clockTicksPerSecond === null) {
+		try {
+			clockTicksPerSecond = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+		} catch {
+			clockTicksPerSecond = 100;
+		}
+	}
+	return clockTicksPerSecond;
+}
+
+/** The fields of a /proc stat line after "(comm)": index 0 is field 3 (state). */
+function statFields(text: string): { comm: string; rest: string[] } {
+	const open = text.indexOf("(");
+	const close = text.lastIndexOf(")");
+	return { comm: text.slice(open + 1, close), rest: text.slice(close + 2).split(" ") };
+}
+
+/** CPU time (user + system, ms) of a process (all its threads), or of one thread with `tid`; null once it is gone. */
+export function cpuMsOf(pid: number, tid?: number): number | null {
+	try {
+		const file = tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`;
+		const { rest } = statFields(fs.readFileSync(file, "utf8"));
+		// utime and stime are fields 14 and 15.
+		return ((Number(rest[11]) + Number(rest[12])) * 1000) / clockTicks();
+	} catch {
+		return null;
+	}
+}
+
+/** Resident set size of a process in bytes (VmRSS), or null once it is gone. */
+export function rssOf(pid: number): number | null {
+	try {
+		const match = /^VmRSS:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
+		return match ? Number(match[1]) * 1024 : null;
+	} catch {
+		return null;
+	}
+}
+
+interface ProcInfo {
+	pid: number;
+	ppid: number;
+	comm: string;
+}
+
+function listProcesses(): ProcInfo[] {
+	const out: ProcInfo[] = [];
+	let entries: string[];
+	try {
+		entries = fs.readdirSync("/proc");
+	} catch {
+		return out;
+	}
+	for (const entry of entries) {
+		if (!/^\d+$/.test(entry)) continue;
+		try {
+			const { comm, rest } = statFields(fs.readFileSync(`/proc/${entry}/stat`, "utf8"));
+			out.push({ pid: Number(entry), ppid: Number(rest[1]), comm });
+		} catch {
+			// gone meanwhile
+		}
+	}
+	return out;
+}
+
+/** `roots` and every process below them. */
+export function withDescendants(roots: number[]): number[] {
+	const all = listProcesses();
+	const found = new Set(roots);
+	let grew = true;
+	while (grew) {
+		grew = false;
+		for (const p of all) {
+			if (!found.has(p.pid) && found.has(p.ppid)) {
+				found.add(p.pid);
+				grew = true;
+			}
+		}
+	}
+	return [...found];
+}
+
+/** Every process whose name (/proc/<pid>/comm) is one of `names`, with its descendants. */
+export function processesNamed(names: string[]): number[] {
+	const roots = listProcesses()
+		.filter(p => names.includes(p.comm))
+		.map(p => p.pid);
+	return roots.length > 0 ? withDescendants(roots) : [];
+}
+
+/** CPU ms the whole machine has been busy (all cores: /proc/stat minus idle and iowait). */
+export function machineBusyMs(): number {
+	try {
+		const line = fs.readFileSync("/proc/stat", "utf8").split("\n")[0];
+		const [, ...fields] = line.trim().split(/\s+/);
+		const ticks = fields.slice(0, 8).map(Number);
+		const total = ticks.reduce((a, b) => a + b, 0);
+		return ((total - ticks[3] - ticks[4]) * 1000) / clockTicks();
+	} catch {
+		return Number.NaN;
+	}
+}
+
+/** Summed CPU ms of `pids`, by pid, so a later snapshot can be diffed against it. */
+export function cpuSnapshot(pids: number[]): Map<number, number> {
+	const snap = new Map<number, number>();
+	for (const pid of pids) {
+		const ms = cpuMsOf(pid);
+		if (ms !== null) snap.set(pid, ms);
+	}
+	return snap;
+}
+
+/** CPU ms spent between two snapshots; a process that started in between counts from 0. */
+export function cpuDelta(before: Map<number, number>, after: Map<number, number>): number {
+	let sum = 0;
+	for (const [pid, ms] of after) sum += ms - (before.get(pid) ?? 0);
+	return sum;
 }
 
 // ---- percentiles ----

@@ -1,6 +1,10 @@
 /**
  * HTTP benchmark of the real system: `npm run bench:http`.
  *
+ * 0. bare: the ceiling of the stack, run first: a tiny broker with one local action
+ *    (`bare.me`, returning a small user-like object) behind a bare moleculer-web route
+ *    (GET /bare, no auth, no middleware), in a child process (this file run as
+ *    `bench/http.ts --bare <port>`). GET /users/me of every mode is reported as a ratio of it.
  * 1. embedded: one node with every service (no transporter, embedded PGlite store in a temp
  *    DATA_DIR), started as a separate process exactly as `npm start` does.
  * 2. cluster: a gateway node (SERVICES=api) and a users node (SERVICES=users) talking through
@@ -9,8 +13,10 @@
  *    The users node uses a fresh database on TEST_DATABASE_URL's server when that is set
  *    (created here, dropped at the end), otherwise the embedded store.
  *
- * Each route gets a 2 s warm-up (not reported), then BENCH_DURATION seconds (default 10) with
- * BENCH_CONNECTIONS connections (default 50). The load generator (autocannon) runs in THIS
+ * Each route (GET /bare; GET /health and GET /users/me of each mode) gets a 2 s warm-up (not
+ * reported), then BENCH_DURATION seconds (default 10) with BENCH_CONNECTIONS connections
+ * (default 50), the same autocannon settings for all. Printed: req/s, p50/p99 of the 2xx answers
+ * (full resolution), and req/s as a ratio to GET /bare ("vs bare"). The load generator (autocannon) runs in THIS
  * process and the servers in child processes ON THE SAME MACHINE: they compete for the same
  * cores (the reference machine has only 2), so the figures measure the whole box, load
  * generator included, and are lower than a server would reach with cores of its own.
@@ -39,6 +45,7 @@ import {
 	runMain,
 	throwAwayCluster,
 	startNode,
+	startProcess,
 	stopNode,
 	waitForHealth,
 } from "./common";
@@ -87,7 +94,6 @@ const CONNECTIONS = positiveNumberEnv("BENCH_CONNECTIONS", 50, true);
 
 let currentRun: AutocannonInstance | null = null;
 configureCleanup({ beforeStop: () => currentRun?.stop(), databaseLabel: "the bench database" });
-handleSignals();
 
 // ---- helpers ----
 
@@ -180,6 +186,21 @@ async function embeddedMode(): Promise<void> {
 	await stopNode(node);
 }
 
+async function bareMode(): Promise<void> {
+	console.log("\n== bare: one local action behind a bare moleculer-web route (the ceiling) ==");
+	const dir = makeTempDir("bare");
+	const port = await freePort();
+	const env: NodeJS.ProcessEnv = { ...process.env };
+	delete env.NODE_OPTIONS;
+	const node = startProcess("bare", dir, [path.join("bench", "http.ts"), "--bare", String(port)], env);
+	const baseUrl = `http://127.0.0.1:${port}`;
+	const started = Date.now();
+	await waitForHealth(baseUrl, [node]);
+	console.log(`  ready in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+	await bench("bare", baseUrl, "/bare");
+	await stopNode(node);
+}
+
 async function clusterMode(amqp: string): Promise<void> {
 	const pgServer = process.env.TEST_DATABASE_URL || "";
 	const store = pgServer ? "postgres" : "pglite";
@@ -207,9 +228,20 @@ async function clusterMode(amqp: string): Promise<void> {
 // ---- output ----
 
 function printResults(): void {
-	const header = ["mode", "route", "req/s", "p50 ms", "p99 ms", "non-2xx", "errors"];
-	const body = rows.map(r => [r.mode, r.route, fmt(r.reqPerSec, 0), fmtMs(r.p50), fmtMs(r.p99), String(r.non2xx), String(r.errors)]);
-	printTable(header, body, new Set([2, 3, 4, 5, 6]));
+	const bare = rows.find(r => r.mode === "bare");
+	const ratio = (r: Row) => (r.mode === "bare" ? "1 (ceiling)" : bare ? `${fmt(r.reqPerSec / bare.reqPerSec, 2)}x` : "-");
+	const header = ["mode", "route", "req/s", "vs bare", "p50 ms", "p99 ms", "non-2xx", "errors"];
+	const body = rows.map(r => [r.mode, r.route, fmt(r.reqPerSec, 0), ratio(r), fmtMs(r.p50), fmtMs(r.p99), String(r.non2xx), String(r.errors)]);
+	printTable(header, body, new Set([2, 3, 4, 5, 6, 7]));
+	if (bare) {
+		console.log("");
+		for (const r of rows.filter(row => row.route === "GET /users/me")) {
+			console.log(
+				`GET /users/me, ${r.mode}: ${fmt(r.reqPerSec, 0)} req/s = ${fmt(r.reqPerSec / bare.reqPerSec, 2)}x the bare moleculer-web route (${fmt(bare.reqPerSec, 0)} req/s); ` +
+					`p50 ${fmtMs(r.p50)} ms (bare ${fmtMs(bare.p50)}), p99 ${fmtMs(r.p99)} ms (bare ${fmtMs(bare.p99)})`,
+			);
+		}
+	}
 }
 
 async function main(): Promise<void> {
@@ -218,6 +250,7 @@ async function main(): Promise<void> {
 	console.log(`settings: duration ${DURATION}s per route (after ${WARMUP_SECONDS}s warm-up), ${CONNECTIONS} connections, pipelining 1`);
 	console.log("servers:  RATE_LIMIT=0 RATE_LIMIT_AUTH=0 BCRYPT_ROUNDS=4 LOG_LEVEL=warn; autocannon runs in this process, on the same cores as the servers");
 
+	await bareMode();
 	await embeddedMode();
 
 	const amqp = await amqpUrl();
@@ -229,11 +262,60 @@ async function main(): Promise<void> {
 
 	console.log(`\nResults (${DURATION}s per route, ${CONNECTIONS} connections, ${cpus.length} cores shared by load generator and servers, node ${process.version}):\n`);
 	printResults();
-	console.log("\nreq/s: mean of the per-second samples; p50/p99: latency of the 2xx answers, from send to full answer.");
+	console.log(
+		"\nreq/s: mean of the per-second samples; p50/p99: latency of the 2xx answers, from send to full answer;" +
+			"\nvs bare: req/s as a share of GET /bare, one local action behind a bare moleculer-web route on the same machine and settings (the stack's ceiling).",
+	);
 	const failed = rows.filter(r => r.non2xx > 0 || r.errors > 0);
 	if (failed.length > 0) {
 		throw new Error(`non-2xx answers or errors in: ${failed.map(r => `${r.mode} ${r.route} (${r.statusCodes}, errors ${r.errors})`).join("; ")}`);
 	}
 }
 
-runMain(main);
+// ---- the bare gateway (child process: bench/http.ts --bare <port>) ----
+
+async function runBare(port: number): Promise<void> {
+	const { ServiceBroker } = await import("moleculer");
+	const ApiGateway = (await import("moleculer-web")).default;
+	const broker = new ServiceBroker({ nodeID: "bare", logger: false, metrics: { enabled: false }, tracing: { enabled: false } });
+	broker.createService({
+		name: "bare",
+		actions: {
+			me: () => ({ id: 1, username: "bare", display_name: "Bare", avatar_url: null, status: "online", created_at: "2024-01-01T00:00:00.000Z" }),
+			health: () => ({ status: "ok", node: "bare", services: ["bare"] }),
+		},
+	});
+	broker.createService({
+		name: "api",
+		mixins: [ApiGateway],
+		settings: {
+			port,
+			ip: "127.0.0.1",
+			routes: [{ path: "/", mappingPolicy: "restrict", aliases: { "GET /bare": "bare.me", "GET /health": "bare.health" } }],
+		},
+	});
+	for (const signal of ["SIGINT", "SIGTERM"] as const) {
+		process.on(signal, () => {
+			void broker.stop().finally(() => process.exit(0));
+			setTimeout(() => process.exit(0), 2_000).unref();
+		});
+	}
+	await broker.start();
+	console.log(`bare gateway listening on 127.0.0.1:${port}`);
+}
+
+const bareIndex = process.argv.indexOf("--bare");
+if (bareIndex >= 0) {
+	const port = Number(process.argv[bareIndex + 1]);
+	if (!Number.isInteger(port) || port < 1) {
+		console.error("usage: bench/http.ts --bare <port>");
+		process.exit(2);
+	}
+	runBare(port).catch((err: unknown) => {
+		console.error("bare gateway failed:", err);
+		process.exit(1);
+	});
+} else {
+	handleSignals();
+	runMain(main);
+}
