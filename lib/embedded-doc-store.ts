@@ -31,6 +31,46 @@ import path from "node:path";
 import DbService from "moleculer-db";
 
 const NeDB: new (options: Record<string, unknown>) => any = require("@seald-io/nedb");
+const NeDBIndex: { prototype: { updateMultipleDocs(pairs: { oldDoc: object; newDoc: object }[]): void } } = require("@seald-io/nedb/lib/indexes.js");
+const nedbModel: { getDotValue(doc: object, field: string): unknown; compareThings(a: unknown, b: unknown): number } = require("@seald-io/nedb/lib/model.js");
+
+/**
+ * NeDB updates every index of an updated document by removing it (a filter over every document
+ * sharing its key) and inserting it again, even when the indexed field did not change: an update
+ * of one message cost a scan of its whole conversation (the conversation_id index). Where the key
+ * is the same scalar, the new document now takes the old one's place in the key's list instead:
+ * the same index afterwards (the old document is gone, the new one is under the same key), found
+ * with indexOf. Array keys and changed keys go NeDB's way.
+ */
+const nedbUpdateMultipleDocs = NeDBIndex.prototype.updateMultipleDocs;
+NeDBIndex.prototype.updateMultipleDocs = function (this: { fieldName: string; sparse: boolean; tree: { search(key: unknown): object[] } }, pairs) {
+	const rest: typeof pairs = [];
+	const replaced: { docs: object[]; at: number; oldDoc: object }[] = [];
+	for (const pair of pairs) {
+		const before = nedbModel.getDotValue(pair.oldDoc, this.fieldName);
+		const after = nedbModel.getDotValue(pair.newDoc, this.fieldName);
+		if (Array.isArray(before) || Array.isArray(after) || nedbModel.compareThings(before, after) !== 0) {
+			rest.push(pair);
+			continue;
+		}
+		if (before === undefined && this.sparse) continue; // in neither: not indexed
+		const docs = this.tree.search(before);
+		const at = docs.indexOf(pair.oldDoc);
+		if (at === -1) rest.push(pair);
+		else {
+			docs[at] = pair.newDoc;
+			replaced.push({ docs, at, oldDoc: pair.oldDoc });
+		}
+	}
+	if (rest.length === 0) return;
+	try {
+		nedbUpdateMultipleDocs.call(this, rest);
+	} catch (err) {
+		// NeDB rolled its part of this index back (a unique key taken); ours goes back too.
+		for (const r of replaced) r.docs[r.at] = r.oldDoc;
+		throw err;
+	}
+};
 
 export interface EmbeddedStoreOptions {
 	/** Compact when the file is more than this many times the bytes of the live documents. */
@@ -56,7 +96,8 @@ export interface EmbeddedStoreStats {
 	compacting: boolean;
 }
 
-const DEFAULTS = { compactRatio: 2, compactMinBytes: 4 * 1024 * 1024, compactChunkDocs: 2000 };
+// 500 documents a step: ~10 ms of serializing at a time, so a compaction does not stall requests.
+const DEFAULTS = { compactRatio: 2, compactMinBytes: 4 * 1024 * 1024, compactChunkDocs: 500 };
 const FILE_MODE = 0o644;
 const RESOLVED = Promise.resolve();
 

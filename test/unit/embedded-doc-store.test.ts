@@ -252,3 +252,36 @@ describe("embedded document store (NeDB with batched persistence)", () => {
 		assert.equal(await store.count({ query: { conversation_id: "c2" } }), 5);
 	});
 });
+
+describe("NeDB index upkeep on update (unchanged keys kept in place)", () => {
+	it("finds updated documents through every index, and a failed unique update changes nothing", async () => {
+		const dir = fs.mkdtempSync(path.join(os.tmpdir(), "eds-idx-"));
+		const adapter = createEmbeddedAdapter(path.join(dir, "m.db"));
+		await adapter.connect();
+		const db = adapter.db;
+		await db.ensureIndexAsync({ fieldName: "conversation_id" });
+		await db.ensureIndexAsync({ fieldName: "seq_key", unique: true });
+		await db.ensureIndexAsync({ fieldName: "outbox", sparse: true });
+		const docs = [];
+		for (let i = 0; i < 50; i++) docs.push(await db.insertAsync({ conversation_id: `c${i % 3}`, seq_key: `k${i}`, outbox: true, n: i }));
+		// Unchanged keys (conversation_id, seq_key), one removed from a sparse index (outbox).
+		await db.updateAsync({ conversation_id: "c1" }, { $set: { n: -1 }, $unset: { outbox: true } }, { multi: true });
+		const c1 = await db.findAsync({ conversation_id: "c1" });
+		assert.equal(c1.length, docs.filter(d => d.conversation_id === "c1").length);
+		assert.ok(c1.every((d: any) => d.n === -1 && d.outbox === undefined));
+		assert.equal((await db.findAsync({ outbox: true })).length, 50 - c1.length);
+		for (const d of c1) assert.equal((await db.findOneAsync({ seq_key: d.seq_key })).n, -1);
+		// Every index holds the new documents only: the one under each key is the one stored.
+		const byId = new Map((await db.getAllData()).map((d: any) => [d._id, d]));
+		for (const field of ["conversation_id", "seq_key", "_id"]) {
+			for (const d of db.indexes[field].getAll()) assert.equal(d, byId.get(d._id), `${field} holds a stale document`);
+		}
+		// A unique key taken: the whole update is refused, and nothing changed in any index.
+		await assert.rejects(db.updateAsync({ conversation_id: "c2" }, { $set: { seq_key: "k0", n: 7 } }, { multi: true }));
+		assert.ok((await db.findAsync({ conversation_id: "c2" })).every((d: any) => d.n !== 7));
+		assert.equal((await db.findAsync({ n: 7 })).length, 0);
+		for (const d of await db.findAsync({ conversation_id: "c2" })) assert.equal((await db.findOneAsync({ seq_key: d.seq_key }))._id, d._id);
+		await adapter.disconnect();
+		fs.rmSync(dir, { recursive: true, force: true });
+	});
+});
