@@ -1,22 +1,17 @@
 /**
  * The document store of a service: moleculer-db on MongoDB (MONGO_URL, mongoose) or, with no
  * MONGO_URL, on moleculer-db's MemoryAdapter (NeDB) persisted to a file under DATA_DIR.
- *
- * moleculer-db-adapter-mongoose keeps every service of a process on mongoose's one global
- * connection and model registry: the first service to stop closes the connection under the
- * others, and a second broker in the same process (tests, two nodes in one process) cannot
- * register its model again. The adapter below gives each database URL one shared, counted
- * connection of its own instead; the rest of the adapter is moleculer-db's.
+ * The MongoDB adapter is in mixins/mongo-adapter.ts, loaded only with MONGO_URL.
  *
  * Queries stay within what both stores do (DESIGN.md): no $all, no compound unique index
  * (NeDB indexes one field; a unique compound is a synthetic `*_key` field), paging on fields.
  */
+import crypto from "node:crypto";
 import path from "node:path";
 import type { Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import DbService from "moleculer-db";
 import { NO_GENERIC_DB_ACTIONS } from "./db-actions";
-import MongooseDbAdapter from "moleculer-db-adapter-mongoose";
-import mongoose from "mongoose";
+import type mongoose from "mongoose";
 import { config } from "../lib/config";
 import { createEmbeddedAdapter } from "../lib/embedded-doc-store";
 
@@ -89,66 +84,28 @@ export function escapeRegex(s: string): string {
 	return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-// ---- MongoDB: one counted connection per URL in this process ----
+// ---- MongoDB (mixins/mongo-adapter.ts), loaded only when MONGO_URL is set: mongoose and its
+// adapter are ~40 MiB of the embedded node's memory, which never uses them ----
 
-const connections = new Map<string, { conn: Promise<mongoose.Connection>; users: number }>();
-
-async function acquireConnection(url: string): Promise<mongoose.Connection> {
-	let entry = connections.get(url);
-	if (!entry) {
-		const conn = mongoose
-			.createConnection(url, { serverSelectionTimeoutMS: 10_000, maxPoolSize: 20 })
-			.asPromise()
-			.catch(err => {
-				connections.delete(url);
-				throw err;
-			});
-		entry = { conn, users: 0 };
-		connections.set(url, entry);
-	}
-	entry.users++;
-	return entry.conn;
+type MongoModule = typeof import("./mongo-adapter");
+let mongoModule: MongoModule | null = null;
+function mongo(): MongoModule {
+	mongoModule ??= require("./mongo-adapter") as MongoModule;
+	return mongoModule;
 }
 
-async function releaseConnection(url: string): Promise<void> {
-	const entry = connections.get(url);
-	if (!entry || --entry.users > 0) return;
-	connections.delete(url);
-	await (await entry.conn).close();
+/** A new document id, in creation order within this process: an ObjectId on MongoDB, its 24 hex digits in NeDB. */
+export function newOrderedId(): unknown {
+	if (config.mongoUrl) return mongo().newObjectId();
+	return orderedHexId();
 }
 
-class OwnConnectionMongooseAdapter extends (MongooseDbAdapter as unknown as new (uri: string) => any) {
-	constructor(
-		private readonly url: string,
-		private readonly name: string,
-		private readonly spec: CollectionSpec,
-	) {
-		super(url);
-	}
-
-	private connected = false;
-
-	async connect(): Promise<void> {
-		const conn = await acquireConnection(this.url);
-		this.connected = true;
-		this.conn = conn;
-		this.db = conn.db;
-		const name = this.name;
-		let model = conn.models[name];
-		if (!model) {
-			const schema = new mongoose.Schema(this.spec.definition, { versionKey: false, minimize: false, collection: name });
-			for (const idx of this.spec.indexes) schema.index(idx.fields, { unique: !!idx.unique, sparse: !!idx.sparse });
-			model = conn.model(name, schema);
-		}
-		this.model = model;
-		await model.init(); // builds the indexes
-	}
-
-	async disconnect(): Promise<void> {
-		if (!this.connected) return;
-		this.connected = false;
-		await releaseConnection(this.url);
-	}
+const PROCESS_TAG = crypto.randomBytes(5).toString("hex");
+let idCounter = crypto.randomInt(0xffffff);
+/** ObjectId's layout (seconds, a per-process tag, a counter): ids made later sort after. */
+function orderedHexId(): string {
+	idCounter = (idCounter + 1) % 0x1000000;
+	return Math.floor(Date.now() / 1000).toString(16).padStart(8, "0") + PROCESS_TAG + idCounter.toString(16).padStart(6, "0");
 }
 
 function nedbAdapter(name: string, logger: Service["logger"]) {
@@ -206,7 +163,7 @@ function counted(name: string, store: DocStore): DocStore {
 }
 
 function storeOf(adapter: any): DocStore {
-	const mongo = !!config.mongoUrl;
+	const mongoDb = !!config.mongoUrl;
 	return {
 		find: async (query, opts = {}) => {
 			const docs = await adapter.find({ query, sort: opts.sort, limit: opts.limit, offset: opts.offset });
@@ -217,7 +174,7 @@ function storeOf(adapter: any): DocStore {
 			return doc ? toPlain(adapter, doc) : null;
 		},
 		findById: async id => {
-			if (mongo && !mongoose.isValidObjectId(id)) return null;
+			if (mongoDb && !mongo().isValidObjectId(id)) return null;
 			const doc = await adapter.findById(id);
 			return doc ? toPlain(adapter, doc) : null;
 		},
@@ -225,7 +182,7 @@ function storeOf(adapter: any): DocStore {
 		countEach: async (field, values, query) => {
 			const out = new Map<string | number, number>(values.map(v => [v, 0]));
 			if (values.length === 0) return out;
-			if (mongo) {
+			if (mongoDb) {
 				const rows = (await adapter.model.aggregate([{ $match: { ...query, [field]: { $in: values } } }, { $group: { _id: `$${field}`, n: { $sum: 1 } } }])) as { _id: string | number; n: number }[];
 				for (const row of rows) out.set(row._id, row.n);
 			} else {
@@ -237,7 +194,7 @@ function storeOf(adapter: any): DocStore {
 		insert: async doc => toPlain(adapter, await adapter.insert(doc)),
 		insertMany: async docs => {
 			if (docs.length === 0) return [];
-			if (mongo) {
+			if (mongoDb) {
 				// The driver's unordered insert: one round trip, and a duplicate stops only itself.
 				const rows = docs.map(d => ({ ...d }));
 				let failed = new Set<number>();
@@ -268,7 +225,7 @@ function storeOf(adapter: any): DocStore {
 			}
 		},
 		updateById: async (id, update) => {
-			if (mongo && !mongoose.isValidObjectId(id)) return null;
+			if (mongoDb && !mongo().isValidObjectId(id)) return null;
 			const doc = await adapter.updateById(id, update);
 			return doc ? toPlain(adapter, doc) : null;
 		},
@@ -297,12 +254,13 @@ export function createDocsMixin<C extends string>(options: DocsMixinOptions<C>):
 			const url = config.mongoUrl;
 			this.docAdapters = {} as Record<C, any>;
 			for (const name of names) {
-				this.docAdapters[name] = url ? new OwnConnectionMongooseAdapter(url, name, options.collections[name]) : nedbAdapter(name, this.logger);
+				this.docAdapters[name] = url ? mongo().createMongoAdapter(url, name, options.collections[name]) : nedbAdapter(name, this.logger);
 			}
 			this.adapter = this.docAdapters[names[0]];
-			// moleculer-db-adapter-mongoose's init() wants a model or schema in the service schema.
-			this.schema.schema ??= new mongoose.Schema({});
-			this.schema.modelName ??= names[0];
+			if (url) {
+				this.schema.schema ??= mongo().emptySchema();
+				this.schema.modelName ??= names[0];
+			}
 			for (const name of names) this.docAdapters[name].init(this.broker, this);
 		},
 		methods: {

@@ -653,7 +653,9 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (conv.type === "private" && meta.blocks.some(([a, b]) => a === senderId || b === senderId)) throw forbidden("You cannot message this user");
 				// In a group, members who blocked the sender do not receive its messages live.
 				const blockedBy = meta.blocks.filter(([, blocked]) => blocked === senderId).map(([blocker]) => blocker);
-				return { conversation: conv, blockedBy };
+				// Who muted it now: the sender makes the notification targets without asking again.
+				const muted = meta.members.filter(m => isMuted(m)).map(m => m.user_id);
+				return { conversation: conv, blockedBy, muted };
 			},
 		},
 
@@ -708,37 +710,21 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 
 		/**
 		 * Who gets a notification for a new message: not the sender, not who blocked it, not who
-		 * muted the conversation. A sender that already knows the conversation and the blocks
-		 * (messages.send) passes them in, and only the mutes are read.
+		 * muted the conversation. For the outbox sweep; messages.send has it from authorizeSend.
 		 */
 		notificationTargets: {
 			visibility: "public",
-			params: {
-				conversationId: idRule,
-				senderId: userIdRule,
-				known: {
-					type: "object",
-					optional: true,
-					props: { type: "string", name: { type: "string", nullable: true }, status: "string", participants: { type: "array", items: "number" }, blockedBy: { type: "array", items: "number" } },
-				},
-			},
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number; known?: { type: string; name: string | null; status: string; participants: number[]; blockedBy: number[] } }>) {
+			params: { conversationId: idRule, senderId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
 				const { conversationId, senderId } = ctx.params;
 				const meta = await this.metaOf(conversationId);
 				if (!meta) return null;
-				const known = ctx.params.known ?? {
-					type: meta.conv.type,
-					name: meta.conv.name,
-					status: meta.conv.status,
-					participants: meta.conv.participants,
-					blockedBy: meta.blocks.filter(([, blocked]) => blocked === senderId).map(([blocker]) => blocker),
-				};
-				const muted = new Set(meta.members.filter(m => isMuted(m)).map(m => m.user_id));
-				const type = known.status === "pending" ? "message_request" : "message";
+				const shut = new Set([...meta.members.filter(m => isMuted(m)).map(m => m.user_id), ...meta.blocks.filter(([, blocked]) => blocked === senderId).map(([blocker]) => blocker)]);
+				const type = meta.conv.status === "pending" ? "message_request" : "message";
 				return {
-					conversationType: known.type,
-					conversationName: known.name,
-					recipients: known.participants.filter(id => id !== senderId && !muted.has(id) && !known.blockedBy.includes(id)).map(userId => ({ userId, type })),
+					conversationType: meta.conv.type,
+					conversationName: meta.conv.name,
+					recipients: meta.conv.participants.filter(id => id !== senderId && !shut.has(id)).map(userId => ({ userId, type })),
 				};
 			},
 		},

@@ -38,8 +38,8 @@ import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
-/** What messages.send already knows of the conversation, so the notification step need not read it again. */
-type KnownConversation = { type: string; name: string | null; status: string; participants: number[]; blockedBy: number[] };
+/** What messages.send already knows of the conversation, so the notification step need not ask for it. */
+type KnownConversation = { type: string; name: string | null; status: string; participants: number[]; blockedBy: number[]; muted: number[] };
 /** A context, or the broker itself for work that no request started (the outbox sweep). */
 type Caller = { call(action: string, params?: unknown): Promise<unknown> };
 
@@ -149,7 +149,11 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				// A retry of a send that went through hits the unique dedupe_key in insertWithSeq:
 				// it gets the first message back, and nothing is pushed again.
 				const dedupeKey = clientId ? `${conversationId}:${me.id}:${clientId}` : `${conversationId}:${me.id}:auto:${crypto.randomUUID()}`;
-				const { conversation, blockedBy } = (await ctx.call("conversations.authorizeSend", { conversationId, senderId: me.id })) as { conversation: ConversationMeta["conv"]; blockedBy: number[] };
+				const { conversation, blockedBy, muted } = (await ctx.call("conversations.authorizeSend", { conversationId, senderId: me.id })) as {
+					conversation: ConversationMeta["conv"];
+					blockedBy: number[];
+					muted: number[];
+				};
 				// Attachments must be files of this server that the sender uploaded; the message's
 				// type follows the first one.
 				let files: { url: string; fileType: string }[] = [];
@@ -182,7 +186,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				await this.push(ctx, [{ rooms: recipients.map(userRoom), event: "message:created", payload: presented }]);
 				// Published after the message is stored, without holding up the sender's ack;
 				// if it fails now, the outbox sweep publishes it later.
-				const known = { type: conversation.type, name: conversation.name, status: conversation.status, participants: conversation.participants, blockedBy };
+				const known = { type: conversation.type, name: conversation.name, status: conversation.status, participants: conversation.participants, blockedBy, muted };
 				this.inBackground("message.created publish", () => this.announce(msg, presented.sender, known));
 				return presented;
 			},
@@ -540,11 +544,17 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 
 		/** message.created on the durable bus (one event per message), then the outbox flag. */
 		async announce(this: MessagesThis, msg: MessageDoc, sender: SenderProfile, known?: KnownConversation) {
-			const targets = (await this.broker.call("conversations.notificationTargets", { conversationId: msg.conversation_id, senderId: msg.sender_id, known })) as {
-				conversationType: string;
-				conversationName: string | null;
-				recipients: { userId: number; type: string }[];
-			} | null;
+			type Targets = { conversationType: string; conversationName: string | null; recipients: { userId: number; type: string }[] } | null;
+			// From a send: what authorizeSend said a moment ago. From the outbox sweep: asked now.
+			const targets: Targets = known
+				? {
+						conversationType: known.type,
+						conversationName: known.name,
+						recipients: known.participants
+							.filter(id => id !== msg.sender_id && !known.muted.includes(id) && !known.blockedBy.includes(id))
+							.map(userId => ({ userId, type: known.status === "pending" ? "message_request" : "message" })),
+					}
+				: ((await this.broker.call("conversations.notificationTargets", { conversationId: msg.conversation_id, senderId: msg.sender_id })) as Targets);
 			if (targets) {
 				await this.publishEvent(CHANNELS.messageCreated, {
 					eventId: msg._id,

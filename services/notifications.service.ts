@@ -9,13 +9,11 @@ import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { encodeCursor, decodeCursor, idRule, limitRule } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
 import { CHANNELS } from "../lib/durable-events";
-import mongoose from "mongoose";
 import { Batcher } from "../lib/batcher";
-import { config } from "../lib/config";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
-import { createDocsMixin, type Doc, type DocsMixinThis } from "../mixins/docs.mixin";
+import { createDocsMixin, type Doc, type DocsMixinThis, newOrderedId } from "../mixins/docs.mixin";
 import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushItem, type PushThis, userRoom } from "../mixins/push.mixin";
 
@@ -413,10 +411,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 			const now = new Date();
 			// One batch shares its time; the ids, made here in order (ObjectIds grow), keep the order of
 			// its events for the lists, which sort by (created_at, _id). NeDB takes them as strings.
-			const docs = batches.flat().map(d => {
-				const _id = new mongoose.Types.ObjectId();
-				return { _id: config.mongoUrl ? _id : _id.toHexString(), ...d.n, user_id: d.userId, event_key: d.eventKey, is_read: false, created_at: now };
-			});
+			const docs = batches.flat().map(d => ({ _id: newOrderedId(), ...d.n, user_id: d.userId, event_key: d.eventKey, is_read: false, created_at: now }));
 			const stored = (await this.stores.notifications.insertMany(docs)) as NotificationDoc[];
 			if (stored.length > 0) {
 				const items: PushItem[] = stored.map(doc => ({ namespace: NSP, rooms: [userRoom(doc.user_id)], event: "notification:created", payload: this.present(doc) }));
