@@ -2,6 +2,7 @@
  * Start the real gateway (and whichever services a test wants) in this process, on a free
  * port, and talk to it over HTTP as a client would.
  */
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -39,6 +40,29 @@ export async function createTestDatabase(): Promise<{ url: string; drop: () => P
 			await c.end();
 		},
 	};
+}
+
+/** Broker options for the nodes of one throwaway cluster over RabbitMQ (a namespace of its own). */
+export function amqpCluster(prefix: string) {
+	return {
+		namespace: `${prefix}-${crypto.randomBytes(4).toString("hex")}`,
+		transporter: { type: "AMQP", options: { url: TEST_AMQP_URL, socketOptions: { noDelay: true }, prefetch: 100, autoDeleteQueues: 60_000 } },
+	};
+}
+
+/**
+ * The environment a cluster suite starts its brokers in: a fresh PostgreSQL database for users,
+ * a temp DATA_DIR, quick bcrypt, no rate limits, and this JWT secret. Returns the database's drop.
+ */
+export async function clusterTestEnv(jwtSecret: string): Promise<() => Promise<void>> {
+	const db = await createTestDatabase();
+	process.env.DATABASE_URL = db.url;
+	process.env.DATA_DIR = tempDir();
+	process.env.JWT_SECRET = jwtSecret;
+	process.env.BCRYPT_ROUNDS = "4";
+	process.env.RATE_LIMIT = "0";
+	process.env.RATE_LIMIT_AUTH = "0";
+	return db.drop;
 }
 
 export interface RunningSystem {

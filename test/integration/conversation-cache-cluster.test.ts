@@ -5,10 +5,9 @@
  * through the other node already obeys it.
  */
 import assert from "node:assert/strict";
-import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { call, connectSocket, emitAck, type TestSocket, waitForEvent } from "../helpers/sockets";
-import { createTestDatabase, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, type RunningSystem, waitUntilKnown } from "../helpers/system";
+import { amqpCluster, clusterTestEnv, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, type RunningSystem, waitUntilKnown } from "../helpers/system";
 import { mongoUrlForTest } from "./chat.suite";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres || (process.env.TEST_MONGO_URL ? false : "TEST_MONGO_URL is not set: two chat nodes need one shared document store");
@@ -21,19 +20,9 @@ describe("conversation metadata cached on two nodes", { skip }, () => {
 	const sockets: TestSocket[] = [];
 
 	before(async () => {
-		const db = await createTestDatabase();
-		dropDb = db.drop;
-		process.env.DATABASE_URL = db.url;
-		process.env.DATA_DIR = tempDir();
+		dropDb = await clusterTestEnv("meta-cache-secret-0123456789");
 		process.env.MONGO_URL = mongoUrlForTest(process.env.TEST_MONGO_URL as string);
-		process.env.JWT_SECRET = "meta-cache-secret-0123456789";
-		process.env.BCRYPT_ROUNDS = "4";
-		process.env.RATE_LIMIT = "0";
-		process.env.RATE_LIMIT_AUTH = "0";
-		const shared = {
-			namespace: `parley-meta-${crypto.randomBytes(4).toString("hex")}`,
-			transporter: { type: "AMQP", options: { url: TEST_AMQP_URL, socketOptions: { noDelay: true }, prefetch: 100, autoDeleteQueues: 60_000 } },
-		};
+		const shared = amqpCluster("parley-meta");
 		users = await startBroker(["users"], shared);
 		// Each gateway calls the conversations and messages of its own node (preferLocal).
 		nodeA = await startBroker(["api", "conversations", "messages"], shared);

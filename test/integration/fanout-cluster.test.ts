@@ -5,11 +5,10 @@
  * coming.
  */
 import assert from "node:assert/strict";
-import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { Middleware } from "moleculer";
 import { call, connectSocket, sleep, type TestSocket, waitForEvent } from "../helpers/sockets";
-import { createTestDatabase, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, type RunningSystem, waitFor, waitUntilKnown } from "../helpers/system";
+import { amqpCluster, clusterTestEnv, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, type RunningSystem, waitFor, waitUntilKnown } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres;
 
@@ -34,12 +33,12 @@ describe("pushes go only to the gateways holding the users' sockets", { skip }, 
 	const gateways: RunningSystem[] = [];
 	let dropDb: () => Promise<void>;
 	const sockets: TestSocket[] = [];
-	let shared: { namespace: string; transporter: unknown };
+	let shared: ReturnType<typeof amqpCluster>;
 	const counters: ReturnType<typeof deliveryCounter>[] = [];
 
 	const startGateway = async () => {
 		const counter = deliveryCounter();
-		const gw = await startBroker(["api"], { ...shared, middlewares: [counter.middleware] } as never);
+		const gw = await startBroker(["api"], { ...shared, middlewares: [counter.middleware] });
 		await gw.broker.waitForServices(["users", "conversations", "messages", "notifications"], 30_000);
 		await waitUntilKnown(chat, [gw]);
 		gateways.push(gw);
@@ -48,20 +47,10 @@ describe("pushes go only to the gateways holding the users' sockets", { skip }, 
 	};
 
 	before(async () => {
-		const db = await createTestDatabase();
-		dropDb = db.drop;
-		process.env.DATABASE_URL = db.url;
-		process.env.DATA_DIR = tempDir();
+		dropDb = await clusterTestEnv("fanout-secret-0123456789");
 		delete process.env.MONGO_URL;
-		process.env.JWT_SECRET = "fanout-secret-0123456789";
-		process.env.BCRYPT_ROUNDS = "4";
-		process.env.RATE_LIMIT = "0";
-		process.env.RATE_LIMIT_AUTH = "0";
-		shared = {
-			namespace: `parley-fanout-${crypto.randomBytes(4).toString("hex")}`,
-			transporter: { type: "AMQP", options: { url: TEST_AMQP_URL, socketOptions: { noDelay: true }, prefetch: 100, autoDeleteQueues: 60_000 } },
-		};
-		chat = await startBroker(["users", "conversations", "messages", "notifications"], shared as never);
+		shared = amqpCluster("parley-fanout");
+		chat = await startBroker(["users", "conversations", "messages", "notifications"], shared);
 	});
 
 	after(async () => {

@@ -6,9 +6,8 @@
  * own, when told by the node that made the change) and, when TEST_REDIS_URL is set, with Redis.
  */
 import assert from "node:assert/strict";
-import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { createTestDatabase, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, waitUntilKnown, type RunningSystem } from "../helpers/system";
+import { amqpCluster, clusterTestEnv, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, waitUntilKnown, type RunningSystem } from "../helpers/system";
 import { countUsersSql, nodeCacher, skipWithoutRedis, type CacheKind, type SqlCounter } from "../helpers/users-cache";
 
 const ADMIN = { email: "cacheclusteradmin@example.test", password: "admin password 1", username: "cacheclusteradmin" };
@@ -40,22 +39,12 @@ for (const kind of ["memory", "redis"] as CacheKind[]) {
 		};
 
 		before(async () => {
-			const db = await createTestDatabase();
-			dropDb = db.drop;
-			process.env.DATABASE_URL = db.url;
-			process.env.DATA_DIR = tempDir();
+			dropDb = await clusterTestEnv("users-cache-cluster-secret-0123456789");
 			delete process.env.MONGO_URL;
-			process.env.JWT_SECRET = "users-cache-cluster-secret-0123456789";
-			process.env.BCRYPT_ROUNDS = "4";
-			process.env.RATE_LIMIT = "0";
-			process.env.RATE_LIMIT_AUTH = "0";
 			process.env.ADMIN_EMAIL = ADMIN.email;
 			process.env.ADMIN_PASSWORD = ADMIN.password;
 			process.env.ADMIN_USERNAME = ADMIN.username;
-			const shared = {
-				namespace: `parley-cache-${crypto.randomBytes(4).toString("hex")}`,
-				transporter: { type: "AMQP", options: { url: TEST_AMQP_URL, socketOptions: { noDelay: true }, prefetch: 100, autoDeleteQueues: 60_000 } },
-			};
+			const shared = amqpCluster("parley-cache");
 			// As in production: every node gets the configured cacher (with Redis, one shared cache
 			// under MOL-<namespace>-; in memory, one per node).
 			const nodeOptions = { ...shared, cacher: nodeCacher(kind) };
