@@ -118,7 +118,7 @@ export const config = {
 	},
 };
 
-let cachedSecret: { dir: string; env: string | undefined; key: crypto.KeyObject } | null = null;
+let cachedSecret: { rawDir: string | undefined; env: string | undefined; key: crypto.KeyObject } | null = null;
 
 /**
  * The HMAC key for access tokens. JWT_SECRET wins; in production it is required.
@@ -128,8 +128,10 @@ let cachedSecret: { dir: string; env: string | undefined; key: crypto.KeyObject 
  */
 export function jwtSecret(): crypto.KeyObject {
 	const env = process.env.JWT_SECRET;
+	// Read on every verify: the variables as they are, before resolving any path.
+	const rawDir = process.env.DATA_DIR;
+	if (cachedSecret && cachedSecret.env === env && cachedSecret.rawDir === rawDir) return cachedSecret.key;
 	const dir = dataDir();
-	if (cachedSecret && cachedSecret.dir === dir && cachedSecret.env === env) return cachedSecret.key;
 	let secret: string;
 	if (env) {
 		if (env.length < 16) throw new Error("JWT_SECRET must be at least 16 characters long");
@@ -146,7 +148,7 @@ export function jwtSecret(): crypto.KeyObject {
 		secret = fs.readFileSync(file, "utf8").trim();
 	}
 	const key = crypto.createSecretKey(Buffer.from(secret, "utf8"));
-	cachedSecret = { dir, env, key };
+	cachedSecret = { rawDir, env, key };
 	return key;
 }
 
