@@ -66,6 +66,8 @@ interface ApiThis extends Service, SocketSessionsThis {
 	/** Open sockets (both namespaces) per user on this node, for the socket directory. */
 	socketCount: Map<number, number>;
 	announcer: DirectoryAnnouncer;
+	/** Users whose first socket here is being announced, and that announcement. */
+	joining: Map<number, Promise<void>>;
 	deliverItems(items: PushItem[]): void;
 	presenceTimer: NodeJS.Timeout | null;
 	announcePresence(): void;
@@ -576,15 +578,15 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				return openApiDocument;
 			},
 		},
-		// The mixins' own actions: for this node's code (and the REPL), never for another node
-		// or a socket. broadcast would let a caller forge events on anyone's sockets.
-		/** The users with a socket on this node: a pushing node's directory pulls it. */
+		/** The users with a socket on this node: a pushing node's directory pulls it (other nodes only, never a client). */
 		socketUsers: {
 			visibility: "public",
 			handler(this: ApiThis) {
 				return [...this.socketCount.keys()];
 			},
 		},
+		// The mixins' own actions: for this node's code (and the REPL), never for another node
+		// or a socket. broadcast would let a caller forge events on anyone's sockets.
 		broadcast: { visibility: "protected" },
 		getClients: { visibility: "protected" },
 		listAliases: { visibility: "protected" },
@@ -822,7 +824,16 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 				this.socketCount.delete(userId);
 				this.announcer.leave(userId);
 			});
-			if (before === 0) await this.announcer.join(userId);
+			// A second socket waits for the first one's announcement too, if it is still on its way.
+			let joined = this.joining.get(userId);
+			if (before === 0) {
+				joined = this.announcer
+					.join(userId)
+					.catch(err => this.logger.warn("Socket directory announcement failed", (err as Error).message))
+					.finally(() => this.joining.delete(userId));
+				this.joining.set(userId, joined);
+			}
+			if (joined) await joined;
 			return session;
 		},
 		socketSaveUser(socket: Socket, session: AccessSession | null | undefined) {
@@ -851,6 +862,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		this.presence = new Map();
 		this.presenceTimer = null;
 		this.socketCount = new Map();
+		this.joining = new Map();
 		this.announcer = new DirectoryAnnouncer(this.broker, userId => this.socketCount.has(userId));
 	},
 
