@@ -675,12 +675,14 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 					),
 				);
 				// A new message brings a conversation back for whoever hid it: a second write only then.
-				const meta = await this.metaOf(conversationId);
-				if (!meta || meta.members.some(m => m.hidden)) {
+				const unhide = async () => {
+					const meta = await this.metaOf(conversationId);
+					if (meta && !meta.members.some(m => m.hidden)) return;
 					const unhidden = await this.stores.memberships.updateMany({ conversation_id: conversationId, hidden: true }, { $set: { hidden: false } });
 					if (unhidden > 0) await this.forgetMeta(ctx, [conversationId]);
-				}
-				await head;
+				};
+				// Both awaited together: a failure of either is the caller's, never an unhandled rejection.
+				await Promise.all([head, unhide()]);
 				return true;
 			},
 		},
