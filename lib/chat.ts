@@ -1,6 +1,6 @@
 /**
  * Shapes and rules shared by the chat services (conversations, messages): the documents they
- * store, what clients see of them (CONTRACT.md), and the parameter rules of their actions.
+ * store, what clients see of them (the API documented at /docs), and the parameter rules of their actions.
  */
 import type { Doc } from "../mixins/docs.mixin";
 

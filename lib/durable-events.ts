@@ -1,5 +1,5 @@
 /**
- * Durable work between services (DESIGN.md): @moleculer/channels consumes, in consumer groups,
+ * Durable work between services: @moleculer/channels consumes, in consumer groups,
  * from durable RabbitMQ queues (in-process "Fake" adapter in the embedded mode).
  *
  * Publishing does not go through the channels adapter in AMQP mode: it publishes without

@@ -1,5 +1,5 @@
 /**
- * The error codes of CONTRACT.md and the one way services raise them.
+ * The error codes of the API (documented at /docs) and the one way services raise them.
  * MoleculerClientError keeps (message, code = HTTP status, type = contract code, data)
  * across the transporter, so a remote service's error reaches the gateway intact.
  */

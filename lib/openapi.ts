@@ -5,7 +5,7 @@
  * services/conversations.service.ts, services/messages.service.ts and
  * services/notifications.service.ts, services/files.service.ts (with the allow-list of
  * lib/file-types.ts), the shapes of lib/chat.ts (presentConversation, presentMessage) and of
- * presentNotification and presentFile, and CONTRACT.md.
+ * presentNotification and presentFile.
  */
 import { MAX_CONTENT, MAX_GROUP_SIZE } from "./chat";
 import { ROLES } from "./constants";
@@ -1979,7 +1979,7 @@ Live events go over Socket.IO on this same origin (default path \`/socket.io\`; 
 Connect with the access token: \`io(origin + "/chat", { auth: { token } })\` (the raw JWT or \`"Bearer <jwt>"\`); a socket without a valid
 token is refused at connect (\`connect_error\` "Unauthorized"). Every client → server event takes an ack callback and always gets
 \`{ ok: true, data }\` or \`{ ok: false, error: { code, message, details? } }\` with the error codes above. The events and their payloads are
-listed in CONTRACT.md (sections "Namespace /chat" and "Namespace /notifications").`;
+listed, each with the action it calls, in the tables CHAT_EVENTS and NOTIFICATION_EVENTS of services/api.service.ts.`;
 
 export const openApiDocument: Record<string, unknown> = {
 	openapi: "3.0.3",

@@ -3,7 +3,7 @@
  * MONGO_URL, on moleculer-db's MemoryAdapter (NeDB) persisted to a file under DATA_DIR.
  * The MongoDB adapter is in mixins/mongo-adapter.ts, loaded only with MONGO_URL.
  *
- * Queries stay within what both stores do (DESIGN.md): no $all, no compound unique index
+ * Queries stay within what both stores do: no $all, no compound unique index
  * (NeDB indexes one field; a unique compound is a synthetic `*_key` field), paging on fields.
  */
 import crypto from "node:crypto";

@@ -602,7 +602,7 @@ function renderChatHeader() {
 	$("chat-members").replaceChildren(
 		...conv.participants.map(id => {
 			const label = `${nameOf(id)}${conv.admin_id === id ? " (admin)" : conv.moderator_ids.includes(id) ? " (moderator)" : ""}`;
-			// The admin manages everyone, moderators manage plain members (CONTRACT.md "Group roles").
+			// The admin manages everyone, moderators manage plain members (conversations.removeMember).
 			const plain = conv.admin_id !== id && !conv.moderator_ids.includes(id);
 			if (conv.type === "private" && id !== state.me.id) {
 				const button = el("button", { className: "member", textContent: label, title: "Set a nickname" });

@@ -215,7 +215,7 @@ const DOCS_HTML = `<!doctype html>
 const DOCS_INIT_JS = `window.ui = SwaggerUIBundle({ url: "/docs/openapi.json", dom_id: "#swagger-ui" });\n`;
 
 /**
- * Socket events of CONTRACT.md, each a broker action call. `ack: "none"` events answer
+ * The socket events of the API, each a broker action call. `ack: "none"` events answer
  * `{ ok: true }`; `room` events join or leave the room the action names after it checked membership.
  */
 interface SocketEventSpec {
@@ -368,7 +368,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		logRequestParams: null,
 		logResponseData: null,
 
-		// Socket.IO: websocket alone works; frames up to 2 MiB (CONTRACT.md "Sizes").
+		// Socket.IO: websocket alone works; frames up to 2 MiB.
 		io: {
 			options: {
 				maxHttpBufferSize: 2 * MiB,

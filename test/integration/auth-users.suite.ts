@@ -1,5 +1,5 @@
 /**
- * Every route of CONTRACT.md "Auth and users" over real HTTP against the real gateway,
+ * Every auth and users route of the API over real HTTP against the real gateway,
  * run once on the embedded store and once on PostgreSQL (see the *.test.ts files).
  */
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * CONTRACT.md "Conversations and messages" and "Namespace /chat" against the real gateway with
+ * The API's conversations and messages, and the namespace /chat, against the real gateway with
  * real sockets, run on the embedded document store and on MongoDB (FerretDB in CI).
  */
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * CONTRACT.md "Files (REST)", POST /users/upload-avatar and message attachments, over real HTTP.
+ * The API's files (REST), POST /users/upload-avatar and message attachments, over real HTTP.
  */
 import assert from "node:assert/strict";
 import fs from "node:fs";

@@ -1,5 +1,5 @@
 /**
- * CONTRACT.md "Notifications (REST)" and "Namespace /notifications" against the real gateway,
+ * The API's notifications (REST) and the namespace /notifications, against the real gateway,
  * real sockets and the in-process event bus; run on the embedded store and on MongoDB.
  */
 import assert from "node:assert/strict";
