@@ -41,7 +41,8 @@ export class SocketDirectory {
 	private readonly usersOf = new Map<string, Set<number>>();
 	/** Gateways whose full list we have, and when it came. */
 	private readonly synced = new Map<string, number>();
-	private readonly syncing = new Map<string, Promise<void>>();
+	/** Gateways whose full list is on its way, with the changes they told us meanwhile (replayed on it). */
+	private readonly syncing = new Map<string, DirectoryChange[]>();
 	/** Gateways (nodes running `api`) of the cluster, from the registry; null: look again. */
 	private gatewayList: string[] | null = null;
 
@@ -73,6 +74,7 @@ export class SocketDirectory {
 			this.synced.delete(gateway);
 			return;
 		}
+		this.syncing.get(gateway)?.push(change);
 		let users = this.usersOf.get(gateway);
 		if (!users) this.usersOf.set(gateway, (users = new Set()));
 		for (const id of change.joined ?? []) users.add(id);
@@ -121,14 +123,24 @@ export class SocketDirectory {
 		return out;
 	}
 
-	/** Pull a gateway's full list; until it arrives the gateway gets every push. */
+	/**
+	 * Pull a gateway's full list; until it arrives the gateway gets every push. The changes it sent
+	 * while the list was on its way are replayed on the list, in order: one made after the list was
+	 * read (a user's first socket) is not lost, one made before it agrees with it.
+	 */
 	private sync(gateway: string): void {
 		if (this.syncing.has(gateway)) return;
-		const run = (async () => {
+		const meanwhile: DirectoryChange[] = [];
+		this.syncing.set(gateway, meanwhile);
+		void (async () => {
 			try {
 				const userIds = (await this.broker.call(SOCKET_USERS_ACTION, {}, { nodeID: gateway, timeout: CALL_TIMEOUT_MS, retries: 0 })) as number[];
-				// Deltas that arrived meanwhile are newer than nothing we hold: the list replaces the set.
-				this.usersOf.set(gateway, new Set(userIds));
+				const users = new Set(userIds);
+				for (const change of meanwhile) {
+					for (const id of change.joined ?? []) users.add(id);
+					for (const id of change.left ?? []) users.delete(id);
+				}
+				this.usersOf.set(gateway, users);
 				this.synced.set(gateway, Date.now());
 			} catch (err) {
 				this.broker.logger.warn(`Socket directory: no user list from gateway ${gateway} yet (${(err as Error).message}); it gets every push meanwhile`);
@@ -136,7 +148,6 @@ export class SocketDirectory {
 				this.syncing.delete(gateway);
 			}
 		})();
-		this.syncing.set(gateway, run);
 	}
 }
 
