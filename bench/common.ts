@@ -16,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { removeNamespaceTopology } from "../lib/durable-events";
 import { Client } from "pg";
+import { NODE_FLAGS } from "../lib/node-flags";
 
 // ---- settings ----
 
@@ -97,6 +98,11 @@ export function cleanup(): Promise<void> {
 			await drop().catch((err: unknown) => console.error(`dropping ${databaseLabel}:`, err));
 		}
 		for (const dir of tempDirs) {
+			// BENCH_KEEP=1: the nodes' logs and data stay for a look afterwards.
+			if (process.env.BENCH_KEEP === "1") {
+				console.error(`kept ${dir} (BENCH_KEEP=1)`);
+				continue;
+			}
 			try {
 				fs.rmSync(dir, { recursive: true, force: true });
 			} catch (err) {
@@ -239,13 +245,14 @@ export function startProcess(name: string, logDir: string, args: string[], env: 
 }
 
 /**
- * `node --import tsx bin/runner.ts --config moleculer.config.ts`, as `npm start`. BENCH_NODE_ARGS
- * (space-separated) go to node before the script, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
+ * `node --import tsx bin/runner.ts --config moleculer.config.ts` with the V8 flags of `npm start`
+ * (lib/node-flags.ts). BENCH_NODE_ARGS (space-separated, after those: a flag given again wins)
+ * go to node before the script, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  * (written when the node exits on SIGTERM).
  */
 export function startNode(name: string, logDir: string, extraEnv: Record<string, string>, nodeArgs: string[] = []): ServerNode {
 	const benchArgs = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
-	return startProcess(name, logDir, [...benchArgs, ...nodeArgs, "bin/runner.ts", "--config", "moleculer.config.ts"], nodeEnv(extraEnv));
+	return startProcess(name, logDir, [...NODE_FLAGS, ...benchArgs, ...nodeArgs, "bin/runner.ts", "--config", "moleculer.config.ts"], nodeEnv(extraEnv));
 }
 
 // ---- the inspector of a child started with INSPECT_ARG: force a GC, read the JS heap ----

@@ -10,6 +10,8 @@ import { encodeCursor, decodeCursor, idRule, limitRule } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
 import { CHANNELS } from "../lib/durable-events";
 import { Batcher } from "../lib/batcher";
+import { forgetOnOtherNodes } from "../lib/read-cache";
+import { UnreadCounts } from "../lib/unread-counts";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
@@ -22,6 +24,8 @@ const NSP = "/notifications";
 /** A broadcast is written in batches with a pause between them, so chat traffic keeps flowing. */
 const BROADCAST_BATCH = 200;
 const BROADCAST_PAUSE_MS = 25;
+/** How long a change waits for each other notifications node to drop the counts it keeps. */
+const FORGET_TIMEOUT_MS = 2_000;
 
 interface NotificationDoc extends Doc {
 	user_id: number;
@@ -90,6 +94,8 @@ interface NotifThis extends DocsMixinThis<"notifications">, PushThis, PublisherT
 	deliverMany(list: Delivery[]): Promise<void>;
 	writeNotifications(batches: Delivery[][]): Promise<void[]>;
 	deliveries: Batcher<Delivery[]>;
+	unread: UnreadCounts;
+	countsChanged(userIds: number[] | "all", requestID?: string | null): Promise<void>;
 	pushCount(userIds: number[]): Promise<void>;
 	countItems(userIds: number[]): Promise<PushItem[]>;
 	own(ctx: Ctx<unknown>, id: string): Promise<NotificationDoc>;
@@ -238,6 +244,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 					const gone = (await this.stores.notifications.find({ message_id: event.messageId })) as NotificationDoc[];
 					if (gone.length === 0) return;
 					await this.stores.notifications.removeMany({ message_id: event.messageId });
+					await this.countsChanged(gone.filter(n => !n.is_read).map(n => n.user_id));
 					await this.push(
 						null,
 						gone.map(n => ({ namespace: NSP, rooms: [userRoom(n.user_id)], event: "notification:deleted", payload: { notificationId: n._id } })),
@@ -281,7 +288,9 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 	events: {
 		/** A deleted account's notifications go with it. */
 		async [EVENTS.userDeleted](this: NotifThis, ctx: Context<{ userId: number }>) {
-			if (isPositiveInt(ctx.params.userId)) await this.stores.notifications.removeMany({ user_id: ctx.params.userId });
+			if (!isPositiveInt(ctx.params.userId)) return;
+			await this.stores.notifications.removeMany({ user_id: ctx.params.userId });
+			await this.countsChanged([ctx.params.userId]);
 		},
 	},
 
@@ -312,7 +321,8 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 
 		unreadCount: {
 			async handler(this: NotifThis, ctx: Ctx) {
-				return { count: await this.stores.notifications.count({ user_id: callerOf(ctx).id, is_read: false }) };
+				const me = callerOf(ctx).id;
+				return { count: (await this.unread.get([me])).get(me) ?? 0 };
 			},
 		},
 
@@ -329,6 +339,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 				const n = await this.own(ctx, ctx.params.notificationId);
 				if (n.is_read) return this.present(n);
 				const updated = (await this.stores.notifications.updateById(n._id, { $set: { is_read: true } })) as NotificationDoc;
+				await this.countsChanged([n.user_id], ctx.requestID);
 				await this.push(ctx, [{ namespace: NSP, rooms: [userRoom(n.user_id)], event: "notification:read", payload: { notificationId: n._id, is_read: true } }]);
 				await this.pushCount([n.user_id]);
 				return this.present(updated);
@@ -339,7 +350,10 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 			async handler(this: NotifThis, ctx: Ctx) {
 				const me = callerOf(ctx);
 				const changed = await this.stores.notifications.updateMany({ user_id: me.id, is_read: false }, { $set: { is_read: true } });
-				if (changed > 0) await this.pushCount([me.id]);
+				if (changed > 0) {
+					await this.countsChanged([me.id], ctx.requestID);
+					await this.pushCount([me.id]);
+				}
 				return { count: 0 };
 			},
 		},
@@ -349,6 +363,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 			async handler(this: NotifThis, ctx: Ctx<{ notificationId: string }>) {
 				const n = await this.own(ctx, ctx.params.notificationId);
 				await this.stores.notifications.removeMany({ _id: n._id });
+				if (!n.is_read) await this.countsChanged([n.user_id], ctx.requestID);
 				await this.push(ctx, [{ namespace: NSP, rooms: [userRoom(n.user_id)], event: "notification:deleted", payload: { notificationId: n._id } }]);
 				if (!n.is_read) await this.pushCount([n.user_id]);
 				ctx.meta.$statusCode = 204;
@@ -373,6 +388,16 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 				await this.publishEvent(CHANNELS.systemBroadcast, { eventId: crypto.randomUUID(), title: ctx.params.title, content: ctx.params.content, senderId: me.id, userIds });
 				ctx.meta.$statusCode = 202;
 				return { queued };
+			},
+		},
+
+		/** Each notifications node: count these users' unread notifications again, called by the node that changed them (not routed). */
+		forgetCounts: {
+			visibility: "public",
+			params: { userIds: [{ type: "array", max: 10_000, items: { type: "number", integer: true, positive: true } }, { type: "equal", value: "all" }] },
+			handler(this: NotifThis, ctx: Context<{ userIds: number[] | "all" }>) {
+				this.unread.forget(ctx.params.userIds);
+				return null;
 			},
 		},
 
@@ -414,17 +439,27 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 			const docs = batches.flat().map(d => ({ _id: newOrderedId(), ...d.n, user_id: d.userId, event_key: d.eventKey, is_read: false, created_at: now }));
 			const stored = (await this.stores.notifications.insertMany(docs)) as NotificationDoc[];
 			if (stored.length > 0) {
+				// The counts kept here move by what was stored; other notifications nodes count again.
+				this.unread.added(stored.map(n => n.user_id));
+				await forgetOnOtherNodes(this.broker, "notifications.forgetCounts", { userIds: [...new Set(stored.map(n => n.user_id))] }, FORGET_TIMEOUT_MS);
 				const items: PushItem[] = stored.map(doc => ({ namespace: NSP, rooms: [userRoom(doc.user_id)], event: "notification:created", payload: this.present(doc) }));
 				await this.push(null, [...items, ...(await this.countItems(stored.map(n => n.user_id)))]);
 			}
 			return batches.map(() => undefined);
 		},
 
-		/** notification:count for these users: their unread counts in one query (counted, never kept by hand, so never drifting). */
+		/** notification:count for these users: the counts kept in memory, the missing ones in one query (lib/unread-counts.ts). */
 		async countItems(this: NotifThis, userIds: number[]) {
 			const users = [...new Set(userIds)];
-			const counts = await this.stores.notifications.countEach("user_id", users, { is_read: false });
+			const counts = await this.unread.get(users);
 			return users.map(userId => ({ namespace: NSP, rooms: [userRoom(userId)], event: "notification:count", payload: { count: counts.get(userId) ?? 0 } }));
+		},
+
+		/** Unread notifications of these users changed other than by an insert: here and on every other notifications node. */
+		async countsChanged(this: NotifThis, userIds: number[] | "all", requestID?: string | null) {
+			if (userIds !== "all" && userIds.length === 0) return;
+			this.unread.forget(userIds);
+			await forgetOnOtherNodes(this.broker, "notifications.forgetCounts", { userIds: userIds === "all" ? "all" : [...new Set(userIds)] }, FORGET_TIMEOUT_MS, requestID);
 		},
 
 		async pushCount(this: NotifThis, userIds: number[]) {
@@ -446,6 +481,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 	created(this: NotifThis) {
 		// Notifications may wait 10 ms: under load, one write then takes many messages' worth.
 		this.deliveries = new Batcher(batches => this.writeNotifications(batches), { lingerMs: 10 });
+		this.unread = new UnreadCounts(async ids => (await this.stores.notifications.countEach("user_id", ids, { is_read: false })) as Map<number, number>);
 	},
 };
 

@@ -5,6 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
+import { NODE_FLAGS } from "../../lib/node-flags";
 import { http, waitFor } from "./system";
 
 const ROOT = path.resolve(__dirname, "..", "..");
@@ -36,7 +37,7 @@ export function startNode(env: Record<string, string>, logDir: string, name: str
 	for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !NODE_VARIABLES.includes(k)) base[k] = v;
 	const logFile = path.join(logDir, `${name}.log`);
 	const out = fs.openSync(logFile, "a");
-	const child = spawn(process.execPath, ["--import", "tsx", "bin/runner.ts", "--config", "moleculer.config.ts"], {
+	const child = spawn(process.execPath, [...NODE_FLAGS, "--import", "tsx", "bin/runner.ts", "--config", "moleculer.config.ts"], {
 		cwd: ROOT,
 		env: { ...base, LOG_LEVEL: "info", ...env },
 		stdio: ["ignore", out, out],
