@@ -16,9 +16,12 @@ import type { ServiceBroker } from "moleculer";
  * skipped: it keeps its entries until their TTL.
  */
 export async function forgetOnOtherNodes(broker: ServiceBroker, action: string, params: unknown, timeoutMs: number, requestID?: string | null): Promise<void> {
-	const service = action.slice(0, action.lastIndexOf("."));
-	const services = broker.registry.getServiceList({ onlyAvailable: true, withActions: true }) as { name: string; nodeID: string; actions?: Record<string, unknown> }[];
-	const nodes = new Set(services.filter(s => s.name === service && s.nodeID !== broker.nodeID && s.actions?.[action]).map(s => s.nodeID));
+	// The action's endpoints, not getServiceList({ withActions }): that copies every service and
+	// action of the registry (lodash), 7 % of the node's CPU when called per notification batch.
+	const registry = broker.registry as unknown as { getActionEndpoints(name: string): { endpoints: { id: string; local: boolean; isAvailable: boolean }[] } | undefined };
+	const endpoints = registry.getActionEndpoints(action)?.endpoints ?? [];
+	const nodes = new Set(endpoints.filter(ep => ep.isAvailable && !ep.local).map(ep => ep.id));
+	if (nodes.size === 0) return;
 	await Promise.all(
 		[...nodes].map(nodeID =>
 			broker.call(action, params, { nodeID, timeout: timeoutMs, retries: 0, requestID: requestID ?? undefined }).catch((err: Error) => {
