@@ -49,7 +49,7 @@
  *
  * Environment: BENCH_CLIENTS, BENCH_CONVERSATIONS, BENCH_START_RATE, BENCH_MAX_RATE (default
  * 51200), BENCH_STEP_SECONDS, BENCH_STEP_DRAIN_MS, BENCH_BISECT_STEPS, BENCH_IDLE_SOCKETS,
- * BENCH_NODE_ARGS (node flags for the Parley nodes, e.g. --cpu-prof), BENCH_AMQP_URL /
+ * BENCH_NODE_ARGS (node flags for the Parley nodes, e.g. --cpu-prof), BENCH_KEEP=1 (keep their logs and data), BENCH_AMQP_URL /
  * TEST_AMQP_URL, TEST_DATABASE_URL, TEST_MONGO_URL.
  * Exit code 1 when: deliveries were lost or acks missing at a rate the run claims sustainable
  * (a passing step, the fixed-rate step at or below the maximum, the 10,000-message run); an ack
