@@ -394,7 +394,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 		/** Each notifications node: count these users' unread notifications again, called by the node that changed them (not routed). */
 		forgetCounts: {
 			visibility: "public",
-			params: { userIds: [{ type: "array", max: 10_000, items: { type: "number", integer: true, positive: true } }, { type: "equal", value: "all" }] },
+			params: { userIds: [{ type: "array", max: 100_000, items: { type: "number", integer: true, positive: true } }, { type: "equal", value: "all" }] },
 			handler(this: NotifThis, ctx: Context<{ userIds: number[] | "all" }>) {
 				this.unread.forget(ctx.params.userIds);
 				return null;
