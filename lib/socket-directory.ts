@@ -18,11 +18,12 @@
  */
 import type { Context, ServiceBroker } from "moleculer";
 import { Batcher } from "./batcher";
+import { type ActionName, callAction } from "./contracts";
 
 /** The action every push-mixin service has, that gateways call. */
 export const DIRECTORY_ACTION = "socketDirectory";
 /** On the gateway: the users with at least one socket on this node. */
-export const SOCKET_USERS_ACTION = "api.socketUsers";
+export const SOCKET_USERS_ACTION = "api.socketUsers" satisfies ActionName;
 const CALL_TIMEOUT_MS = 5_000;
 /** A safety net: a gateway's full list is pulled again this often, whatever deltas said. */
 const RESYNC_MS = 5 * 60_000;
@@ -134,7 +135,7 @@ export class SocketDirectory {
 		this.syncing.set(gateway, meanwhile);
 		void (async () => {
 			try {
-				const userIds = (await this.broker.call(SOCKET_USERS_ACTION, {}, { nodeID: gateway, timeout: CALL_TIMEOUT_MS, retries: 0 })) as number[];
+				const userIds = await callAction(this.broker, SOCKET_USERS_ACTION, {}, { nodeID: gateway, timeout: CALL_TIMEOUT_MS, retries: 0 });
 				const users = new Set(userIds);
 				for (const change of meanwhile) {
 					for (const id of change.joined ?? []) users.add(id);

@@ -3,23 +3,25 @@
  * publishes them: tracked, so a stopping node finishes what it accepted before it leaves.
  */
 import type { Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import type { ChannelPayloads } from "../lib/contracts";
 import { type ChannelName, DurablePublisher } from "../lib/durable-events";
 
 export interface PublisherThis extends Service {
 	publisher: DurablePublisher;
 	backgroundWork: Set<Promise<unknown>>;
-	publishEvent(channel: ChannelName, payload: unknown): Promise<void>;
-	publishPatiently(channel: ChannelName, payload: unknown): Promise<void>;
+	/** The payload is the channel's (lib/contracts.ts): a consumer reads exactly what is sent. */
+	publishEvent<C extends ChannelName>(channel: C, payload: ChannelPayloads[C]): Promise<void>;
+	publishPatiently<C extends ChannelName>(channel: C, payload: ChannelPayloads[C]): Promise<void>;
 	inBackground(label: string, work: () => Promise<unknown>): void;
 }
 
 export const PublisherMixin: Partial<ServiceSchema> = {
 	methods: {
-		publishEvent(this: PublisherThis, channel: ChannelName, payload: unknown) {
+		publishEvent<C extends ChannelName>(this: PublisherThis, channel: C, payload: ChannelPayloads[C]) {
 			return this.publisher.publish(channel, payload);
 		},
 		/** A few tries over ~10 s: the bus may be restarting. For events with no outbox behind them. */
-		async publishPatiently(this: PublisherThis, channel: ChannelName, payload: unknown) {
+		async publishPatiently<C extends ChannelName>(this: PublisherThis, channel: C, payload: ChannelPayloads[C]) {
 			for (let attempt = 0; ; attempt++) {
 				try {
 					return await this.publisher.publish(channel, payload);

@@ -15,7 +15,8 @@ import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "mole
 import type { Socket } from "socket.io";
 import { EVENTS } from "../lib/constants";
 import { badRequest, forbidden, unauthorized, validationError } from "../lib/errors";
-import { RevocationList, type RevocationReason, type SessionRevocation } from "../lib/session-revocations";
+import { type BroadcastPayloads, callAction } from "../lib/contracts";
+import { RevocationList, type RevocationReason } from "../lib/session-revocations";
 import { type AccessSession, type AuthUser, extractBearer, verifyAccessSession } from "../lib/tokens";
 
 export const MAX_SOCKETS_PER_USER = 20;
@@ -56,7 +57,7 @@ const dataOf = (socket: Socket) => socket.data as SessionSocketData;
 const mixin: Partial<ServiceSchema<ServiceSettingSchema, SocketSessionsThis>> = {
 	events: {
 		/** Sent by the users service to every gateway node when a login ends early. */
-		[EVENTS.sessionsRevoked](this: SocketSessionsThis, ctx: Context<SessionRevocation>) {
+		[EVENTS.sessionsRevoked](this: SocketSessionsThis, ctx: Context<BroadcastPayloads[typeof EVENTS.sessionsRevoked]>) {
 			this.revocations.add(ctx.params);
 			this.endUserSockets(ctx.params.userId, ctx.params.reason);
 		},
@@ -162,7 +163,7 @@ const mixin: Partial<ServiceSchema<ServiceSettingSchema, SocketSessionsThis>> = 
 		 */
 		async syncRevocations(this: SocketSessionsThis) {
 			try {
-				const list = (await this.broker.call("users.revocations")) as SessionRevocation[];
+				const list = await callAction(this.broker, "users.revocations", {});
 				for (const r of list) this.revocations.add(r);
 				this.revocations.sweep();
 				this.revocationsSynced = true;

@@ -20,6 +20,7 @@ import serveStatic from "serve-static";
 import type { Socket } from "socket.io";
 import { config } from "../lib/config";
 import { EVENTS, PRESENCE_INTERVAL_MS } from "../lib/constants";
+import { type ActionResult, broadcastEvent } from "../lib/contracts";
 import { appError, badRequest, forbidden, rateLimited, toEnvelope, unauthorized, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
 import { openApiDocument } from "../lib/openapi";
@@ -581,7 +582,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 		/** The users with a socket on this node: a pushing node's directory pulls it (other nodes only, never a client). */
 		socketUsers: {
 			visibility: "public",
-			handler(this: ApiThis) {
+			handler(this: ApiThis): ActionResult<"api.socketUsers"> {
 				return [...this.socketCount.keys()];
 			},
 		},
@@ -719,7 +720,7 @@ const ApiService: ServiceSchema<ServiceSettingSchema, ApiThis> = {
 
 		/** Who is online on this node, to every users service (a snapshot, so a missed one heals). */
 		announcePresence(this: ApiThis) {
-			this.broker.broadcast(EVENTS.presenceSnapshot, { nodeID: this.broker.nodeID, userIds: [...this.presence.keys()] }, ["users"]).catch(() => undefined);
+			broadcastEvent(this.broker, EVENTS.presenceSnapshot, { nodeID: this.broker.nodeID, userIds: [...this.presence.keys()] }, ["users"]).catch(() => undefined);
 		},
 
 		/**

@@ -23,6 +23,7 @@ import {
 	presentConversation,
 	userIdRule,
 } from "../lib/chat";
+import { callAction, type ActionResult } from "../lib/contracts";
 import { CHANNELS } from "../lib/durable-events";
 import { appError, badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
@@ -623,7 +624,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		access: {
 			visibility: "public",
 			params: { conversationId: idRule, userId: userIdRule },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>): Promise<ActionResult<"conversations.access">> {
 				const { conversationId, userId } = ctx.params;
 				const meta = await this.metaOf(conversationId);
 				const membership = meta?.conv.participants.includes(userId) ? meta.members.find(m => m.user_id === userId) : undefined;
@@ -636,7 +637,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		authorizeSend: {
 			visibility: "public",
 			params: { conversationId: idRule, senderId: userIdRule },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>): Promise<ActionResult<"conversations.authorizeSend">> {
 				const { conversationId, senderId } = ctx.params;
 				// From the cached metadata: no store round trip for a conversation already seen.
 				const meta = await this.metaOf(conversationId);
@@ -717,7 +718,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		notificationTargets: {
 			visibility: "public",
 			params: { conversationId: idRule, senderId: userIdRule },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>) {
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>): Promise<ActionResult<"conversations.notificationTargets">> {
 				const { conversationId, senderId } = ctx.params;
 				const meta = await this.metaOf(conversationId);
 				if (!meta) return null;
@@ -735,7 +736,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		participantsOf: {
 			visibility: "public",
 			params: { conversationId: idRule },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>): Promise<ActionResult<"conversations.participantsOf">> {
 				return (await this.metaOf(ctx.params.conversationId))?.conv.participants ?? [];
 			},
 		},
@@ -749,7 +750,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		audience: {
 			visibility: "public",
 			params: { conversationId: idRule, userId: userIdRule, either: "boolean" },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number; either: boolean }>) {
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number; either: boolean }>): Promise<ActionResult<"conversations.audience">> {
 				const meta = await this.metaOf(ctx.params.conversationId);
 				return meta ? this.audienceFromMeta(meta, ctx.params.userId, ctx.params.either) : [];
 			},
@@ -759,7 +760,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		blockRelations: {
 			visibility: "public",
 			params: { userId: userIdRule, others: { type: "array", max: 1000, items: userIdRule } },
-			async handler(this: ConvThis, ctx: Ctx<{ userId: number; others: number[] }>) {
+			async handler(this: ConvThis, ctx: Ctx<{ userId: number; others: number[] }>): Promise<ActionResult<"conversations.blockRelations">> {
 				const others = [...new Set(ctx.params.others)].filter(id => id !== ctx.params.userId);
 				return [...(await this.blockedBetween(ctx.params.userId, others))];
 			},
@@ -791,7 +792,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		idsOf: {
 			visibility: "public",
 			params: { userId: userIdRule },
-			async handler(this: ConvThis, ctx: Ctx<{ userId: number }>) {
+			async handler(this: ConvThis, ctx: Ctx<{ userId: number }>): Promise<ActionResult<"conversations.idsOf">> {
 				const rows = (await this.stores.memberships.find({ user_id: ctx.params.userId })) as MembershipDoc[];
 				return rows.map(r => ({ conversationId: r.conversation_id, clearedSeq: r.cleared_seq }));
 			},
@@ -1005,7 +1006,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		/** These users exist; and the caller, when given, still does (else 401: its account is gone). */
 		async requireUsersExist(this: ConvThis, ctx: Ctx<unknown>, ids: number[], callerId?: number) {
 			const asked = callerId === undefined ? ids : [callerId, ...ids];
-			const found = (await ctx.call("users.resolve", { ids: asked })) as { id: number }[];
+			const found = await callAction(ctx, "users.resolve", { ids: asked });
 			const known = new Set(found.map(u => u.id));
 			if (callerId !== undefined && !known.has(callerId)) throw unauthorized("This account no longer exists");
 			const missing = ids.filter(id => !known.has(id));
@@ -1035,7 +1036,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			const fileIds = [...new Set(refs.map(fileIdOfPath).filter((id): id is string => !!id))];
 			if (fileIds.length === 0) return;
 			this.inBackground("files.release", () =>
-				ctx.call("files.release", { fileIds }).catch(err => this.logger.warn(`Could not release files ${fileIds.join(",")}`, (err as Error).message)),
+				callAction(ctx, "files.release", { fileIds }).catch(err => this.logger.warn(`Could not release files ${fileIds.join(",")}`, (err as Error).message)),
 			);
 		},
 

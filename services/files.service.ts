@@ -19,6 +19,7 @@ import crypto from "node:crypto";
 import path from "node:path";
 import { Readable } from "node:stream";
 import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import type { ActionResult } from "../lib/contracts";
 import { config } from "../lib/config";
 import { appError, badRequest, forbidden, notFound, validationError } from "../lib/errors";
 import { type FileStorage, LocalDiskStorage } from "../lib/file-storage";
@@ -189,7 +190,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 				base64: { type: "string", min: 1 },
 				onlyImages: { type: "boolean", optional: true, default: false },
 			},
-			async handler(this: FilesThis, ctx: Ctx<{ fileName: string; mimeType?: string; base64: string; onlyImages: boolean }>) {
+			async handler(this: FilesThis, ctx: Ctx<{ fileName: string; mimeType?: string; base64: string; onlyImages: boolean }>): Promise<ActionResult<"files.saveBase64">> {
 				callerOf(ctx);
 				// A data: URL prefix is accepted; anything that is not base64 is refused.
 				const raw = ctx.params.base64.replace(/^data:[^,]{0,200};base64,/, "").replace(/\s+/g, "");
@@ -283,7 +284,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		release: {
 			visibility: "public",
 			params: { fileIds: { type: "array", items: { type: "string", max: 2048 }, max: 1000 } },
-			async handler(this: FilesThis, ctx: Ctx<{ fileIds: string[] }>) {
+			async handler(this: FilesThis, ctx: Ctx<{ fileIds: string[] }>): Promise<ActionResult<"files.release">> {
 				// Ids or /files/<id> paths; anything else (an external avatar URL) is nothing of ours.
 				const ids = [...new Set(ctx.params.fileIds.map(ref => this.fileIdOf(ref)).filter((id): id is string => !!id))];
 				if (ids.length === 0) return [];
@@ -309,7 +310,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		verifyAttachments: {
 			visibility: "public",
 			params: { refs: { type: "array", items: { type: "string", max: 2048 }, max: 10 }, ownerId: { type: "number", integer: true, positive: true } },
-			async handler(this: FilesThis, ctx: Ctx<{ refs: string[]; ownerId: number }>) {
+			async handler(this: FilesThis, ctx: Ctx<{ refs: string[]; ownerId: number }>): Promise<ActionResult<"files.verifyAttachments">> {
 				const out = [];
 				for (const ref of ctx.params.refs) {
 					const fileId = this.fileIdOf(ref);

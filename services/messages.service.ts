@@ -28,6 +28,7 @@ import {
 	userIdRule,
 } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
+import { type BroadcastPayloads, callAction, type NotificationTargets } from "../lib/contracts";
 import { CHANNELS } from "../lib/durable-events";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
 import { callerOf } from "../lib/caller";
@@ -39,7 +40,7 @@ import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
 /** What messages.send already knows of the conversation, so the notification step need not ask for it. */
-type KnownConversation = { type: string; name: string | null; status: string; participants: number[]; blockedBy: number[]; muted: number[] };
+type KnownConversation = Pick<ConversationMeta["conv"], "type" | "name" | "status" | "participants"> & { blockedBy: number[]; muted: number[] };
 /** A context, or the broker itself for work that no request started (the outbox sweep). */
 type Caller = { call(action: string, params?: unknown): Promise<unknown> };
 
@@ -149,15 +150,11 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				// A retry of a send that went through hits the unique dedupe_key in insertWithSeq:
 				// it gets the first message back, and nothing is pushed again.
 				const dedupeKey = clientId ? `${conversationId}:${me.id}:${clientId}` : `${conversationId}:${me.id}:auto:${crypto.randomUUID()}`;
-				const { conversation, blockedBy, muted } = (await ctx.call("conversations.authorizeSend", { conversationId, senderId: me.id })) as {
-					conversation: ConversationMeta["conv"];
-					blockedBy: number[];
-					muted: number[];
-				};
+				const { conversation, blockedBy, muted } = await callAction(ctx, "conversations.authorizeSend", { conversationId, senderId: me.id });
 				// Attachments must be files of this server that the sender uploaded; the message's
 				// type follows the first one.
 				let files: { url: string; fileType: string }[] = [];
-				if (attachments.length > 0) files = (await ctx.call("files.verifyAttachments", { refs: attachments, ownerId: me.id })) as typeof files;
+				if (attachments.length > 0) files = await callAction(ctx, "files.verifyAttachments", { refs: attachments, ownerId: me.id });
 				const now = new Date();
 				const { msg, created } = await this.insertWithSeq(conversationId, {
 					conversation_id: conversationId,
@@ -203,7 +200,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				if (!content) throw validationError("Empty message", [{ field: "content", type: "required", message: "Empty message" }]);
 				// An edit says something new: who may not send here now (a block in a private chat, a
 				// declined request, a deleted other side) may not edit either.
-				const { blockedBy } = (await ctx.call("conversations.authorizeSend", { conversationId: conv._id, senderId: me.id })) as { blockedBy: number[] };
+				const { blockedBy } = await callAction(ctx, "conversations.authorizeSend", { conversationId: conv._id, senderId: me.id });
 				const now = new Date();
 				const updated = await this.withLock(`m:${msg._id}`, async () => {
 					// Not over a deletion that got in first.
@@ -316,7 +313,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					const { membership } = await this.access(ctx, ctx.params.conversationId, me.id);
 					scopes = [{ conversationId: ctx.params.conversationId, clearedSeq: membership.cleared_seq }];
 				} else {
-					scopes = (await ctx.call("conversations.idsOf", { userId: me.id })) as typeof scopes;
+					scopes = await callAction(ctx, "conversations.idsOf", { userId: me.id });
 				}
 				if (scopes.length === 0) return { messages: [], total: 0 };
 				// The caller's conversations as one indexed $in at the top: NeDB uses an index only for
@@ -368,7 +365,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					updated_at: now,
 				});
 				await this.record(ctx, msg);
-				const participants = (await ctx.call("conversations.participantsOf", { conversationId })) as number[];
+				const participants = await callAction(ctx, "conversations.participantsOf", { conversationId });
 				const [presented] = await this.present(ctx, [msg]);
 				await this.push(ctx, [{ rooms: participants.map(userRoom), event: "message:created", payload: presented }]);
 				return presented;
@@ -415,17 +412,17 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 	},
 
 	events: {
-		[EVENTS.userUpdated](this: MessagesThis, ctx: Context<{ userId: number }>) {
+		[EVENTS.userUpdated](this: MessagesThis, ctx: Context<BroadcastPayloads[typeof EVENTS.userUpdated]>) {
 			this.profiles.delete(ctx.params.userId);
 		},
-		[EVENTS.userDeleted](this: MessagesThis, ctx: Context<{ userId: number }>) {
+		[EVENTS.userDeleted](this: MessagesThis, ctx: Context<BroadcastPayloads[typeof EVENTS.userDeleted]>) {
 			this.profiles.delete(ctx.params.userId);
 		},
 	},
 
 	methods: {
 		async access(this: MessagesThis, ctx: Ctx<unknown>, conversationId: string, userId: number) {
-			return (await ctx.call("conversations.access", { conversationId, userId })) as { conv: ConversationMeta["conv"]; membership: MemberMeta };
+			return callAction(ctx, "conversations.access", { conversationId, userId });
 		},
 
 		/** A message of a conversation the user belongs to; not found otherwise (nothing leaks). */
@@ -455,7 +452,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 
 		/** Who hears of userId's action (see conversations.audience). */
 		async audience(this: MessagesThis, ctx: Ctx<unknown>, conversationId: string, userId: number, either: boolean) {
-			return (await ctx.call("conversations.audience", { conversationId, userId, either })) as number[];
+			return callAction(ctx, "conversations.audience", { conversationId, userId, either });
 		},
 
 		/** Receipts in history are receipts too: a reader with a block with the viewer, either way, is left out. */
@@ -464,7 +461,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			if (readers.length === 0) return msgs;
 			const hidden = new Set<number>();
 			for (let i = 0; i < readers.length; i += 1000) {
-				const ids = (await ctx.call("conversations.blockRelations", { userId: viewerId, others: readers.slice(i, i + 1000) })) as number[];
+				const ids = await callAction(ctx, "conversations.blockRelations", { userId: viewerId, others: readers.slice(i, i + 1000) });
 				for (const id of ids) hidden.add(id);
 			}
 			if (hidden.size === 0) return msgs;
@@ -478,7 +475,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			for (let i = 0; i < fileIds.length; i += 1000) {
 				const chunk = fileIds.slice(i, i + 1000);
 				this.inBackground("files.release", () =>
-					ctx.call("files.release", { fileIds: chunk }).catch(err => this.logger.warn(`Could not release ${chunk.length} file(s)`, (err as Error).message)),
+					callAction(ctx, "files.release", { fileIds: chunk }).catch(err => this.logger.warn(`Could not release ${chunk.length} file(s)`, (err as Error).message)),
 				);
 			}
 		},
@@ -523,7 +520,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			}
 			if (missing.length > 0) {
 				try {
-					const users = (await caller.call("users.resolve", { ids: missing })) as { id: number; username: string; avatar_url: string | null }[];
+					const users = await callAction(caller, "users.resolve", { ids: missing });
 					for (const u of users) {
 						const profile = { id: u.id, name: u.username, avatar_url: u.avatar_url };
 						this.profiles.set(u.id, { profile, until: now + PROFILE_TTL_MS });
@@ -544,9 +541,8 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 
 		/** message.created on the durable bus (one event per message), then the outbox flag. */
 		async announce(this: MessagesThis, msg: MessageDoc, sender: SenderProfile, known?: KnownConversation) {
-			type Targets = { conversationType: string; conversationName: string | null; recipients: { userId: number; type: string }[] } | null;
 			// From a send: what authorizeSend said a moment ago. From the outbox sweep: asked now.
-			const targets: Targets = known
+			const targets: NotificationTargets = known
 				? {
 						conversationType: known.type,
 						conversationName: known.name,
@@ -554,7 +550,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 							.filter(id => id !== msg.sender_id && !known.muted.includes(id) && !known.blockedBy.includes(id))
 							.map(userId => ({ userId, type: known.status === "pending" ? "message_request" : "message" })),
 					}
-				: ((await this.broker.call("conversations.notificationTargets", { conversationId: msg.conversation_id, senderId: msg.sender_id })) as Targets);
+				: await callAction(this.broker, "conversations.notificationTargets", { conversationId: msg.conversation_id, senderId: msg.sender_id });
 			if (targets) {
 				await this.publishEvent(CHANNELS.messageCreated, {
 					eventId: msg._id,

@@ -10,6 +10,7 @@ import { encodeCursor, decodeCursor, idRule, limitRule } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
 import { CHANNELS } from "../lib/durable-events";
 import { Batcher } from "../lib/batcher";
+import { type BroadcastPayloads, callAction, type GroupInviteEvent, type MessageCreatedEvent, type MessageDeletedEvent, type SystemBroadcastEvent as BroadcastEvent } from "../lib/contracts";
 import { forgetOnOtherNodes } from "../lib/read-cache";
 import { UnreadCounts } from "../lib/unread-counts";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
@@ -52,41 +53,6 @@ interface Delivery {
 	userId: number;
 	eventKey: string;
 	n: NewNotification;
-}
-
-interface MessageCreatedEvent {
-	eventId: string;
-	conversationId: string;
-	conversationType: "private" | "group";
-	conversationName: string | null;
-	senderId: number;
-	senderName: string;
-	senderAvatar: string | null;
-	content: string;
-	messageType: string;
-	recipients: { userId: number; type: "message" | "message_request" }[];
-}
-
-interface GroupInviteEvent {
-	eventId: string;
-	conversationId: string;
-	conversationName: string | null;
-	inviterId: number;
-	inviterName: string;
-	userIds: number[];
-}
-
-interface MessageDeletedEvent {
-	eventId: string;
-	messageId: string;
-}
-
-interface BroadcastEvent {
-	eventId: string;
-	title: string;
-	content: string;
-	senderId: number;
-	userIds?: number[];
 }
 
 interface NotifThis extends DocsMixinThis<"notifications">, PushThis, PublisherThis {
@@ -266,7 +232,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 					let afterId = 0;
 					const explicit = event.userIds ? [...new Set(event.userIds)] : null;
 					for (let page = 0; ; page++) {
-						const ids = explicit ? explicit.slice(page * BROADCAST_BATCH, (page + 1) * BROADCAST_BATCH) : ((await this.broker.call("users.ids", { afterId, limit: BROADCAST_BATCH })) as number[]);
+						const ids = explicit ? explicit.slice(page * BROADCAST_BATCH, (page + 1) * BROADCAST_BATCH) : await callAction(this.broker, "users.ids", { afterId, limit: BROADCAST_BATCH });
 						if (ids.length === 0) break;
 						await this.deliverMany(
 							ids.map(userId => ({
@@ -287,7 +253,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 
 	events: {
 		/** A deleted account's notifications go with it. */
-		async [EVENTS.userDeleted](this: NotifThis, ctx: Context<{ userId: number }>) {
+		async [EVENTS.userDeleted](this: NotifThis, ctx: Context<BroadcastPayloads[typeof EVENTS.userDeleted]>) {
 			if (!isPositiveInt(ctx.params.userId)) return;
 			await this.stores.notifications.removeMany({ user_id: ctx.params.userId });
 			await this.countsChanged([ctx.params.userId]);
@@ -384,7 +350,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 				// The roles in the token are not enough: the users service confirms from its database.
 				if (!(await ctx.call("users.isAdmin", { userId: me.id }))) throw forbidden("Only an admin may broadcast");
 				const userIds = ctx.params.userIds ? [...new Set(ctx.params.userIds)] : undefined;
-				const queued = userIds ? userIds.length : ((await ctx.call("users.count")) as number);
+				const queued = userIds ? userIds.length : await callAction(ctx, "users.count", {});
 				await this.publishEvent(CHANNELS.systemBroadcast, { eventId: crypto.randomUUID(), title: ctx.params.title, content: ctx.params.content, senderId: me.id, userIds });
 				ctx.meta.$statusCode = 202;
 				return { queued };

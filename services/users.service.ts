@@ -19,6 +19,7 @@ import { usersMigrations } from "../lib/migrations/users";
 import type { RevocationReason, SessionRevocation } from "../lib/session-revocations";
 import { type AuthUser, hashRefreshToken, newRefreshToken, signAccessToken } from "../lib/tokens";
 import { PasswordHasher } from "../lib/password-hasher";
+import { type ActionResult, type BroadcastPayloads, broadcastEvent, callAction } from "../lib/contracts";
 import { forgetOnOtherNodes } from "../lib/read-cache";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 
@@ -525,7 +526,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const updated = (await this.profilesOf([id])).get(id);
 				if (!updated) throw notFound("User");
 				const presented = await this.presentOne(updated, caller, ctx);
-				ctx.broadcast(EVENTS.userUpdated, { userId: id });
+				void broadcastEvent(ctx, EVENTS.userUpdated, { userId: id });
 				return presented;
 			},
 		},
@@ -552,7 +553,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 						return user.avatar_url;
 					})
 					.finally(() => deleting && this.profilesChanged([id], ctx.requestID));
-				ctx.broadcast(EVENTS.userDeleted, { userId: id });
+				void broadcastEvent(ctx, EVENTS.userDeleted, { userId: id });
 				this.releaseFiles(ctx, [avatar]);
 				ctx.meta.$statusCode = 204;
 				return null;
@@ -606,7 +607,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				// A deleted account's token stores nothing.
 				if (!(await this.findUser(caller.id))) throw unauthorized("This account no longer exists");
 				// The files service checks it is an image from its bytes, and stores it.
-				const file = (await ctx.call("files.saveBase64", { ...ctx.params, onlyImages: true })) as { url: string; fileId: string };
+				const file = await callAction(ctx, "files.saveBase64", { ...ctx.params, onlyImages: true });
 				ctx.meta.$statusCode = 200;
 				const url = FILE_ID.test(file.fileId) ? `/files/${file.fileId}` : file.url;
 				const previous = await this.sequelize
@@ -624,7 +625,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				if (previous !== url) this.releaseFiles(ctx, [previous]);
 				const user = (await this.profilesOf([caller.id])).get(caller.id);
 				if (!user) throw unauthorized("This account no longer exists");
-				ctx.broadcast(EVENTS.userUpdated, { userId: caller.id });
+				void broadcastEvent(ctx, EVENTS.userUpdated, { userId: caller.id });
 				return { url, user: await this.presentOne(user, caller, ctx) };
 			},
 		},
@@ -680,7 +681,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		/** For the gateways: every ended session whose access tokens may still be unexpired (not routed). */
 		revocations: {
 			visibility: "public",
-			async handler(this: UsersThis): Promise<SessionRevocation[]> {
+			async handler(this: UsersThis): Promise<ActionResult<"users.revocations">> {
 				const window = config.accessTokenTtlSeconds + REVOCATION_MARGIN_SECONDS;
 				const rows = await this.sequelize.query<{ user_id: number; family_id: string | null; min_version: number | null; all_tokens: boolean; reason: RevocationReason; created_at: Date }>(
 					`SELECT user_id, family_id, min_version, all_tokens, reason, created_at FROM session_revocations
@@ -717,7 +718,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		ids: {
 			visibility: "public",
 			params: { afterId: { type: "number", integer: true, min: 0, default: 0 }, limit: { type: "number", integer: true, min: 1, max: 1000, default: 500 } },
-			async handler(this: UsersThis, ctx: Ctx<{ afterId: number; limit: number }>) {
+			async handler(this: UsersThis, ctx: Ctx<{ afterId: number; limit: number }>): Promise<ActionResult<"users.ids">> {
 				const rows = await this.sequelize.query<{ id: number }>("SELECT id FROM users WHERE id > :afterId ORDER BY id LIMIT :limit", {
 					replacements: ctx.params,
 					type: QueryTypes.SELECT,
@@ -729,7 +730,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		/** For other services: how many accounts there are. */
 		count: {
 			visibility: "public",
-			async handler(this: UsersThis) {
+			async handler(this: UsersThis): Promise<ActionResult<"users.count">> {
 				return this.models.User.count();
 			},
 		},
@@ -748,7 +749,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		resolve: {
 			visibility: "public",
 			params: { ids: { type: "array", max: 1000, items: { type: "number", integer: true, positive: true } } },
-			async handler(this: UsersThis, ctx: Ctx<{ ids: number[] }>) {
+			async handler(this: UsersThis, ctx: Ctx<{ ids: number[] }>): Promise<ActionResult<"users.resolve">> {
 				// Cached profiles as they are; one query for the ones missing. Unknown (or deleted) ids are left out.
 				const ids = [...new Set(ctx.params.ids)];
 				const byId = await this.profilesOf(ids);
@@ -768,7 +769,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 	},
 
 	events: {
-		[EVENTS.presenceSnapshot](this: UsersThis, ctx: Context<{ nodeID: string; userIds: number[] }>) {
+		[EVENTS.presenceSnapshot](this: UsersThis, ctx: Context<BroadcastPayloads[typeof EVENTS.presenceSnapshot]>) {
 			this.presence.set(ctx.params.nodeID, { userIds: new Set(ctx.params.userIds), at: Date.now() });
 		},
 		/** A gateway that died without a word: its users are not online through it any more. */
@@ -1034,7 +1035,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				if (revocation.minVersion !== undefined) payload.minVersion = revocation.minVersion;
 				if (revocation.all) payload.all = true;
 				// A gateway that misses it still learns it from users.revocations within a minute.
-				void ctx.broadcast(EVENTS.sessionsRevoked, payload, ["api"]);
+				void broadcastEvent(ctx, EVENTS.sessionsRevoked, payload, ["api"]);
 				void this.pruneRevocations();
 			};
 			if (tx) tx.afterCommit(announce);
