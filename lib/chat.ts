@@ -11,16 +11,8 @@ export const idRule = { type: "string", min: 1, max: 64, pattern: /^[A-Za-z0-9_-
 export const userIdRule = { type: "number", integer: true, positive: true, convert: true } as const;
 export const limitRule = (def: number) => ({ type: "number", integer: true, min: 1, max: 100, convert: true, optional: true, default: def }) as const;
 
-/** The one form of a file of this server that chats store: attachments and group pictures alike. */
-export const FILE_PATH_PATTERN = /^\/files\/([a-f0-9]{32})$/;
-export const filePath = (fileId: string) => `/files/${fileId}`;
-/** The file id of a stored `/files/<id>` reference; null for anything else (e.g. an old external URL). */
-export function fileIdOfPath(ref: string | null | undefined): string | null {
-	const match = ref ? FILE_PATH_PATTERN.exec(ref) : null;
-	return match ? match[1] : null;
-}
-/** The files service asks with at most this many ids at once (files.release). */
-export const fileIdsRule = { type: "array", max: 1000, items: { type: "string", pattern: /^[a-f0-9]{32}$/ } } as const;
+// The chats store files as `/files/<id>` (attachments and group pictures alike): lib/file-ids.ts.
+export { FILE_PATH_PATTERN, filePath, fileIdOfPath, fileIdsRule } from "./file-ids";
 
 export interface LastMessage {
 	id: string;

@@ -8,6 +8,7 @@
  * presentNotification and presentFile.
  */
 import { MAX_CONTENT, MAX_GROUP_SIZE } from "./chat";
+import { ATTACHMENT_PATTERN, FILE_ID_SOURCE } from "./file-ids";
 import { ROLES } from "./constants";
 import { ERROR_CODES } from "./errors";
 
@@ -181,7 +182,7 @@ const NOTIFICATION_ID: Obj = { type: "string", minLength: 1, maxLength: 64, patt
 /** Files: an upload's id is 16 random bytes in hex; it is the capability to read the file. */
 const FILE_ID_EXAMPLE = "3f9a1c0d2b7e4f6a8c5d1e0b9a7f3c2d";
 const FILE_URL_EXAMPLE = `/files/${FILE_ID_EXAMPLE}`;
-const FILE_ID: Obj = { type: "string", pattern: "^[a-f0-9]{32}$", description: "32 lower-case hex characters, random and unguessable.", example: FILE_ID_EXAMPLE };
+const FILE_ID: Obj = { type: "string", pattern: `^${FILE_ID_SOURCE}$`, description: "32 lower-case hex characters, random and unguessable.", example: FILE_ID_EXAMPLE };
 /** At most this many files in one POST /upload/multiple (services/api.service.ts). */
 const MAX_UPLOAD_FILES = 10;
 /** The size limits of uploads, as text (the numbers are configured in the environment). */
@@ -776,7 +777,7 @@ const schemas: Record<string, Obj> = {
 	},
 	SendMessageRequest: {
 		type: "object",
-		description: "`content` or at least one attachment. A message with attachments has `type: \"file\"`, else `\"text\"`.",
+		description: "`content` or at least one attachment. A message whose first attachment is an image has `type: \"image\"`, one with other attachments `\"file\"`, else `\"text\"`.",
 		properties: {
 			content: { type: "string", maxLength: MAX_CONTENT, description: "Trimmed.", example: "See you at eight." },
 			attachments: {
@@ -785,8 +786,8 @@ const schemas: Record<string, Obj> = {
 				items: {
 					type: "string",
 					maxLength: 2048,
-					pattern: "^(https?://\\S+/files/[A-Za-z0-9_-]+|/files/[A-Za-z0-9_-]+)$",
-					description: "A file uploaded to this server: `/files/<id>` or its full URL.",
+					pattern: ATTACHMENT_PATTERN.source,
+					description: "A file uploaded to this server: its id, `/files/<id>`, or its full URL.",
 				},
 				example: [FILE_URL_EXAMPLE],
 			},
@@ -807,7 +808,7 @@ const schemas: Record<string, Obj> = {
 			fileId: FILE_ID,
 			url: {
 				type: "string",
-				pattern: "^/files/[a-f0-9]{32}$",
+				pattern: `^/files/${FILE_ID_SOURCE}$`,
 				description: "`/files/<fileId>`, a path on this server: use it in `<img src>`, in a message's `attachments`, as an avatar, or to delete the file.",
 				example: FILE_URL_EXAMPLE,
 			},
@@ -866,7 +867,7 @@ const schemas: Record<string, Obj> = {
 		type: "object",
 		required: ["url", "user"],
 		properties: {
-			url: { type: "string", pattern: "^/files/[a-f0-9]{32}$", description: "The new avatar's file: now the caller's `avatar_url`.", example: FILE_URL_EXAMPLE },
+			url: { type: "string", pattern: `^/files/${FILE_ID_SOURCE}$`, description: "The new avatar's file: now the caller's `avatar_url`.", example: FILE_URL_EXAMPLE },
 			user: schema("User"),
 		},
 	},

@@ -15,7 +15,6 @@
  * A file is deleted by its uploader or an admin (DELETE /upload), or by `release` when the
  * last message, profile or group that used it lets go of it.
  */
-import crypto from "node:crypto";
 import path from "node:path";
 import { Readable } from "node:stream";
 import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
@@ -23,6 +22,7 @@ import type { ActionResult } from "../lib/contracts";
 import { config } from "../lib/config";
 import { appError, badRequest, forbidden, notFound, validationError } from "../lib/errors";
 import { type FileStorage, LocalDiskStorage } from "../lib/file-storage";
+import { FILE_ID_PATTERN, FILE_PATH_PATTERN, FILE_REF_PATTERN, newFileId } from "../lib/file-ids";
 import { SNIFF_BYTES, cleanFileName, detectType, storedFileName } from "../lib/file-types";
 import { callerOf } from "../lib/caller";
 import { SerialWork } from "../lib/serial-work";
@@ -31,7 +31,6 @@ import { createDocsMixin, type Doc, type DocsMixinThis, isDuplicateKeyError } fr
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta & { filename?: string; mimetype?: string; range?: string }>;
 
-export const FILE_ID_PATTERN = /^[a-f0-9]{32}$/;
 
 /**
  * Every file counts at least this much against the quota (a disk block and its metadata), so
@@ -333,7 +332,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 			visibility: "public",
 			params: { ref: { type: "string", max: 2048 }, ownerId: { type: "number", integer: true, positive: true } },
 			async handler(this: FilesThis, ctx: Ctx<{ ref: string; ownerId: number }>) {
-				const match = /^\/files\/([a-f0-9]{32})$/.exec(ctx.params.ref);
+				const match = FILE_PATH_PATTERN.exec(ctx.params.ref);
 				if (!match) throw avatarError("A picture must be an image uploaded to this server: /files/<id>");
 				const file = await this.byId(match[1]);
 				if (!file) throw avatarError("This picture is not a file of this server");
@@ -351,7 +350,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 
 		/** A file id from an id, a /files/<id> path, or a URL of this server's files. */
 		fileIdOf(ref: string) {
-			const match = /(?:^|\/files\/)([a-f0-9]{32})(?:[?#].*)?$/.exec(ref.trim());
+			const match = FILE_REF_PATTERN.exec(ref.trim());
 			return match ? match[1] : null;
 		},
 
@@ -375,7 +374,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 					throw appError("UNSUPPORTED_MEDIA_TYPE", onlyImages ? "Only images are accepted here" : "This type of file is not accepted");
 				}
 				// The stored name is ours: random, never derived from the client's name.
-				fileId = crypto.randomBytes(16).toString("hex");
+				fileId = newFileId();
 				// A stream is cut off where it stops fitting in what is left of the quota.
 				const limit = Math.min(config.fileMaxBytes, remaining);
 				let written: { size: number; sha256: string };

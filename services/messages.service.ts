@@ -31,6 +31,7 @@ import { EVENTS } from "../lib/constants";
 import { type BroadcastPayloads, callAction, type NotificationTargets } from "../lib/contracts";
 import { CHANNELS } from "../lib/durable-events";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
+import { ATTACHMENT_PATTERN } from "../lib/file-ids";
 import { callerOf } from "../lib/caller";
 import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
@@ -85,7 +86,7 @@ const SYSTEM_TEXT: Record<string, string> = {
 };
 
 /** A file of this server: its id, its /files/<id> path, or a URL ending in that path. */
-const attachmentRule = { type: "string", max: 2048, pattern: /^(?:https?:\/\/\S+)?(?:\/files\/)?[a-f0-9]{32}$/ } as const;
+const attachmentRule = { type: "string", max: 2048, pattern: ATTACHMENT_PATTERN } as const;
 
 const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 	name: "messages",

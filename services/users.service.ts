@@ -20,6 +20,7 @@ import type { RevocationReason, SessionRevocation } from "../lib/session-revocat
 import { type AuthUser, hashRefreshToken, newRefreshToken, signAccessToken } from "../lib/tokens";
 import { PasswordHasher } from "../lib/password-hasher";
 import { type ActionResult, type BroadcastPayloads, broadcastEvent, callAction } from "../lib/contracts";
+import { FILE_ID_PATTERN, FILE_PATH_PATTERN } from "../lib/file-ids";
 import { forgetOnOtherNodes } from "../lib/read-cache";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 
@@ -34,8 +35,8 @@ const REVOCATION_MARGIN_SECONDS = 5;
 const REVOCATION_KEEP_SECONDS = 24 * 3600;
 const REVOCATION_PRUNE_EVERY_MS = 10 * 60_000;
 /** The only avatar there is: a file of this server, by its canonical path. */
-const AVATAR_PATH = /^\/files\/([a-f0-9]{32})$/;
-const FILE_ID = /^[a-f0-9]{32}$/;
+const AVATAR_PATH = FILE_PATH_PATTERN;
+const FILE_ID = FILE_ID_PATTERN;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const USERNAME = /^[A-Za-z0-9_.-]{3,32}$/;
 const EMAIL_LIKE = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
