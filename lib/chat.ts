@@ -2,6 +2,7 @@
  * Shapes and rules shared by the chat services (conversations, messages): the documents they
  * store, what clients see of them (the API documented at /docs), and the parameter rules of their actions.
  */
+import type { NotificationTargets } from "./contracts";
 import type { Doc } from "../mixins/docs.mixin";
 
 export const MAX_CONTENT = 10_000;
@@ -116,6 +117,36 @@ export interface MemberMeta {
 export function isMuted(m: Pick<MembershipDoc, "muted"> & { mute_until: Date | string | null } | null, now = Date.now()): boolean {
 	if (!m?.muted) return false;
 	return !m.mute_until || new Date(m.mute_until).getTime() > now;
+}
+
+/**
+ * What a message of `senderId` skips, from the cached metadata: the members who blocked the sender
+ * (they do not receive it live) and those who muted the conversation (no notification).
+ */
+export function sendingSkips(meta: ConversationMeta, senderId: number): { blockedBy: number[]; muted: number[] } {
+	return {
+		blockedBy: meta.blocks.filter(([, blocked]) => blocked === senderId).map(([blocker]) => blocker),
+		muted: meta.members.filter(m => isMuted(m)).map(m => m.user_id),
+	};
+}
+
+/**
+ * Who a new message notifies: every participant but the sender, those who muted the conversation
+ * and those who blocked the sender; in a pending chat, as a message request. The one rule, for a
+ * send (from what authorizeSend said) and for the outbox sweep (conversations.notificationTargets).
+ */
+export function notificationTargetsOf(
+	conv: Pick<ConversationMeta["conv"], "type" | "name" | "status" | "participants">,
+	senderId: number,
+	skips: { blockedBy: number[]; muted: number[] },
+): NonNullable<NotificationTargets> {
+	const shut = new Set([...skips.muted, ...skips.blockedBy]);
+	const type = conv.status === "pending" ? "message_request" : "message";
+	return {
+		conversationType: conv.type,
+		conversationName: conv.name,
+		recipients: conv.participants.filter(id => id !== senderId && !shut.has(id)).map(userId => ({ userId, type })),
+	};
 }
 
 /** The contract's `conversation`, as one member sees it. */

@@ -1980,7 +1980,7 @@ Live events go over Socket.IO on this same origin (default path \`/socket.io\`; 
 Connect with the access token: \`io(origin + "/chat", { auth: { token } })\` (the raw JWT or \`"Bearer <jwt>"\`); a socket without a valid
 token is refused at connect (\`connect_error\` "Unauthorized"). Every client → server event takes an ack callback and always gets
 \`{ ok: true, data }\` or \`{ ok: false, error: { code, message, details? } }\` with the error codes above. The events and their payloads are
-listed, each with the action it calls, in the tables CHAT_EVENTS and NOTIFICATION_EVENTS of services/api.service.ts.`;
+listed, each with the action it calls, in the tables CHAT_EVENTS and NOTIFICATION_EVENTS of mixins/gateway-sockets.mixin.ts.`;
 
 export const openApiDocument: Record<string, unknown> = {
 	openapi: "3.0.3",

@@ -20,7 +20,9 @@ import {
 	isMuted,
 	limitRule,
 	membershipKey,
+	notificationTargetsOf,
 	presentConversation,
+	sendingSkips,
 	userIdRule,
 } from "../lib/chat";
 import { callAction, type ActionResult } from "../lib/contracts";
@@ -652,11 +654,9 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if (conv.status === "declined") throw forbidden("This message request was declined");
 				if (conv.status === "pending" && conv.initiator_id !== senderId) throw forbidden("Accept the message request before replying");
 				if (conv.type === "private" && meta.blocks.some(([a, b]) => a === senderId || b === senderId)) throw forbidden("You cannot message this user");
-				// In a group, members who blocked the sender do not receive its messages live.
-				const blockedBy = meta.blocks.filter(([, blocked]) => blocked === senderId).map(([blocker]) => blocker);
-				// Who muted it now: the sender makes the notification targets without asking again.
-				const muted = meta.members.filter(m => isMuted(m)).map(m => m.user_id);
-				return { conversation: conv, blockedBy, muted };
+				// In a group, members who blocked the sender do not receive its messages live; who muted
+				// it now lets the sender make the notification targets without asking again.
+				return { conversation: conv, ...sendingSkips(meta, senderId) };
 			},
 		},
 
@@ -721,14 +721,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>): Promise<ActionResult<"conversations.notificationTargets">> {
 				const { conversationId, senderId } = ctx.params;
 				const meta = await this.metaOf(conversationId);
-				if (!meta) return null;
-				const shut = new Set([...meta.members.filter(m => isMuted(m)).map(m => m.user_id), ...meta.blocks.filter(([, blocked]) => blocked === senderId).map(([blocker]) => blocker)]);
-				const type = meta.conv.status === "pending" ? "message_request" : "message";
-				return {
-					conversationType: meta.conv.type,
-					conversationName: meta.conv.name,
-					recipients: meta.conv.participants.filter(id => id !== senderId && !shut.has(id)).map(userId => ({ userId, type })),
-				};
+				return meta ? notificationTargetsOf(meta.conv, senderId, sendingSkips(meta, senderId)) : null;
 			},
 		},
 

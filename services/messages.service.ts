@@ -24,6 +24,7 @@ import {
 	idRule,
 	lastMessageOf,
 	limitRule,
+	notificationTargetsOf,
 	presentMessage,
 	userIdRule,
 } from "../lib/chat";
@@ -544,13 +545,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		async announce(this: MessagesThis, msg: MessageDoc, sender: SenderProfile, known?: KnownConversation) {
 			// From a send: what authorizeSend said a moment ago. From the outbox sweep: asked now.
 			const targets: NotificationTargets = known
-				? {
-						conversationType: known.type,
-						conversationName: known.name,
-						recipients: known.participants
-							.filter(id => id !== msg.sender_id && !known.muted.includes(id) && !known.blockedBy.includes(id))
-							.map(userId => ({ userId, type: known.status === "pending" ? "message_request" : "message" })),
-					}
+				? notificationTargetsOf(known, msg.sender_id, known)
 				: await callAction(this.broker, "conversations.notificationTargets", { conversationId: msg.conversation_id, senderId: msg.sender_id });
 			if (targets) {
 				await this.publishEvent(CHANNELS.messageCreated, {

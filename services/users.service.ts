@@ -20,7 +20,7 @@ import type { RevocationReason, SessionRevocation } from "../lib/session-revocat
 import { type AuthUser, hashRefreshToken, newRefreshToken, signAccessToken } from "../lib/tokens";
 import { PasswordHasher } from "../lib/password-hasher";
 import { type ActionResult, type BroadcastPayloads, broadcastEvent, callAction } from "../lib/contracts";
-import { FILE_ID_PATTERN, FILE_PATH_PATTERN } from "../lib/file-ids";
+import { FILE_ID_PATTERN, FILE_PATH_PATTERN, fileIdOfPath, filePath } from "../lib/file-ids";
 import { forgetOnOtherNodes } from "../lib/read-cache";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 
@@ -35,8 +35,6 @@ const REVOCATION_MARGIN_SECONDS = 5;
 const REVOCATION_KEEP_SECONDS = 24 * 3600;
 const REVOCATION_PRUNE_EVERY_MS = 10 * 60_000;
 /** The only avatar there is: a file of this server, by its canonical path. */
-const AVATAR_PATH = FILE_PATH_PATTERN;
-const FILE_ID = FILE_ID_PATTERN;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const USERNAME = /^[A-Za-z0-9_.-]{3,32}$/;
 const EMAIL_LIKE = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
@@ -483,7 +481,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					// Sending back the avatar the profile has (a PUT of the whole profile) is no change.
 					if (wanted !== user.avatar_url) {
 						// Only a file of this server: no third-party URL that every viewer's browser would fetch.
-						if (wanted !== null && !AVATAR_PATH.test(wanted)) {
+						if (wanted !== null && !FILE_PATH_PATTERN.test(wanted)) {
 							throw validationError("avatar_url must be /files/<id> of an image you uploaded, or null", [{ field: "avatar_url", type: "avatar", message: "Must be /files/<id> of an image you uploaded, or null" }]);
 						}
 						patch.avatar_url = wanted;
@@ -610,7 +608,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				// The files service checks it is an image from its bytes, and stores it.
 				const file = await callAction(ctx, "files.saveBase64", { ...ctx.params, onlyImages: true });
 				ctx.meta.$statusCode = 200;
-				const url = FILE_ID.test(file.fileId) ? `/files/${file.fileId}` : file.url;
+				const url = FILE_ID_PATTERN.test(file.fileId) ? filePath(file.fileId) : file.url;
 				const previous = await this.sequelize
 					.transaction(async tx => {
 						const locked = await this.lockUser(caller.id, tx, "update");
@@ -704,7 +702,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			visibility: "public",
 			params: { fileIds: { type: "array", max: 1000, items: { type: "string", max: 64 } } },
 			async handler(this: UsersThis, ctx: Ctx<{ fileIds: string[] }>) {
-				const ids = [...new Set(ctx.params.fileIds)].filter(id => FILE_ID.test(id));
+				const ids = [...new Set(ctx.params.fileIds)].filter(id => FILE_ID_PATTERN.test(id));
 				if (ids.length === 0) return [];
 				const rows = await this.sequelize.query<{ avatar_url: string }>("SELECT DISTINCT avatar_url FROM users WHERE length(avatar_url) <= 64 AND avatar_url IN (:urls)", {
 					replacements: { urls: ids.map(id => `/files/${id}`) },
@@ -1175,7 +1173,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		avatarFileId(url: string | null | undefined) {
-			return AVATAR_PATH.exec(url ?? "")?.[1] ?? null;
+			return fileIdOfPath(url);
 		},
 
 		/** Files no longer an avatar here: the files service deletes them unless something else uses them. */
