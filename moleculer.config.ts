@@ -6,6 +6,7 @@ import os from "node:os";
 import type { BrokerOptions, Errors, Middleware } from "moleculer";
 import { config, isProduction } from "./lib/config";
 import { createChannelsMiddleware } from "./lib/durable-events";
+import { AuthorizeMiddleware } from "./middlewares/authorize.middleware";
 import { TraceLogMiddleware } from "./middlewares/trace-log.middleware";
 
 function transporter(): BrokerOptions["transporter"] {
@@ -104,7 +105,8 @@ const brokerConfig: BrokerOptions = {
 	cacher: cacher(),
 	metrics: { enabled: false },
 	tracing: { enabled: false },
-	middlewares: [TraceLogMiddleware(), createChannelsMiddleware() as Middleware],
+	// Authorize first: it wraps innermost, so it runs after the params are validated and traced.
+	middlewares: [AuthorizeMiddleware(), TraceLogMiddleware(), createChannelsMiddleware() as Middleware],
 };
 
 export default brokerConfig;

@@ -8,7 +8,9 @@ import type { Doc } from "../mixins/docs.mixin";
 export const MAX_CONTENT = 10_000;
 export const MAX_GROUP_SIZE = 256;
 
-export const idRule = { type: "string", min: 1, max: 64, pattern: /^[A-Za-z0-9_-]+$/ } as const;
+// Patterns in params are strings: they reach the gateway (and the API documents) through the
+// registry as JSON, where a RegExp would arrive as {}.
+export const idRule = { type: "string", min: 1, max: 64, pattern: "^[A-Za-z0-9_-]+$" } as const;
 export const userIdRule = { type: "number", integer: true, positive: true, convert: true } as const;
 export const limitRule = (def: number) => ({ type: "number", integer: true, min: 1, max: 100, convert: true, optional: true, default: def }) as const;
 

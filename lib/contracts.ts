@@ -86,6 +86,7 @@ export interface ActionContracts {
 	"users.resolve": { params: { ids: number[] }; result: ResolvedUser[] };
 	"users.ids": { params: { afterId?: number; limit?: number }; result: number[] };
 	"users.count": { params: Record<string, never>; result: number };
+	"users.isAdmin": { params: { userId: number }; result: boolean };
 	"users.revocations": { params: Record<string, never>; result: SessionRevocation[] };
 	"files.saveBase64": { params: { fileName: string; mimeType?: string; base64: string; onlyImages?: boolean }; result: { url: string; fileId: string } };
 	"files.verifyAttachments": { params: { refs: string[]; ownerId: number }; result: { url: string; fileType: string }[] };

@@ -30,4 +30,4 @@ export function fileIdOfPath(ref: string | null | undefined): string | null {
 }
 
 /** The files service is asked about at most this many ids at once (files.release, fileRefs). */
-export const fileIdsRule = { type: "array", max: 1000, items: { type: "string", pattern: FILE_ID_PATTERN } } as const;
+export const fileIdsRule = { type: "array", max: 1000, items: { type: "string", pattern: FILE_ID_PATTERN.source } } as const;

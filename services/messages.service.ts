@@ -87,7 +87,7 @@ const SYSTEM_TEXT: Record<string, string> = {
 };
 
 /** A file of this server: its id, its /files/<id> path, or a URL ending in that path. */
-const attachmentRule = { type: "string", max: 2048, pattern: ATTACHMENT_PATTERN } as const;
+const attachmentRule = { type: "string", max: 2048, pattern: ATTACHMENT_PATTERN.source } as const;
 
 const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 	name: "messages",

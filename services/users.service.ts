@@ -180,7 +180,7 @@ interface UsersMethods {
 }
 
 const idParam = { type: "number", integer: true, positive: true, convert: true } as const;
-const usernameRule = { type: "string", trim: true, min: 3, max: 32, pattern: /^[A-Za-z0-9_.-]+$/, patternFlags: "", messages: { stringPattern: "Username may contain letters, digits, '_', '.' and '-' only" } };
+const usernameRule = { type: "string", trim: true, min: 3, max: 32, pattern: "^[A-Za-z0-9_.-]+$", messages: { stringPattern: "Username may contain letters, digits, '_', '.' and '-' only" } };
 const emailRule = { type: "email", normalize: true, max: 254 } as const;
 const passwordRule = { type: "string", min: 8, max: 72 } as const;
 const limitRule = (def: number) => ({ type: "number", integer: true, min: 1, max: 100, convert: true, optional: true, default: def }) as const;

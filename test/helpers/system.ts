@@ -9,6 +9,7 @@ import path from "node:path";
 import type { AddressInfo } from "node:net";
 import { ServiceBroker, type BrokerOptions, type Middleware, type ServiceSchema } from "moleculer";
 import { createChannelsMiddleware } from "../../lib/durable-events";
+import { AuthorizeMiddleware } from "../../middlewares/authorize.middleware";
 import { Client } from "pg";
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL || "";
@@ -86,7 +87,7 @@ export async function startBroker(services: string[], brokerOptions: Partial<Bro
 		// As in production (moleculer.config.ts): the caches and their invalidation are under test too.
 		cacher: { type: "MemoryLRU", options: { max: 10_000, ttl: 600 } },
 		...brokerOptions,
-		middlewares: [createChannelsMiddleware() as Middleware, ...((brokerOptions.middlewares as Middleware[] | undefined) ?? [])],
+		middlewares: [AuthorizeMiddleware(), createChannelsMiddleware() as Middleware, ...((brokerOptions.middlewares as Middleware[] | undefined) ?? [])],
 	});
 	const gateways: { server?: import("node:http").Server }[] = [];
 	for (const name of services) {
