@@ -9,6 +9,7 @@
  * - `openapi`: what the documents say about it (summary, answers by status); the request body,
  *   query and path parameters come from `params`. lib/api-documents.ts builds /docs/openapi.json
  *   and /docs/asyncapi.json from them.
+ *   Only actions with an `openapi` block are routed: it is what makes an action part of the API.
  * - `auth`, `roles`, `owner`, `member`: who may call it, enforced for every caller (REST, socket or
  *   another service) by middlewares/authorize.middleware.ts.
  *
@@ -26,9 +27,10 @@ export type RestDeclaration = `${HttpMethod} /${string}`;
  * - "rest": Bearer token checked before the body is read, the per-user rate limit, JSON up to 1 MiB;
  * - "auth": no token, the per-address rate limit, JSON up to 1 MiB, the refresh-token cookie;
  * - "large-body": as "rest", with JSON up to 35 MiB read a few at a time (base64 uploads);
- * - "files": no token, no body (the file id is the capability), the Range header.
+ * - "files": no token, no body (the file id is the capability), the Range header;
+ * - "public": no token, no body (health, the API documents).
  */
-export type GatewayRoute = "rest" | "auth" | "large-body" | "files";
+export type GatewayRoute = "rest" | "auth" | "large-body" | "files" | "public";
 
 export type SocketNamespace = "/chat" | "/notifications";
 
@@ -68,7 +70,7 @@ export interface ApiActionDeclarations {
 	openapi?: OpenApiDeclaration;
 	/**
 	 * true: only for a caller with a user (ctx.meta.user, from a verified token); the default of
-	 * actions with `rest` or `socket`. false: anyone (the route is public).
+	 * actions declared for clients (`openapi`, `socket`). false: anyone (the route is public).
 	 */
 	auth?: boolean;
 	/** The caller needs one of these roles; "admin" is read fresh from the database. */
@@ -108,8 +110,16 @@ export function restRoutesOf(action: Pick<DeclaredAction, "rest">): { method: Ht
 	});
 }
 
+/**
+ * Is this action declared for clients? Only with an `openapi` block: a `rest` alone (moleculer-web's
+ * own listAliases has one) routes nothing.
+ */
+export function isClientAction(action: Pick<DeclaredAction, "openapi" | "visibility">): boolean {
+	return !!action.openapi && (action.visibility === undefined || action.visibility === "published");
+}
+
 /** Does this action run only for a known user? */
-export function needsUser(action: Pick<DeclaredAction, "auth" | "socket" | "roles" | "owner" | "member"> & { rest?: unknown }): boolean {
+export function needsUser(action: Pick<DeclaredAction, "auth" | "socket" | "roles" | "owner" | "member" | "openapi">): boolean {
 	if (action.auth === false) return false;
-	return action.auth === true || !!action.rest || !!action.socket || !!action.roles || !!action.owner || !!action.member;
+	return action.auth === true || !!action.openapi || !!action.socket || !!action.roles || !!action.owner || !!action.member;
 }

@@ -5,7 +5,7 @@
  * declarations into /docs/openapi.json and /docs/asyncapi.json.
  */
 import { MAX_CONTENT, MAX_GROUP_SIZE } from "./chat";
-import { ATTACHMENT_PATTERN, FILE_ID_SOURCE } from "./file-ids";
+import { FILE_ID_SOURCE } from "./file-ids";
 import { ROLES } from "./constants";
 import { ERROR_CODES } from "./errors";
 
@@ -123,43 +123,8 @@ export function sortByStatus(responses: Obj): Obj {
 	return Object.fromEntries(Object.entries(responses).sort(([a], [b]) => a.localeCompare(b)));
 }
 
-export const userIdParam: Obj = ref("parameters", "UserId");
-export const conversationIdParam: Obj = ref("parameters", "ConversationId");
-export const notificationIdParam: Obj = ref("parameters", "NotificationId");
-
-/** The opaque list cursor: the value of the previous page's X-Next-Cursor header. */
-export const cursorQuery: Obj = {
-	name: "before",
-	in: "query",
-	required: false,
-	description: "The `X-Next-Cursor` header of the previous page, passed back unchanged. Leave it out for the first page.",
-	schema: { type: "string", maxLength: 200 },
-};
-
-/** An integer query parameter with bounds and a default. */
-export function intQuery(name: string, description: string, minimum: number, maximum: number, defaultValue: number): Obj {
-	return { name, in: "query", required: false, description, schema: { type: "integer", minimum, maximum, default: defaultValue } };
-}
-
 // ---- Component schemas ----
 
-export const USERNAME: Obj = {
-	type: "string",
-	minLength: 3,
-	maxLength: 32,
-	pattern: "^[A-Za-z0-9_.-]+$",
-	description: "3–32 characters: letters, digits, `_`, `.` and `-`. Surrounding whitespace is trimmed.",
-	example: "alice",
-};
-export const EMAIL: Obj = { type: "string", format: "email", maxLength: 254, description: "Stored in lower case.", example: "alice@example.com" };
-export const NEW_PASSWORD: Obj = {
-	type: "string",
-	format: "password",
-	minLength: 8,
-	maxLength: 72,
-	description: "8 characters at least and at most 72 bytes in UTF-8 (bcrypt reads no more).",
-	example: "correct horse battery",
-};
 export const ROLE_NAME: Obj = { type: "string", enum: [...ROLES], example: "user" };
 export const TIMESTAMP: Obj = { type: "string", format: "date-time", description: "ISO-8601, UTC." };
 export const CONVERSATION_ID: Obj = { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9_-]+$", example: "66a1f0c2e4b0a1b2c3d4e5f6" };
@@ -243,8 +208,10 @@ export const schemas: Record<string, Obj> = {
 			message: { type: "string", description: "Human-readable; do not parse it.", example: "Parameters validation error" },
 			traceId: { type: "string", description: "Same as the X-Trace-Id response header.", example: "5f0c6a2e-8d3b-4c1e-9a57-2b6f1d9e0c42" },
 			details: {
-				...arrayOf(schema("ErrorDetail")),
-				description: "Optional. For VALIDATION_ERROR: the failed fields. For CONFLICT: the field that is taken, e.g. `[{ \"field\": \"email\" }]`.",
+				oneOf: [arrayOf(schema("ErrorDetail")), { type: "object", additionalProperties: true }],
+				description:
+					"Optional. For VALIDATION_ERROR: the failed fields. For CONFLICT: the field that is taken, e.g. `[{ \"field\": \"email\" }]`. " +
+					"For PAYLOAD_TOO_LARGE over the storage quota: `{ quota, used }` in bytes; for RATE_LIMITED on a socket: `{ retryAfter }`.",
 				example: [{ field: "username", type: "stringMin", message: "The 'username' field length must be greater than or equal to 3 characters long.", expected: 3 }],
 			},
 		},
@@ -279,7 +246,8 @@ export const schemas: Record<string, Obj> = {
 	},
 	Tokens: {
 		type: "object",
-		required: ["accessToken", "refreshToken"],
+		description: "`refreshToken` is left out when the request sent `X-Refresh-Transport: cookie` (then only the cookie carries it).",
+		required: ["accessToken"],
 		properties: {
 			accessToken: {
 				type: "string",
@@ -295,11 +263,11 @@ export const schemas: Record<string, Obj> = {
 	},
 	AuthResult: {
 		type: "object",
-		required: ["user", "accessToken", "refreshToken"],
+		required: ["user", "accessToken"],
 		properties: {
 			user: schema("User"),
 			accessToken: { type: "string", description: "As in `Tokens`." },
-			refreshToken: { type: "string", description: "As in `Tokens`." },
+			refreshToken: { type: "string", description: "As in `Tokens`; left out when the request sent `X-Refresh-Transport: cookie` (then only the cookie carries it)." },
 		},
 	},
 	UserPage: {
@@ -331,16 +299,6 @@ export const schemas: Record<string, Obj> = {
 			cluster: { type: "array", items: { type: "string" }, description: "Services available anywhere in the cluster, sorted.", example: ["api", "users"] },
 		},
 	},
-	RegisterRequest: {
-		type: "object",
-		required: ["username", "email", "password"],
-		properties: {
-			username: USERNAME,
-			email: EMAIL,
-			password: NEW_PASSWORD,
-			confirmPassword: { type: "string", format: "password", description: "Optional; when given it must equal `password`." },
-		},
-	},
 	LoginRequest: {
 		type: "object",
 		description:
@@ -358,65 +316,6 @@ export const schemas: Record<string, Obj> = {
 		description: "The refresh token; may be left out when the `refreshToken` cookie is sent.",
 		properties: {
 			refreshToken: { type: "string", minLength: 1, maxLength: 200 },
-		},
-	},
-	ChangePasswordRequest: {
-		type: "object",
-		required: ["oldPassword", "newPassword"],
-		properties: {
-			oldPassword: { type: "string", format: "password", minLength: 1, maxLength: 200 },
-			newPassword: NEW_PASSWORD,
-		},
-	},
-	UpdateUserRequest: {
-		type: "object",
-		description: "Every field optional; only the fields given change. Unknown fields are ignored.",
-		properties: {
-			username: USERNAME,
-			email: EMAIL,
-			avatar_url: {
-				type: "string",
-				nullable: true,
-				maxLength: 2048,
-				description: "`/files/<fileId>` of an image the caller uploaded (400 `VALIDATION_ERROR` otherwise, 403 for someone else's file); `null` (or an empty string) removes the avatar. A replaced avatar's file is deleted unless something else uses it.",
-				example: FILE_URL_EXAMPLE,
-			},
-			bio: { type: "string", nullable: true, maxLength: 500, description: "`null` removes it.", example: "Coffee first." },
-			currentPassword: {
-				type: "string",
-				format: "password",
-				minLength: 1,
-				maxLength: 200,
-				description: "The caller's own current password: required to change `email` (400 `VALIDATION_ERROR` when missing, 400 `INVALID_CREDENTIALS` when wrong; counted like a failed login).",
-			},
-		},
-	},
-	BatchUsersRequest: {
-		type: "object",
-		required: ["ids"],
-		properties: {
-			ids: {
-				type: "array",
-				maxItems: 100,
-				items: { type: "integer", minimum: 1 },
-				description: "User ids (numeric strings are accepted too); duplicates are looked up once.",
-				example: [42, 7, 13],
-			},
-		},
-	},
-	SetRolesRequest: {
-		type: "object",
-		required: ["roles"],
-		properties: {
-			roles: {
-				type: "array",
-				minItems: 1,
-				maxItems: ROLES.length,
-				uniqueItems: true,
-				items: ROLE_NAME,
-				description: "The user's complete set of roles (replaces the current one).",
-				example: ["moderator", "user"],
-			},
 		},
 	},
 	Conversation: {
@@ -634,40 +533,6 @@ export const schemas: Record<string, Obj> = {
 			avatar: GROUP_AVATAR,
 		},
 	},
-	UpdateConversationRequest: {
-		type: "object",
-		description: "Both optional; only the fields given change. An empty body changes nothing and returns the conversation.",
-		properties: {
-			name: { ...GROUP_NAME, description: "Trimmed; `null` or an empty string removes it." },
-			avatar: { ...GROUP_AVATAR, description: "`/files/<fileId>` of an image the caller uploaded; `null` or an empty string removes it." },
-		},
-	},
-	MuteRequest: {
-		type: "object",
-		required: ["muted"],
-		properties: {
-			muted: { type: "boolean", example: true },
-			muteUntil: { ...TIMESTAMP, nullable: true, description: "With `muted: true`: when the mute ends by itself. Left out or `null`: until unmuted." },
-		},
-	},
-	PinRequest: {
-		type: "object",
-		required: ["pinned"],
-		properties: { pinned: { type: "boolean", example: true } },
-	},
-	HideRequest: {
-		type: "object",
-		required: ["hidden"],
-		properties: { hidden: { type: "boolean", description: "A hidden conversation comes back with its next message.", example: true } },
-	},
-	SetNicknameRequest: {
-		type: "object",
-		required: ["targetUserId", "nickname"],
-		properties: {
-			targetUserId: { ...USER_ID_INPUT, description: "A member of the conversation (an integer or a numeric string)." },
-			nickname: { type: "string", nullable: true, maxLength: 50, description: "Trimmed; `null` or an empty string removes the nickname.", example: "Bobby" },
-		},
-	},
 	Notification: {
 		type: "object",
 		description: "One notification of the caller. Only its owner ever sees it.",
@@ -744,22 +609,6 @@ export const schemas: Record<string, Obj> = {
 			count: { type: "integer", enum: [0], description: "Nothing is unread now.", example: 0 },
 		},
 	},
-	BroadcastRequest: {
-		type: "object",
-		required: ["title", "content"],
-		properties: {
-			title: { type: "string", minLength: 1, maxLength: 200, description: "Trimmed.", example: "Maintenance tonight" },
-			content: { type: "string", minLength: 1, maxLength: 2000, description: "Trimmed.", example: "Parley will be down from 02:00 to 02:15 UTC." },
-			userIds: {
-				type: "array",
-				minItems: 1,
-				maxItems: 10000,
-				items: { type: "integer", minimum: 1 },
-				description: "The recipients (numeric strings are accepted too; duplicates count once). Left out: every user.",
-				example: [42, 7],
-			},
-		},
-	},
 	BroadcastResult: {
 		type: "object",
 		required: ["queued"],
@@ -769,31 +618,6 @@ export const schemas: Record<string, Obj> = {
 				minimum: 0,
 				description: "How many users the broadcast was queued for: the distinct `userIds`, or every user when `userIds` was left out.",
 				example: 2,
-			},
-		},
-	},
-	SendMessageRequest: {
-		type: "object",
-		description: "`content` or at least one attachment. A message whose first attachment is an image has `type: \"image\"`, one with other attachments `\"file\"`, else `\"text\"`.",
-		properties: {
-			content: { type: "string", maxLength: MAX_CONTENT, description: "Trimmed.", example: "See you at eight." },
-			attachments: {
-				type: "array",
-				maxItems: 10,
-				items: {
-					type: "string",
-					maxLength: 2048,
-					pattern: ATTACHMENT_PATTERN.source,
-					description: "A file uploaded to this server: its id, `/files/<id>`, or its full URL.",
-				},
-				example: [FILE_URL_EXAMPLE],
-			},
-			clientId: {
-				type: "string",
-				minLength: 1,
-				maxLength: 100,
-				description: "The client's own id for this message. Sending again with a clientId this sender already used in this conversation returns the first message and notifies nobody again.",
-				example: "c-1718000000000-1",
 			},
 		},
 	},
@@ -950,40 +774,12 @@ export const componentHeaders: Record<string, Obj> = {
 };
 
 export const parameters: Record<string, Obj> = {
-	FileId: {
-		name: "fileId",
-		in: "path",
-		required: true,
-		description: "The file's id, as in its `url`. Anything that is not 32 lower-case hex characters answers 404, like an unknown id.",
-		schema: FILE_ID,
-	},
 	TraceId: {
 		name: "X-Trace-Id",
 		in: "header",
 		required: false,
 		description: "Optional client trace id, echoed in the `X-Trace-Id` response header and carried through every service call.",
 		schema: { type: "string", pattern: "^[A-Za-z0-9._:-]{1,128}$" },
-	},
-	UserId: {
-		name: "id",
-		in: "path",
-		required: true,
-		description: "The user's id.",
-		schema: { type: "integer", minimum: 1, example: 42 },
-	},
-	ConversationId: {
-		name: "conversationId",
-		in: "path",
-		required: true,
-		description: "The conversation's id. A conversation the caller is not a member of answers 404, like one that does not exist.",
-		schema: CONVERSATION_ID,
-	},
-	NotificationId: {
-		name: "notificationId",
-		in: "path",
-		required: true,
-		description: "The notification's id. Another user's notification answers 404, like one that does not exist.",
-		schema: NOTIFICATION_ID,
 	},
 	RefreshTokenCookie: {
 		name: "refreshToken",
@@ -1149,6 +945,11 @@ Lists are JSON arrays, newest first unless stated, paged by \`limit\` (default 5
 the \`seq\` number (\`before=41\` gives the page below 41, \`after=41\` what came after it, oldest first); for conversation and notification
 lists it is the opaque \`X-Next-Cursor\` response header, passed back as \`before\` (the header is absent on the last page).
 
+## CORS
+
+Browsers on another origin are served only if their \`Origin\` is one of \`CORS_ORIGINS\` (compared exactly); any other \`Origin\`
+gets \`403 FORBIDDEN\` on every route, before the route runs. The web client served by the gateway itself is same-origin.
+
 ## Tracing
 
 Every response carries an \`X-Trace-Id\` header: the client's own \`X-Trace-Id\` if it sent one, else a new id. Errors repeat it as \`traceId\`.
@@ -1166,8 +967,8 @@ Live events go over Socket.IO on this same origin (default path \`/socket.io\`; 
 
 Connect with the access token: \`io(origin + "/chat", { auth: { token } })\` (the raw JWT or \`"Bearer <jwt>"\`); a socket without a valid
 token is refused at connect (\`connect_error\` "Unauthorized"). Every client → server event takes an ack callback and always gets
-\`{ ok: true, data }\` or \`{ ok: false, error: { code, message, details? } }\` with the error codes above. The events and their payloads are
-listed, each with the action it calls, in the tables CHAT_EVENTS and NOTIFICATION_EVENTS of mixins/gateway-sockets.mixin.ts.`;
+\`{ ok: true, data }\` or \`{ ok: false, error: { code, message, details? } }\` with the error codes above. Every event, in both directions, with its payload
+and ack, is in the AsyncAPI document at [/docs/asyncapi.json](/docs/asyncapi.json), rendered at [/docs/asyncapi](/docs/asyncapi).`;
 
 /** The OpenAPI document without its paths, which the actions declare. */
 export const openApiFrame = {

@@ -3,7 +3,7 @@
  * the gateway (REST and sockets), another service, the REPL. Each action declares it
  * (lib/api-declarations.ts), and the handler starts from a checked caller:
  *
- * - `auth` (the default of actions with a REST route or a socket event): ctx.meta.user must be a
+ * - `auth` (the default of actions declared for clients: `openapi` or `socket`): ctx.meta.user must be a
  *   user (401 otherwise); the handler reads it with userOf(ctx).
  * - `roles: ["admin"]`: the token's roles must include one of them; "admin" is then read again
  *   from the database, so a demoted admin is no admin at once, whatever its token says.
@@ -51,10 +51,10 @@ export function userOf(ctx: Context<unknown, CallMeta>): AuthUser {
 }
 
 /** The conversation and membership a `member` action was authorized for. */
-export function memberOf<T extends MemberAccess = MemberAccess>(ctx: Context<unknown, CallMeta>): T {
+export function memberOf<T = MemberAccess>(ctx: Context<unknown, CallMeta>): T {
 	const member = (ctx as unknown as { locals?: AuthorizedLocals }).locals?.member;
 	if (!member) throw new Error("memberOf() outside an action that declares `member`");
-	return member as T;
+	return member as unknown as T;
 }
 
 /** A service that can check a membership itself (the conversations service reads its own store). */

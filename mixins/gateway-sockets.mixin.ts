@@ -2,8 +2,8 @@
  * The gateway's Socket.IO side (moleculer-io on the gateway's HTTP server): the namespaces /chat
  * and /notifications, each of their events a call of the action it names; socket
  * authentication and sessions (SocketSessionsMixin); live pushes from any service to this node's
- * sockets; the socket directory's announcements (lib/socket-directory.ts); and presence, the
- * open /chat sockets per user on this node, told to the users service.
+ * sockets; the socket directory's announcements (lib/socket-directory.ts). Presence (the open
+ * /chat sockets per user) is GatewayPresenceMixin's.
  *
  * Nothing else is reachable over Socket.IO: moleculer-io's default namespace "/" (whose `call`
  * event reaches any published action) is refused, and its own actions are for this node only.
@@ -13,138 +13,83 @@ import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "mole
 import SocketIOService from "moleculer-io";
 import type { Socket } from "socket.io";
 import { config } from "../lib/config";
-import { EVENTS, PRESENCE_INTERVAL_MS } from "../lib/constants";
-import { type ActionResult, broadcastEvent } from "../lib/contracts";
+import type { SocketNamespace } from "../lib/api-declarations";
+import type { ActionResult } from "../lib/contracts";
 import { rateLimited, toEnvelope, validationError } from "../lib/errors";
 import { RateLimiter } from "../lib/rate-limiter";
 import { DirectoryAnnouncer } from "../lib/socket-directory";
 import { type AccessSession, type AuthUser, extractBearer } from "../lib/tokens";
 import { type PushItem, type RoomsChange, SOCKET_PUSH_EVENT, SOCKET_ROOMS_EVENT } from "./push.mixin";
+import { GatewayPresenceMixin, type GatewayPresenceThis } from "./gateway-presence.mixin";
+import type { DeclaredSocketEvent, GatewayRoutesThis } from "./gateway-routes.mixin";
 import { SocketSessionsMixin, type SocketSessionsThis } from "./socket-sessions.mixin";
 
 const MiB = 1024 * 1024;
 /** Request headers a browser client on another origin may send (REST and Socket.IO alike). */
 export const ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Trace-Id", "X-Refresh-Transport"];
 
-export interface GatewaySocketsThis extends Service, SocketSessionsThis {
-	/** Open /chat sockets per user on this node, for presence. */
-	presence: Map<number, number>;
+export interface GatewaySocketsThis extends Service, SocketSessionsThis, GatewayPresenceThis, Pick<GatewayRoutesThis, "socketEvents"> {
 	/** Open sockets (both namespaces) per user on this node, for the socket directory. */
 	socketCount: Map<number, number>;
 	announcer: DirectoryAnnouncer;
 	/** Users whose first socket here is being announced, and that announcement. */
 	joining: Map<number, Promise<void>>;
 	deliverItems(items: PushItem[]): void;
-	presenceTimer: NodeJS.Timeout | null;
-	announcePresence(): void;
 	socketLimiter: RateLimiter;
 	socketOnError(err: unknown, respond: (ack: unknown) => void): void;
 }
 
-/**
- * The socket events of the API, each a broker action call. `ack: "none"` events answer
- * `{ ok: true }`; `room` events join or leave the room the action names after it checked membership.
- */
-interface SocketEventSpec {
-	action: string;
-	ack: "data" | "none";
-	room?: "join" | "leave";
-	/** Also emit the result to the socket as this event. */
-	reply?: string;
-}
-
-const CHAT_EVENTS: Record<string, SocketEventSpec> = {
-	"conversation:create": { action: "conversations.create", ack: "data" },
-	"conversation:list": { action: "conversations.list", ack: "data" },
-	"conversation:get": { action: "conversations.get", ack: "data" },
-	"conversation:join": { action: "conversations.join", ack: "none", room: "join" },
-	"conversation:leave": { action: "conversations.leave", ack: "none", room: "leave" },
-	"conversation:accept": { action: "conversations.accept", ack: "data" },
-	"conversation:decline": { action: "conversations.decline", ack: "data" },
-	"conversation:add-member": { action: "conversations.addMember", ack: "data" },
-	"conversation:remove-member": { action: "conversations.removeMember", ack: "data" },
-	"conversation:promote-moderator": { action: "conversations.promoteModerator", ack: "data" },
-	"conversation:demote-moderator": { action: "conversations.demoteModerator", ack: "data" },
-	"conversation:update": { action: "conversations.update", ack: "data" },
-	"conversation:update-avatar": { action: "conversations.updateAvatar", ack: "data" },
-	"conversation:delete": { action: "conversations.remove", ack: "none" },
-	"conversation:mark-read": { action: "conversations.markRead", ack: "data" },
-	"message:send": { action: "messages.send", ack: "data" },
-	"message:edit": { action: "messages.edit", ack: "data" },
-	"message:delete": { action: "messages.remove", ack: "none" },
-	"message:read": { action: "messages.markRead", ack: "none" },
-	"message:delivered": { action: "messages.markDelivered", ack: "none" },
-	"message:list": { action: "messages.list", ack: "data" },
-	"message:search": { action: "messages.search", ack: "data" },
-	typing: { action: "conversations.typing", ack: "none" },
-	"user:block": { action: "conversations.block", ack: "none" },
-	"user:unblock": { action: "conversations.unblock", ack: "none" },
-};
-
-const NOTIFICATION_EVENTS: Record<string, SocketEventSpec> = {
-	"notification:list": { action: "notifications.list", ack: "data" },
-	"notification:get": { action: "notifications.get", ack: "data" },
-	"notification:read": { action: "notifications.markRead", ack: "data" },
-	"notification:delete": { action: "notifications.remove", ack: "none" },
-	"notification:read-all": { action: "notifications.readAll", ack: "data" },
-	"notification:ping": { action: "notifications.ping", ack: "data", reply: "pong" },
-};
-
 type Ack = (response: unknown) => void;
-type SocketHandler = (this: Socket, ...args: unknown[]) => Promise<void>;
 
 /**
  * The envelope of every client event: an ack is always called; the payload is an object; the
  * socket's login still holds; the user's event budget on this node (all its sockets) allows it.
  */
-function socketHandler(run: (svc: GatewaySocketsThis, socket: Socket, payload: Record<string, unknown>, user: AuthUser) => Promise<unknown>): SocketHandler {
-	return async function (this: Socket, ...args: unknown[]) {
-		const ack: Ack = typeof args[args.length - 1] === "function" ? (args.pop() as Ack) : () => undefined;
-		const svc = (this as Socket & { $service: GatewaySocketsThis }).$service;
-		try {
-			const payload = args[0] ?? {};
-			if (typeof payload !== "object" || payload === null || Array.isArray(payload)) {
-				throw validationError("The payload must be an object", [{ field: "payload", type: "object", message: "Send an object" }]);
-			}
-			const user = svc.checkSocketSession(this);
-			const limit = svc.socketLimiter.take(`u:${user.id}`);
-			if (!limit.ok) throw rateLimited(limit.retryAfter);
-			ack(await run(svc, this, payload as Record<string, unknown>, user));
-		} catch (err) {
-			svc.socketOnError(err, ack);
+async function handleSocketEvent(
+	svc: GatewaySocketsThis,
+	socket: Socket,
+	args: unknown[],
+	run: (payload: Record<string, unknown>, user: AuthUser) => Promise<unknown>,
+): Promise<void> {
+	const ack: Ack = typeof args[args.length - 1] === "function" ? (args.pop() as Ack) : () => undefined;
+	try {
+		const payload = args[0] ?? {};
+		if (typeof payload !== "object" || payload === null || Array.isArray(payload)) {
+			throw validationError("The payload must be an object", [{ field: "payload", type: "object", message: "Send an object" }]);
 		}
-	};
-}
-
-/** `auth:refresh { token }` on both namespaces: handled here, it reaches no action. */
-const authRefresh = socketHandler(async (svc, socket, payload) => ({ ok: true, data: svc.refreshSocketSession(socket, payload) }));
-
-/** One handler per event of the table: call its action with the socket's user, answer the ack. */
-function socketEvents(specs: Record<string, SocketEventSpec>) {
-	const handlers: Record<string, SocketHandler> = { "auth:refresh": authRefresh };
-	for (const [event, spec] of Object.entries(specs)) {
-		handlers[event] = socketHandler(async (svc, socket, payload, user) => {
-			const traceId = crypto.randomUUID();
-			const data = (await svc.broker.call(spec.action, payload, { meta: { user, socketId: socket.id, traceId }, requestID: traceId })) as { room?: string } | null;
-			if (spec.room && data?.room) {
-				if (spec.room === "join") await socket.join(data.room);
-				else await socket.leave(data.room);
-			}
-			if (spec.reply) socket.emit(spec.reply, data);
-			return spec.ack === "data" ? { ok: true, data } : { ok: true };
-		});
+		const user = svc.checkSocketSession(socket);
+		const limit = svc.socketLimiter.take(`u:${user.id}`);
+		if (!limit.ok) throw rateLimited(limit.retryAfter);
+		ack(await run(payload as Record<string, unknown>, user));
+	} catch (err) {
+		svc.socketOnError(err, ack);
 	}
-	return handlers;
 }
 
-/** The client namespaces and their events: nothing else is reachable over Socket.IO. */
-const SOCKET_NAMESPACES: Record<string, Record<string, SocketHandler>> = {
-	"/chat": socketEvents(CHAT_EVENTS),
-	"/notifications": socketEvents(NOTIFICATION_EVENTS),
-};
+/** `auth:refresh { token }` on both namespaces: the gateway's own, it reaches no action. */
+function authRefresh(this: Socket, ...args: unknown[]): Promise<void> {
+	const svc = (this as Socket & { $service: GatewaySocketsThis }).$service;
+	return handleSocketEvent(svc, this, args, async payload => ({ ok: true, data: svc.refreshSocketSession(this, payload) }));
+}
+
+/** A declared event: call its action with the socket's user, answer the ack as the declaration says. */
+function callDeclared(svc: GatewaySocketsThis, socket: Socket, spec: DeclaredSocketEvent, args: unknown[]): Promise<void> {
+	return handleSocketEvent(svc, socket, args, async (payload, user) => {
+		const traceId = crypto.randomUUID();
+		const data = (await svc.broker.call(spec.action, payload, { meta: { user, socketId: socket.id, traceId }, requestID: traceId })) as { room?: string } | null;
+		if (spec.room && data?.room) {
+			if (spec.room === "join") await socket.join(data.room);
+			else await socket.leave(data.room);
+		}
+		if (spec.reply) socket.emit(spec.reply, data);
+		return spec.ack === "none" ? { ok: true } : { ok: true, data };
+	});
+}
+
+const SOCKET_NAMESPACES: SocketNamespace[] = ["/chat", "/notifications"];
 
 export const GatewaySocketsMixin = {
-	mixins: [SocketIOService as unknown as Partial<ServiceSchema>, SocketSessionsMixin],
+	mixins: [SocketIOService as unknown as Partial<ServiceSchema>, SocketSessionsMixin, GatewayPresenceMixin],
 
 	settings: {
 		// Socket.IO: websocket alone works; frames up to 2 MiB.
@@ -157,8 +102,9 @@ export const GatewaySocketsMixin = {
 				// moleculer-io's default "/" namespace with its `call` event reaches any published
 				// action: it is not created here, and connections to it are refused in started().
 				"/": { createNamespace: false },
-				"/chat": { authorization: true, events: SOCKET_NAMESPACES["/chat"] },
-				"/notifications": { authorization: true, events: SOCKET_NAMESPACES["/notifications"] },
+				// The other events are the actions' declarations (GatewayRoutesMixin), looked up as they come.
+				"/chat": { authorization: true, events: { "auth:refresh": authRefresh } },
+				"/notifications": { authorization: true, events: { "auth:refresh": authRefresh } },
 			},
 		},
 	},
@@ -189,11 +135,6 @@ export const GatewaySocketsMixin = {
 	},
 
 	methods: {
-		/** Who is online on this node, to every users service (a snapshot, so a missed one heals). */
-		announcePresence(this: GatewaySocketsThis) {
-			broadcastEvent(this.broker, EVENTS.presenceSnapshot, { nodeID: this.broker.nodeID, userIds: [...this.presence.keys()] }, ["users"]).catch(() => undefined);
-		},
-
 		deliverItems(this: GatewaySocketsThis, items: PushItem[]) {
 			if (!this.io) return;
 			for (const item of items) {
@@ -255,25 +196,23 @@ export const GatewaySocketsMixin = {
 
 	created(this: GatewaySocketsThis) {
 		this.socketLimiter = new RateLimiter(config.rateLimit);
-		this.presence = new Map();
-		this.presenceTimer = null;
 		this.socketCount = new Map();
 		this.joining = new Map();
 		this.announcer = new DirectoryAnnouncer(this.broker, userId => this.socketCount.has(userId));
 	},
 
 	started(this: GatewaySocketsThis) {
-		this.presenceTimer = setInterval(() => this.announcePresence(), PRESENCE_INTERVAL_MS);
-		this.presenceTimer.unref();
 		// Socket.IO always has "/": nobody may connect to it (unknown namespaces are refused by Socket.IO).
 		this.io.of("/").use((_socket, next) => next(new Error("Invalid namespace")));
-		for (const [nsp, events] of Object.entries(SOCKET_NAMESPACES)) {
+		for (const nsp of SOCKET_NAMESPACES) {
 			this.io.of(nsp).on("connection", socket => {
 				const user = socket.data.user as AuthUser | undefined;
 				if (!user) return;
-				// An event this namespace does not have still gets its ack, so a client never hangs.
 				socket.onAny((event: unknown, ...args: unknown[]) => {
-					if (typeof event === "string" && Object.hasOwn(events, event)) return;
+					if (event === "auth:refresh") return;
+					const declared = typeof event === "string" ? this.socketEvents[nsp].get(event) : undefined;
+					if (declared) return void callDeclared(this, socket, declared, args);
+					// An event this namespace does not have still gets its ack, so a client never hangs.
 					// Counted like any event: a flood of made-up events is limited too.
 					const limit = this.socketLimiter.take(`u:${user.id}`);
 					const ack = args[args.length - 1];
@@ -286,17 +225,7 @@ export const GatewaySocketsMixin = {
 				// Ended at token expiry, when the login ends, and when the user opens too many.
 				this.trackSocket(nsp, socket);
 				if (!socket.connected) return;
-				if (nsp === "/chat") {
-					const before = this.presence.get(user.id) ?? 0;
-					this.presence.set(user.id, before + 1);
-					if (before === 0) this.announcePresence();
-					socket.on("disconnect", () => {
-						const left = (this.presence.get(user.id) ?? 1) - 1;
-						if (left > 0) return void this.presence.set(user.id, left);
-						this.presence.delete(user.id);
-						this.announcePresence();
-					});
-				}
+				if (nsp === "/chat") this.presenceSocketOpened(user.id, socket);
 				if (nsp === "/notifications") {
 					// The badge is right from the first moment.
 					this.broker
@@ -310,9 +239,5 @@ export const GatewaySocketsMixin = {
 
 	stopped(this: GatewaySocketsThis) {
 		this.socketLimiter.stop();
-		if (this.presenceTimer) clearInterval(this.presenceTimer);
-		// Leaving: nobody is online here any more.
-		this.presence.clear();
-		this.announcePresence();
 	},
 } as Partial<ServiceSchema<ServiceSettingSchema, GatewaySocketsThis>> as Partial<ServiceSchema>;

@@ -6,19 +6,24 @@
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { broadcastToNodes, type DirectoryChange, directoryOf } from "../lib/socket-directory";
+import type { ChatServerPayloads, NotificationServerPayloads } from "../lib/socket-events";
 
 export const SOCKET_PUSH_EVENT = "socket.push";
 export const SOCKET_ROOMS_EVENT = "socket.rooms";
 
-export interface PushItem {
-	/** Socket.IO namespace; default "/chat". */
-	namespace?: string;
-	rooms: string[];
-	event: string;
-	payload: unknown;
-	/** Rooms that must not get it: a socket id (the sender of a typing event), user:<id> rooms (blocks). */
-	except?: string | string[];
-}
+/** One event for the sockets in some rooms, its payload typed by the event (lib/socket-events.ts). */
+type PushItemOf<Payloads, Namespace> = {
+	[E in keyof Payloads]: Namespace & {
+		rooms: string[];
+		event: E;
+		payload: Payloads[E];
+		/** Rooms that must not get it: a socket id (the sender of a typing event), user:<id> rooms (blocks). */
+		except?: string | string[];
+	};
+}[keyof Payloads];
+
+/** A push to /chat (the default namespace) or to /notifications (which must be named). */
+export type PushItem = PushItemOf<ChatServerPayloads, { namespace?: "/chat" }> | PushItemOf<NotificationServerPayloads, { namespace: "/notifications" }>;
 
 export interface RoomsChange {
 	namespace?: string;

@@ -25,14 +25,16 @@ import {
 	sendingSkips,
 	userIdRule,
 } from "../lib/chat";
+import { arrayOf, body, errorExample, errorResponse, errors, NEXT_CURSOR, noContent, ok, ref, schema } from "../lib/api-schemas";
 import { callAction, type ActionResult } from "../lib/contracts";
 import { CHANNELS } from "../lib/durable-events";
 import { appError, badRequest, conflict, forbidden, notFound, unauthorized, validationError } from "../lib/errors";
-import { callerOf } from "../lib/caller";
 import { ReadCache, forgetOnOtherNodes } from "../lib/read-cache";
 import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
+import type { ChatServerPayloads, ConversationEventName, EventWithPayload } from "../lib/socket-events";
 import type { AuthUser } from "../lib/tokens";
+import { memberOf, userOf } from "../middlewares/authorize.middleware";
 import { createDocsMixin, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
 import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushItem, type PushThis, conversationRoom, userRoom } from "../mixins/push.mixin";
@@ -48,9 +50,14 @@ const MAX_TYPING_CACHE = 20_000;
 /** A safety net only: every change forgets the entry at once. */
 const META_TTL_SECONDS = 600;
 
+/** The documents' words for the conversationId param (components.parameters.ConversationId). */
+const CONVERSATION_ID_TEXT = "The conversation's id. A conversation the caller is not a member of answers 404, like one that does not exist.";
+/** What a `member` check leaves here: the Authorize middleware calls this service's own loadForMember, so the full documents. */
+type MemberDocs = { conv: ConversationDoc; membership: MembershipDoc };
+
 interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	announceInvite(conv: ConversationDoc, userIds: number[], inviter: AuthUser): void;
-	setMySettings(ctx: Ctx<unknown>, conversationId: string, set: Partial<MembershipDoc>): Promise<null>;
+	setMySettings(ctx: Ctx<unknown>, set: Partial<MembershipDoc>): Promise<null>;
 	changeModerator(ctx: Ctx<unknown>, conv: ConversationDoc, target: number, promoted: boolean, actorId: number): Promise<ReturnType<typeof presentConversation>>;
 	typingState: Map<string, { at: number; isTyping: boolean }>;
 	metaCache: ReadCache<ConversationMeta>;
@@ -62,8 +69,8 @@ interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	membershipsOf(conversationId: string): Promise<MembershipDoc[]>;
 	addMembership(conversationId: string, userId: number, lastSeq: number): Promise<void>;
 	presentFor(conv: ConversationDoc, userId: number): Promise<ReturnType<typeof presentConversation>>;
-	pushConversation(ctx: Ctx<unknown>, conv: ConversationDoc, event: string, to: number[], extra?: Record<string, unknown>): Promise<void>;
-	pushToParticipants(ctx: Ctx<unknown>, participants: number[], event: string, payload: unknown, aliases?: string[]): Promise<void>;
+	pushConversation(ctx: Ctx<unknown>, conv: ConversationDoc, event: ConversationEventName, to: number[]): Promise<void>;
+	pushToParticipants<E extends keyof ChatServerPayloads>(ctx: Ctx<unknown>, participants: number[], event: E, payload: ChatServerPayloads[E], aliases?: EventWithPayload<ChatServerPayloads[E]>[]): Promise<void>;
 	systemMessage(ctx: Ctx<unknown>, conversationId: string, event: string, userId: number | null, actorId: number): Promise<void>;
 	blockedBetween(a: number, others: number[]): Promise<Set<number>>;
 	blockersOf(userId: number, among: number[]): Promise<Set<number>>;
@@ -139,6 +146,45 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 
 	actions: {
 		create: {
+			rest: "POST /conversations",
+			socket: { namespace: "/chat", event: "conversation:create" },
+			openapi: {
+				operationId: "createConversation",
+				tag: "Conversations",
+				summary: "Start a private chat or create a group",
+				description:
+					"A new private chat starts `pending` (a message request): the caller, its initiator, may send; the other user must accept before replying. " +
+					"A private chat between two users exists once: asking for it again answers the existing one (200) and unhides it for the caller. " +
+					"A group starts `accepted` with the caller as its admin, and gets a `group_created` system message. " +
+					"Every participant, the creator included, gets `conversation:created` on the `/chat` socket.",
+				params: {
+					participantIds: `The other users' ids (integers or numeric strings). A group has at most ${MAX_GROUP_SIZE} members, the creator included.`,
+					participants: `The other users' ids (integers or numeric strings). A group has at most ${MAX_GROUP_SIZE} members, the creator included.`,
+					isGroup: "`true`: a group; `false`: a private chat.",
+					name: "A group's name (trimmed).",
+					avatar: "A group's picture: `/files/<fileId>` of an image the caller uploaded (400 `VALIDATION_ERROR` otherwise, 403 for someone else's file).",
+				},
+				// Either participants or participantIds is required, which the flat params cannot say.
+				requestBody: body(schema("CreateConversationRequest")),
+				responses: {
+					201: ok("Created.", schema("Conversation")),
+					200: ok("The private chat between the two users already existed; here it is.", schema("Conversation")),
+					403: errorResponse("`FORBIDDEN`: one of the two users of a private chat blocked the other, or a group would include someone the caller blocked or who blocked it (`details` names each one).", {
+						blocked: errorExample(403, "FORBIDDEN", "You cannot start a conversation with this user"),
+						groupWithBlocked: errorExample(403, "FORBIDDEN", "You cannot start a group with a user you blocked or who blocked you", [{ field: "participants", type: "blocked", message: "User 12" }]),
+					}),
+					404: errorResponse("`NOT_FOUND`: a participant does not exist (`details` names each one).", {
+						noSuchUser: errorExample(404, "NOT_FOUND", "User not found", [{ field: "participants", type: "notFound", message: "No user 99" }]),
+					}),
+					400: errorResponse("`VALIDATION_ERROR`: no participants, no one but the caller, more than one other user for a private chat, too many members, or a bad field.", {
+						noOne: errorExample(400, "VALIDATION_ERROR", "A conversation needs someone else", [{ field: "participants", type: "arrayMin", message: "Give at least one other user" }]),
+						privateOfThree: errorExample(400, "VALIDATION_ERROR", "A private conversation has exactly one other participant", [
+							{ field: "participants", type: "arrayLength", message: "Exactly one other user" },
+						]),
+					}),
+					...errors(401, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				type: { type: "enum", values: ["private", "group"], optional: true },
@@ -149,7 +195,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				avatar: { type: "string", optional: true, nullable: true, trim: true, max: 2048 },
 			},
 			async handler(this: ConvThis, ctx: Ctx<{ type?: string; isGroup?: boolean; participants?: number[]; participantIds?: number[]; name?: string | null; avatar?: string | null }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const p = ctx.params;
 				const given = p.participants ?? p.participantIds;
 				if (!given) throw validationError("participants is required", [{ field: "participants", type: "required", message: "Give the other participants" }]);
@@ -242,9 +288,28 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		list: {
+			rest: "GET /conversations",
+			socket: { namespace: "/chat", event: "conversation:list" },
+			openapi: {
+				operationId: "listConversations",
+				tag: "Conversations",
+				summary: "The caller's conversations, by last activity",
+				description:
+					"Newest activity first, a page at a time: while there is more, the answer has an `X-Next-Cursor` header to pass back as `before`. " +
+					"Message requests addressed to the caller (pending, or declined by it) are not listed here but under /conversations/requests; " +
+					"conversations the caller hid are left out until a new message arrives.",
+				params: {
+					limit: "At most this many conversations.",
+					before: "The `X-Next-Cursor` header of the previous page, passed back unchanged. Leave it out for the first page.",
+				},
+				responses: {
+					200: ok("One page of conversations.", arrayOf(schema("Conversation")), NEXT_CURSOR),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", limit: limitRule(50), before: { type: "string", optional: true, max: 200 } },
 			async handler(this: ConvThis, ctx: Ctx<{ limit: number; before?: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				// Requests addressed to me (pending, or declined by me) are listed by `requests`, not here.
 				const { items, next } = await this.listFor(me.id, ctx.params.limit, ctx.params.before, {
 					$or: [{ status: "accepted" }, { initiator_id: me.id }],
@@ -255,9 +320,24 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		requests: {
+			rest: "GET /conversations/requests",
+			openapi: {
+				operationId: "listConversationRequests",
+				tag: "Conversations",
+				summary: "Pending message requests addressed to the caller",
+				description: "Private chats someone else started with the caller that it has not accepted or declined yet, by last activity, newest first. Paged as GET /conversations.",
+				params: {
+					limit: "At most this many conversations.",
+					before: "The `X-Next-Cursor` header of the previous page, passed back unchanged. Leave it out for the first page.",
+				},
+				responses: {
+					200: ok("One page of requests.", arrayOf(schema("Conversation")), NEXT_CURSOR),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", limit: limitRule(50), before: { type: "string", optional: true, max: 200 } },
 			async handler(this: ConvThis, ctx: Ctx<{ limit: number; before?: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const { items, next } = await this.listFor(me.id, ctx.params.limit, ctx.params.before, { status: "pending", initiator_id: { $ne: me.id } });
 				if (next) ctx.meta.$responseHeaders = { "X-Next-Cursor": next };
 				return Promise.all(items.map(c => this.presentFor(c, me.id)));
@@ -265,8 +345,22 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		settings: {
+			rest: "GET /conversations/settings",
+			openapi: {
+				operationId: "getConversationSettings",
+				tag: "Conversations",
+				summary: "The caller's settings of every conversation it belongs to",
+				responses: {
+					200: ok("Settings by conversation id.", {
+						type: "object",
+						additionalProperties: schema("ConversationSettings"),
+						example: { "66a1f0c2e4b0a1b2c3d4e5f6": { muted: true, pinned: false, hidden: false, muteUntil: "2024-07-26T08:00:00.000Z" } },
+					}),
+					...errors(401, 429, 503),
+				},
+			},
 			async handler(this: ConvThis, ctx: Ctx) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const memberships = (await this.stores.memberships.find({ user_id: me.id })) as MembershipDoc[];
 				const out: Record<string, { muted: boolean; pinned: boolean; hidden: boolean; muteUntil: string | null }> = {};
 				for (const m of memberships) {
@@ -277,15 +371,51 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		get: {
+			rest: "GET /conversations/:conversationId",
+			socket: { namespace: "/chat", event: "conversation:get" },
+			member: "conversationId",
+			openapi: {
+				operationId: "getConversation",
+				tag: "Conversations",
+				summary: "One conversation",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+				responses: {
+					200: ok("The conversation.", schema("Conversation")),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = callerOf(ctx);
-				const { conv, membership } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const { conv, membership } = memberOf<MemberDocs>(ctx);
 				return presentConversation(conv, membership);
 			},
 		},
 
 		update: {
+			rest: "PATCH /conversations/:conversationId",
+			socket: { namespace: "/chat", event: "conversation:update" },
+			member: "conversationId",
+			openapi: {
+				operationId: "updateConversation",
+				tag: "Conversations",
+				summary: "Rename a group or change its picture (group admin or moderator)",
+				description: "Each change adds a system message (`renamed`, `avatar_changed`); every member gets `conversation:updated`.",
+				params: {
+					conversationId: CONVERSATION_ID_TEXT,
+					name: "Trimmed; `null` or an empty string removes it.",
+					avatar: "`/files/<fileId>` of an image the caller uploaded; `null` or an empty string removes it.",
+				},
+				responses: {
+					200: ok("The updated conversation.", schema("Conversation")),
+					403: errorResponse("`FORBIDDEN`: not a group, or the caller is neither its admin nor a moderator.", {
+						notManager: errorExample(403, "FORBIDDEN", "Only the group admin or a moderator may do this"),
+						notGroup: errorExample(403, "FORBIDDEN", "Only groups have admins and moderators"),
+					}),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				conversationId: idRule,
@@ -293,8 +423,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				avatar: { type: "string", optional: true, nullable: true, trim: true, max: 2048 },
 			},
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; name?: string | null; avatar?: string | null }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				this.requireGroupManager(conv, me.id);
 				const set: Record<string, unknown> = {};
 				if (ctx.params.name !== undefined) set.name = ctx.params.name || null;
@@ -316,6 +446,16 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		updateAvatar: {
+			socket: { namespace: "/chat", event: "conversation:update-avatar" },
+			openapi: {
+				tag: "Conversations",
+				summary: "Change a group's picture (group admin or moderator): `conversation:update` with `avatar` set to `avatarUrl`.",
+				params: {
+					conversationId: CONVERSATION_ID_TEXT,
+					avatarUrl: "`/files/<fileId>` of an image the caller uploaded; `null` or an empty string removes it.",
+				},
+				ack: schema("Conversation"),
+			},
 			params: { $$strict: "remove", conversationId: idRule, avatarUrl: { type: "string", trim: true, max: 2048, nullable: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; avatarUrl: string | null }>) {
 				return ctx.call("conversations.update", { conversationId: ctx.params.conversationId, avatar: ctx.params.avatarUrl });
@@ -323,10 +463,31 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		accept: {
+			rest: "POST /conversations/:conversationId/accept",
+			socket: { namespace: "/chat", event: "conversation:accept" },
+			member: "conversationId",
+			openapi: {
+				operationId: "acceptConversation",
+				tag: "Conversations",
+				summary: "Accept a message request",
+				description:
+					"The addressee of a pending private chat accepts it (`status` becomes `accepted`); the initiator gets `request:accepted`. " +
+					"Accepting a conversation that is already accepted, a group, or as the initiator changes nothing and returns it.",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+				responses: {
+					200: ok("The conversation.", schema("Conversation")),
+					// Not in the hand-written document before the declarations: the handler has always answered it.
+					403: errorResponse("`FORBIDDEN`: the caller and the initiator have a block between them, either way.", {
+						blocked: errorExample(403, "FORBIDDEN", "You cannot message this user"),
+					}),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				// Already accepted, a group, or asked by the initiator: nothing changes.
 				if (conv.type !== "private" || conv.status === "accepted" || conv.initiator_id === me.id) return this.presentFor(conv, me.id);
 				// With a block either way nobody could send here: accepting would only tell the other side.
@@ -343,10 +504,33 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		decline: {
+			rest: "POST /conversations/:conversationId/decline",
+			socket: { namespace: "/chat", event: "conversation:decline" },
+			member: "conversationId",
+			openapi: {
+				operationId: "declineConversation",
+				tag: "Conversations",
+				summary: "Decline a message request",
+				description:
+					"The addressee of a pending private chat declines it (`status` becomes `declined`, after which nobody can send); the initiator gets `request:declined`. " +
+					"Declining one that is already declined returns it unchanged.",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+				responses: {
+					200: ok("The conversation.", schema("Conversation")),
+					403: errorResponse("`FORBIDDEN`: a group, or the caller is the request's initiator.", {
+						notAddressee: errorExample(403, "FORBIDDEN", "Only the addressee of a message request can decline it"),
+					}),
+					404: ref("responses", "ConversationNotFound"),
+					409: errorResponse("`CONFLICT`: the conversation was already accepted.", {
+						accepted: errorExample(409, "CONFLICT", "This conversation was already accepted"),
+					}),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				if (conv.type !== "private" || conv.initiator_id === me.id) throw forbidden("Only the addressee of a message request can decline it");
 				if (conv.status === "declined") return this.presentFor(conv, me.id);
 				if (conv.status === "accepted") throw conflict("This conversation was already accepted");
@@ -363,10 +547,20 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		addMember: {
+			socket: { namespace: "/chat", event: "conversation:add-member" },
+			member: "conversationId",
+			openapi: {
+				tag: "Conversations",
+				summary:
+					"Add a user to a group (its admin or a moderator): the user gets `conversation:invited` and a `group_invite` notification, " +
+					"the other members `members:added` and `conversation:updated`, and the group a `member_added` system message; adding a member again changes nothing.",
+				params: { conversationId: CONVERSATION_ID_TEXT, userId: "The user to add." },
+				ack: schema("Conversation"),
+			},
 			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				this.requireGroupManager(conv, me.id);
 				const userId = ctx.params.userId;
 				if (conv.participants.includes(userId)) return this.presentFor(conv, me.id);
@@ -388,10 +582,21 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		removeMember: {
+			socket: { namespace: "/chat", event: "conversation:remove-member" },
+			member: "conversationId",
+			openapi: {
+				tag: "Conversations",
+				summary:
+					"Remove a member from a group, or leave it (`userId` the caller's own): the admin removes anyone, a moderator plain members; " +
+					"the admin's leaving hands the group to the longest-standing moderator (else member), and the last member's leaving deletes it. " +
+					"Everyone gets `members:removed` and `conversation:updated`, and the group a `member_removed` or `member_left` system message.",
+				params: { conversationId: CONVERSATION_ID_TEXT, userId: "The member to remove: the caller's own id to leave." },
+				ack: schema("Conversation"),
+			},
 			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				if (conv.type !== "group") throw forbidden("Members are removed from groups only");
 				const target = ctx.params.userId;
 				if (!conv.participants.includes(target)) throw notFound("Member");
@@ -410,10 +615,19 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		promoteModerator: {
+			socket: { namespace: "/chat", event: "conversation:promote-moderator" },
+			member: "conversationId",
+			openapi: {
+				tag: "Conversations",
+				summary:
+					"Make a member of a group a moderator (the group admin only): every member gets `conversation:moderator-updated` and the group a `moderator_promoted` system message.",
+				params: { conversationId: CONVERSATION_ID_TEXT, userId: "The member to promote." },
+				ack: schema("Conversation"),
+			},
 			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				if (conv.type !== "group" || conv.admin_id !== me.id) throw forbidden("Only the group admin promotes moderators");
 				const target = ctx.params.userId;
 				if (!conv.participants.includes(target)) throw notFound("Member");
@@ -424,10 +638,19 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		demoteModerator: {
+			socket: { namespace: "/chat", event: "conversation:demote-moderator" },
+			member: "conversationId",
+			openapi: {
+				tag: "Conversations",
+				summary:
+					"Make a moderator of a group a plain member again (the group admin only): every member gets `conversation:moderator-updated` and the group a `moderator_demoted` system message.",
+				params: { conversationId: CONVERSATION_ID_TEXT, userId: "The moderator to demote." },
+				ack: schema("Conversation"),
+			},
 			params: { $$strict: "remove", conversationId: idRule, userId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				if (conv.type !== "group" || conv.admin_id !== me.id) throw forbidden("Only the group admin demotes moderators");
 				const target = ctx.params.userId;
 				if (!conv.moderator_ids.includes(target)) return this.presentFor(conv, me.id);
@@ -436,10 +659,30 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		remove: {
+			rest: "DELETE /conversations/:conversationId",
+			socket: { namespace: "/chat", event: "conversation:delete", ack: "none" },
+			member: "conversationId",
+			openapi: {
+				operationId: "deleteConversation",
+				tag: "Conversations",
+				summary: "Delete a group (its admin) or hide a private chat (for the caller)",
+				description:
+					"A group: only its admin may delete it; it is gone with its messages for everyone, and every member gets `conversation:deleted`. " +
+					"A private chat: it is hidden for the caller only (the caller's devices get `conversation:deleted`) and comes back with the next message.",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+				responses: {
+					204: noContent("Deleted (group) or hidden (private chat)."),
+					403: errorResponse("`FORBIDDEN`: a group, and the caller is not its admin.", {
+						notAdmin: errorExample(403, "FORBIDDEN", "Only the group admin deletes the group"),
+					}),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				if (conv.type === "group") {
 					if (conv.admin_id !== me.id) throw forbidden("Only the group admin deletes the group");
 					await this.deleteConversation(ctx, conv);
@@ -455,10 +698,25 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		markRead: {
+			rest: "POST /conversations/:conversationId/read",
+			socket: { namespace: "/chat", event: "conversation:mark-read" },
+			member: "conversationId",
+			openapi: {
+				operationId: "markConversationRead",
+				tag: "Conversations",
+				summary: "Mark everything in a conversation read",
+				description: "Moves the caller's read position to the newest message. If that message is someone else's, the members get `message:read` (and `message:status`).",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+				responses: {
+					200: ok("Nothing is unread now.", schema("MarkReadResult")),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				const moved = await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id), last_read_seq: { $lt: conv.last_seq } }, { $set: { last_read_seq: conv.last_seq } });
 				const last = conv.last_message;
 				// Told only when the position moved: calling again and again sends nobody anything.
@@ -474,41 +732,122 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		mute: {
+			rest: "POST /conversations/:conversationId/mute",
+			member: "conversationId",
+			openapi: {
+				operationId: "muteConversation",
+				tag: "Conversations",
+				summary: "Mute or unmute a conversation (for the caller)",
+				description: "While muted, the caller gets no notifications for its messages. `muteUntil` ends the mute by itself.",
+				params: {
+					conversationId: CONVERSATION_ID_TEXT,
+					muteUntil: "With `muted: true`: when the mute ends by itself. Left out or `null`: until unmuted.",
+				},
+				responses: {
+					204: noContent("Saved."),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 413, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule, muted: { type: "boolean", convert: true }, muteUntil: { type: "date", convert: true, optional: true, nullable: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; muted: boolean; muteUntil?: Date | null }>) {
 				const until = ctx.params.muted && ctx.params.muteUntil ? ctx.params.muteUntil : null;
-				return this.setMySettings(ctx, ctx.params.conversationId, { muted: ctx.params.muted, mute_until: until });
+				return this.setMySettings(ctx, { muted: ctx.params.muted, mute_until: until });
 			},
 		},
 
 		pin: {
+			rest: "POST /conversations/:conversationId/pin",
+			member: "conversationId",
+			openapi: {
+				operationId: "pinConversation",
+				tag: "Conversations",
+				summary: "Pin or unpin a conversation (for the caller)",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+				responses: {
+					204: noContent("Saved."),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 413, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule, pinned: { type: "boolean", convert: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; pinned: boolean }>) {
-				return this.setMySettings(ctx, ctx.params.conversationId, { pinned: ctx.params.pinned });
+				return this.setMySettings(ctx, { pinned: ctx.params.pinned });
 			},
 		},
 
 		hide: {
+			rest: "POST /conversations/:conversationId/hide",
+			member: "conversationId",
+			openapi: {
+				operationId: "hideConversation",
+				tag: "Conversations",
+				summary: "Hide or unhide a conversation (for the caller)",
+				description: "A hidden conversation is left out of GET /conversations until a new message arrives in it.",
+				params: { conversationId: CONVERSATION_ID_TEXT, hidden: "A hidden conversation comes back with its next message." },
+				responses: {
+					204: noContent("Saved."),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 413, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule, hidden: { type: "boolean", convert: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; hidden: boolean }>) {
-				return this.setMySettings(ctx, ctx.params.conversationId, { hidden: ctx.params.hidden });
+				return this.setMySettings(ctx, { hidden: ctx.params.hidden });
 			},
 		},
 
 		nicknames: {
+			rest: "GET /conversations/:conversationId/nicknames",
+			member: "conversationId",
+			openapi: {
+				operationId: "listNicknames",
+				tag: "Conversations",
+				summary: "The nicknames set in a conversation",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+				responses: {
+					200: ok("The nicknames.", arrayOf(schema("Nickname"))),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+			handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
+				const { conv } = memberOf<MemberDocs>(ctx);
 				return Object.entries(conv.nicknames ?? {}).map(([id, nickname]) => ({ target_user_id: Number(id), targetUserId: Number(id), nickname }));
 			},
 		},
 
 		setNickname: {
+			rest: "POST /conversations/:conversationId/nicknames",
+			member: "conversationId",
+			openapi: {
+				operationId: "setNickname",
+				tag: "Conversations",
+				summary: "Set or remove a member's nickname",
+				description: "Any member may set the nickname of any member (itself included); every member sees it and gets `conversation:updated`.",
+				params: {
+					conversationId: CONVERSATION_ID_TEXT,
+					targetUserId: "A member of the conversation (an integer or a numeric string).",
+					nickname: "Trimmed; `null` or an empty string removes the nickname.",
+				},
+				responses: {
+					200: ok("All the nicknames of the conversation, after the change.", arrayOf(schema("Nickname"))),
+					// Not in the hand-written document before the declarations: the handler has always answered it.
+					403: errorResponse("`FORBIDDEN`: a block between the caller and the member named, either way (in a private chat: any block between the two).", {
+						blocked: errorExample(403, "FORBIDDEN", "You cannot set a nickname for this user"),
+					}),
+					404: errorResponse("`NOT_FOUND`: no such conversation or the caller is not a member (the same answer), or `targetUserId` is not a member.", {
+						conversation: errorExample(404, "NOT_FOUND", "Conversation not found"),
+						member: errorExample(404, "NOT_FOUND", "Member not found"),
+					}),
+					...errors(400, 401, 413, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule, targetUserId: userIdRule, nickname: { type: "string", trim: true, max: 50, nullable: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; targetUserId: number; nickname: string | null }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				const target = ctx.params.targetUserId;
 				if (!conv.participants.includes(target)) throw notFound("Member");
 				// A nickname is shown to its target: it must not be a way around a block. In a private
@@ -524,10 +863,24 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		clearHistory: {
+			rest: "DELETE /conversations/:conversationId/messages",
+			member: "conversationId",
+			openapi: {
+				operationId: "clearHistory",
+				tag: "Messages",
+				summary: "Clear a conversation's history for the caller",
+				description: "The messages sent so far are no longer shown to the caller (nor found by search); the other members still see them.",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+				responses: {
+					204: noContent("Cleared for the caller."),
+					404: ref("responses", "ConversationNotFound"),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", conversationId: idRule },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = callerOf(ctx);
-				const { conv } = await this.loadForMember(ctx.params.conversationId, me.id);
+				const me = userOf(ctx);
+				const { conv } = memberOf<MemberDocs>(ctx);
 				await this.stores.memberships.updateMany(
 					{ key: membershipKey(conv._id, me.id) },
 					{ $set: { cleared_seq: conv.last_seq, last_read_seq: conv.last_seq } },
@@ -539,26 +892,46 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		join: {
+			socket: { namespace: "/chat", event: "conversation:join", ack: "none", room: "join" },
+			// The member check is the whole of it: only a member's socket joins the room.
+			member: "conversationId",
+			openapi: {
+				tag: "Conversations",
+				summary: "Join a conversation's room on this socket (members only): the socket then gets the conversation's `typing` events.",
+				params: { conversationId: CONVERSATION_ID_TEXT },
+			},
 			params: { $$strict: "remove", conversationId: idRule },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				const me = callerOf(ctx);
-				await this.loadForMember(ctx.params.conversationId, me.id);
+			handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
 				return { room: conversationRoom(ctx.params.conversationId) };
 			},
 		},
 
 		leave: {
+			socket: { namespace: "/chat", event: "conversation:leave", ack: "none", room: "leave" },
+			openapi: {
+				tag: "Conversations",
+				summary: "Leave a conversation's room on this socket: it stops getting the conversation's `typing` events.",
+				params: { conversationId: "The conversation's id." },
+			},
 			params: { $$strict: "remove", conversationId: idRule },
 			handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				callerOf(ctx);
+				userOf(ctx);
 				return { room: conversationRoom(ctx.params.conversationId) };
 			},
 		},
 
 		typing: {
+			socket: { namespace: "/chat", event: "typing", ack: "none" },
+			openapi: {
+				tag: "Conversations",
+				summary:
+					"Say that the caller is typing in a conversation, or stopped: the sockets that joined its room (`conversation:join`) get `typing`, " +
+					"except the caller's own and anyone with a block with the caller either way; the same state again within a second is not passed on.",
+				params: { conversationId: CONVERSATION_ID_TEXT, isTyping: "`true`: typing; `false`: stopped." },
+			},
 			params: { $$strict: "remove", conversationId: idRule, isTyping: { type: "boolean", convert: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; isTyping: boolean }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const { conversationId, isTyping } = ctx.params;
 				// Typing is chatty: membership and blocks come from the cached metadata, which every
 				// change (a member removed, a block) makes every node forget.
@@ -583,9 +956,17 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		block: {
+			socket: { namespace: "/chat", event: "user:block", ack: "none" },
+			openapi: {
+				tag: "Conversations",
+				summary:
+					"Block a user: the two can no longer start a private chat or message each other there, be put in a group together by each other, " +
+					"or see each other's typing and read receipts; the caller's devices get `user:blocked`. Blocking again changes nothing.",
+				params: { targetUserId: "The user to block." },
+			},
 			params: { $$strict: "remove", targetUserId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ targetUserId: number }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const target = ctx.params.targetUserId;
 				if (target === me.id) throw badRequest("You cannot block yourself");
 				await this.requireUsersExist(ctx, [target], me.id);
@@ -602,9 +983,15 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		unblock: {
+			socket: { namespace: "/chat", event: "user:unblock", ack: "none" },
+			openapi: {
+				tag: "Conversations",
+				summary: "Lift the caller's block of a user; the caller's devices get `user:unblocked`. Unblocking a user not blocked changes nothing.",
+				params: { targetUserId: "The user to unblock." },
+			},
 			params: { $$strict: "remove", targetUserId: userIdRule },
 			async handler(this: ConvThis, ctx: Ctx<{ targetUserId: number }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				await this.stores.blocks.removeMany({ key: `${me.id}:${ctx.params.targetUserId}` });
 				await this.forgetMeta(ctx, "all");
 				await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "user:unblocked", payload: { targetUserId: ctx.params.targetUserId } }]);
@@ -613,8 +1000,19 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		blocked: {
+			rest: "GET /blocks",
+			openapi: {
+				operationId: "listBlocks",
+				tag: "Conversations",
+				summary: "The users the caller blocked",
+				description: "Newest block first. Block and unblock over the `/chat` socket (`user:block`, `user:unblock`).",
+				responses: {
+					200: ok("The caller's blocks.", arrayOf(schema("Block"))),
+					...errors(401, 429, 503),
+				},
+			},
 			async handler(this: ConvThis, ctx: Ctx) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const rows = await this.stores.blocks.find({ blocker_id: me.id }, { sort: ["-created_at"] });
 				return rows.map(r => ({ targetUserId: r.blocked_id, target_user_id: r.blocked_id, created_at: new Date(r.created_at).toISOString() }));
 			},
@@ -836,10 +1234,10 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			return this.presentFor(fresh, actorId);
 		},
 
-		/** The caller's own settings of a conversation it belongs to; answers 204. */
-		async setMySettings(this: ConvThis, ctx: Ctx<unknown>, conversationId: string, set: Partial<MembershipDoc>) {
-			const me = callerOf(ctx);
-			const { conv } = await this.loadForMember(conversationId, me.id);
+		/** The caller's own settings of the conversation its action checked it belongs to (`member`); answers 204. */
+		async setMySettings(this: ConvThis, ctx: Ctx<unknown>, set: Partial<MembershipDoc>) {
+			const me = userOf(ctx);
+			const { conv } = memberOf<MemberDocs>(ctx);
 			await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: set });
 			await this.forgetMeta(ctx, [conv._id]);
 			ctx.meta.$statusCode = 204;
@@ -943,20 +1341,28 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 
 		/** Each member gets the conversation as it sees it (its own unread count and settings). */
-		async pushConversation(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc, event: string, to: number[], extra: Record<string, unknown> = {}) {
+		async pushConversation(this: ConvThis, ctx: Ctx<unknown>, conv: ConversationDoc, event: ConversationEventName, to: number[]) {
 			const memberships = new Map((await this.membershipsOf(conv._id)).map(m => [m.user_id, m]));
 			// Only members: a deleted account's token, still valid for a while, hears nothing.
 			const items: PushItem[] = to.filter(uid => memberships.has(uid)).map(uid => ({
 				rooms: [userRoom(uid)],
 				event,
-				payload: { conversationId: conv._id, conversation: presentConversation(conv, memberships.get(uid) ?? null), ...extra },
+				payload: { conversationId: conv._id, conversation: presentConversation(conv, memberships.get(uid) ?? null) },
 			}));
 			await this.push(ctx, items);
 		},
 
-		async pushToParticipants(this: ConvThis, ctx: Ctx<unknown>, participants: number[], event: string, payload: unknown, aliases: string[] = []) {
+		async pushToParticipants<E extends keyof ChatServerPayloads>(
+			this: ConvThis,
+			ctx: Ctx<unknown>,
+			participants: number[],
+			event: E,
+			payload: ChatServerPayloads[E],
+			aliases: EventWithPayload<ChatServerPayloads[E]>[] = [],
+		) {
 			const rooms = participants.map(userRoom);
-			await this.push(ctx, [event, ...aliases].map(e => ({ rooms, event: e, payload })));
+			// An alias event carries the same payload under another name (the contract keeps both).
+			await this.push(ctx, [event, ...aliases].map(e => ({ rooms, event: e, payload }) as PushItem));
 		},
 
 		async systemMessage(this: ConvThis, ctx: Ctx<unknown>, conversationId: string, event: string, userId: number | null, actorId: number) {
@@ -1020,7 +1426,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				throw validationError(message, [{ field: "avatar", type: "file", message }]);
 			}
 			if (given === current) return given;
-			await ctx.call("files.verifyImage", { ref: given, ownerId: callerOf(ctx).id });
+			await ctx.call("files.verifyImage", { ref: given, ownerId: userOf(ctx).id });
 			return given;
 		},
 

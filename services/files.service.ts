@@ -24,9 +24,26 @@ import { appError, badRequest, forbidden, notFound, validationError } from "../l
 import { type FileStorage, LocalDiskStorage } from "../lib/file-storage";
 import { FILE_ID_PATTERN, FILE_PATH_PATTERN, FILE_REF_PATTERN, newFileId } from "../lib/file-ids";
 import { SNIFF_BYTES, cleanFileName, detectType, storedFileName } from "../lib/file-types";
-import { callerOf } from "../lib/caller";
 import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
+import {
+	BASE64_UPLOAD_ERRORS,
+	body,
+	errorExample,
+	errorResponse,
+	errors,
+	FILE_BYTES,
+	FILE_HEADERS,
+	FILE_LIMIT_TEXT,
+	FILE_LOCATION,
+	headers,
+	noContent,
+	ok,
+	RANGE_HEADER,
+	ref,
+	schema,
+} from "../lib/api-schemas";
+import { userOf } from "../middlewares/authorize.middleware";
 import { createDocsMixin, type Doc, type DocsMixinThis, isDuplicateKeyError } from "../mixins/docs.mixin";
 
 type Ctx<P = Record<string, never>> = Context<P, CallMeta & { filename?: string; mimetype?: string; range?: string }>;
@@ -170,6 +187,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		/** One file as a stream (from the gateway's multipart upload); meta.filename is the client's name. Not routed. */
 		save: {
 			visibility: "public",
+			auth: true,
 			// A caller's default timeout (seconds) would cut off a large file on a slow line, and the
 			// file would be stored after the caller gave up. A client that stalls is ended by the
 			// gateway's HTTP request timeout, which ends this stream too.
@@ -181,6 +199,31 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		},
 
 		saveBase64: {
+			rest: "POST /upload/file-base64",
+			gatewayRoute: "large-body",
+			openapi: {
+				operationId: "uploadFileBase64",
+				tag: "Files",
+				summary: "Upload one file as base64 (JSON)",
+				description:
+					"For clients that cannot send multipart. `base64` may be a `data:` URL; `mimeType` is not trusted (the type is decided from the decoded bytes, as for POST /upload/single). " +
+					`The decoded file may be at most ${FILE_LIMIT_TEXT}; the JSON body up to 35 MiB. A refused upload keeps nothing.`,
+				params: {
+					fileName: "The file's name, for display (cleaned as `File.fileName`).",
+					mimeType: "Optional and not trusted: the type is decided from the decoded bytes.",
+					base64:
+						"The file's bytes in base64 (the standard or the URL-safe alphabet; whitespace is ignored). A `data:<type>;base64,` prefix (a data: URL) is accepted and dropped. " +
+						"Decoded, at most the file limit (25 MiB by default); the whole JSON body may be up to 35 MiB.",
+				},
+				// `onlyImages` is for users.uploadAvatar, not for clients: the body is the old one without it.
+				requestBody: body(schema("Base64UploadRequest")),
+				responses: {
+					...errors(401, 429, 503),
+					201: ok("Stored; `Location` is the file's `url`.", schema("File"), FILE_LOCATION),
+					...BASE64_UPLOAD_ERRORS,
+					...errors(415),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				fileName: { type: "string", min: 1, max: 500 },
@@ -190,7 +233,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 				onlyImages: { type: "boolean", optional: true, default: false },
 			},
 			async handler(this: FilesThis, ctx: Ctx<{ fileName: string; mimeType?: string; base64: string; onlyImages: boolean }>): Promise<ActionResult<"files.saveBase64">> {
-				callerOf(ctx);
+				userOf(ctx);
 				// A data: URL prefix is accepted; anything that is not base64 is refused.
 				const raw = ctx.params.base64.replace(/^data:[^,]{0,200};base64,/, "").replace(/\s+/g, "");
 				if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(raw) || raw.length === 0) {
@@ -208,6 +251,43 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		},
 
 		download: {
+			rest: "GET /files/:fileId",
+			gatewayRoute: "files",
+			// No token: the unguessable file id is the capability, so <img src> works.
+			auth: false,
+			openapi: {
+				operationId: "downloadFile",
+				tag: "Files",
+				summary: "A file's bytes (no token)",
+				description:
+					"Needs no token, so `<img src>`, `<video src>` and links work: the unguessable id is the capability (share a file's `url` only with whom may read it). " +
+					"Answers the bytes with the stored `mimetype` as `Content-Type`; images, video and audio are `inline`, everything else an `attachment`. " +
+					"One byte range may be asked with `Range` (206); a range that starts past the end is 416. Not rate-limited.",
+				params: { fileId: "The file's id, as in its `url`. Anything that is not 32 lower-case hex characters answers 404, like an unknown id." },
+				parameters: [RANGE_HEADER],
+				responses: {
+					200: { description: "The whole file, with the stored `mimetype` as `Content-Type`.", headers: headers(FILE_HEADERS), content: FILE_BYTES },
+					206: {
+						description: "The asked range of the file (a `Range` request).",
+						headers: headers({
+							...FILE_HEADERS,
+							"Content-Range": { description: "`bytes <first>-<last>/<size>`.", schema: { type: "string", example: "bytes 0-1023/48213" } },
+						}),
+						content: FILE_BYTES,
+					},
+					400: errorResponse("`VALIDATION_ERROR`: `fileId` is longer than 64 characters.", {
+						tooLong: errorExample(400, "VALIDATION_ERROR", "Parameters validation error", [
+							{ field: "fileId", type: "stringMax", message: "The 'fileId' field length must be less than or equal to 64 characters long.", expected: 64 },
+						]),
+					}),
+					404: ref("responses", "FileNotFound"),
+					416: {
+						description: "The range cannot be satisfied (it starts past the end of the file). No body.",
+						headers: headers({ "Content-Range": { description: "`bytes */<size>`: the file's size.", schema: { type: "string", example: "bytes */48213" } } }),
+					},
+					...errors(503),
+				},
+			},
 			params: { $$strict: "remove", fileId: { type: "string", max: 64 } },
 			async handler(this: FilesThis, ctx: Ctx<{ fileId: string }>) {
 				const file = FILE_ID_PATTERN.test(ctx.params.fileId) ? await this.byId(ctx.params.fileId) : null;
@@ -245,9 +325,38 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		},
 
 		remove: {
+			rest: "DELETE /upload",
+			openapi: {
+				operationId: "deleteFile",
+				tag: "Files",
+				summary: "Delete an uploaded file (its uploader or an admin)",
+				description:
+					"Only the user who uploaded the file, or an admin, may delete it. It stops being served at once (GET /files/{fileId} answers 404); " +
+					"messages and avatars that point to it keep the dead link.",
+				params: {
+					fileId: "The file's id.",
+					fileUrl: "The file's `url` (`/files/<fileId>`) or a full URL of it on this server (`https://host/files/<fileId>`, a query or fragment allowed).",
+				},
+				// One of fileId and fileUrl is required (anyOf), which params cannot say: the old body.
+				requestBody: body(schema("DeleteFileRequest")),
+				responses: {
+					...errors(401, 429, 503),
+					204: noContent("Deleted."),
+					400: errorResponse("`VALIDATION_ERROR`: neither `fileId` nor `fileUrl` is given, or one is too long.", {
+						missing: errorExample(400, "VALIDATION_ERROR", "Give fileId or fileUrl", [{ field: "fileId", type: "required", message: "fileId or fileUrl" }]),
+					}),
+					403: errorResponse("`FORBIDDEN`: the caller is neither the file's uploader nor an admin.", {
+						notOwner: errorExample(403, "FORBIDDEN", "Only the uploader or an admin deletes a file"),
+					}),
+					404: errorResponse("`NOT_FOUND`: no such file, or `fileId` / `fileUrl` does not name a file of this server.", {
+						notFound: errorExample(404, "NOT_FOUND", "File not found"),
+					}),
+					...errors(413),
+				},
+			},
 			params: { $$strict: "remove", fileId: { type: "string", optional: true, max: 64 }, fileUrl: { type: "string", optional: true, max: 2048 } },
 			async handler(this: FilesThis, ctx: Ctx<{ fileId?: string; fileUrl?: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const ref = ctx.params.fileId ?? ctx.params.fileUrl;
 				if (!ref) throw validationError("Give fileId or fileUrl", [{ field: "fileId", type: "required", message: "fileId or fileUrl" }]);
 				const fileId = this.fileIdOf(ref);
@@ -263,9 +372,10 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 		/** Undo uploads of a request that failed as a whole (not routed by the gateway). */
 		discard: {
 			visibility: "public",
+			auth: true,
 			params: { fileIds: { type: "array", items: { type: "string", max: 64 }, max: 20 } },
 			async handler(this: FilesThis, ctx: Ctx<{ fileIds: string[] }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const ids = ctx.params.fileIds.filter(id => FILE_ID_PATTERN.test(id));
 				const files = ids.length > 0 ? ((await this.stores.files.find({ file_id: { $in: ids }, owner_id: me.id })) as FileDoc[]) : [];
 				await this.deleteFiles(files);
@@ -361,7 +471,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 			let charged = 0;
 			let ownerId = 0;
 			try {
-				ownerId = callerOf(ctx).id;
+				ownerId = userOf(ctx).id;
 				const quota = config.fileQuotaBytes;
 				// Refused before a byte is read when it cannot fit.
 				const before = await this.usageOf(ownerId);

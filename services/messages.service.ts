@@ -33,9 +33,10 @@ import { type BroadcastPayloads, callAction, type NotificationTargets } from "..
 import { CHANNELS } from "../lib/durable-events";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
 import { ATTACHMENT_PATTERN } from "../lib/file-ids";
-import { callerOf } from "../lib/caller";
 import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
+import { arrayOf, errorExample, errorResponse, errors, ok, ref, schema } from "../lib/api-schemas";
+import { memberOf, userOf } from "../middlewares/authorize.middleware";
 import { createDocsMixin, type DocsMixinThis, escapeRegex, isDuplicateKeyError } from "../mixins/docs.mixin";
 import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushThis, userRoom } from "../mixins/push.mixin";
@@ -135,6 +136,36 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 
 	actions: {
 		send: {
+			rest: "POST /conversations/:conversationId/messages",
+			socket: { namespace: "/chat", event: "message:send" },
+			openapi: {
+				operationId: "sendMessage",
+				tag: "Messages",
+				summary: "Send a message",
+				description:
+					"Every participant gets `message:created` on the `/chat` socket (except members of a group who blocked the sender). " +
+					"A retry with the `clientId` of a send that went through answers the first message and sends nothing again. " +
+					"In a pending message request only the initiator may send; in a declined one nobody may.",
+				params: {
+					conversationId: "The conversation's id. A conversation the caller is not a member of answers 404, like one that does not exist.",
+					content: "Trimmed.",
+					attachments: "A file uploaded to this server: its id, `/files/<id>`, or its full URL.",
+					clientId:
+						"The client's own id for this message. Sending again with a clientId this sender already used in this conversation returns the first message and notifies nobody again.",
+				},
+				responses: {
+					...errors(401, 429, 503),
+					...errors(400),
+					404: ref("responses", "ConversationNotFound"),
+					200: ok("The message (for a retry with a used `clientId`: the first one).", schema("Message")),
+					403: errorResponse("`FORBIDDEN`: the caller may not send here now.", {
+						pending: errorExample(403, "FORBIDDEN", "Accept the message request before replying"),
+						declined: errorExample(403, "FORBIDDEN", "This message request was declined"),
+						blocked: errorExample(403, "FORBIDDEN", "You cannot message this user"),
+					}),
+					...errors(413),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				conversationId: idRule,
@@ -143,7 +174,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				clientId: { type: "string", optional: true, min: 1, max: 100 },
 			},
 			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string; content: string; attachments: string[]; clientId?: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const { conversationId, attachments, clientId } = ctx.params;
 				const content = ctx.params.content.trim();
 				if (!content && attachments.length === 0) {
@@ -192,9 +223,15 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		edit: {
+			socket: { namespace: "/chat", event: "message:edit" },
+			openapi: {
+				tag: "Messages",
+				summary: "Edit one of the caller's own messages (its new `content`, trimmed); the participants get `message:updated`.",
+				ack: schema("Message"),
+			},
 			params: { $$strict: "remove", messageId: idRule, content: { type: "string", min: 1, max: MAX_CONTENT } },
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string; content: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				if (msg.sender_id !== me.id || msg.type === "system") throw forbidden("Only the sender edits a message");
 				if (msg.deleted) throw appError("CONFLICT", "A deleted message cannot be edited");
@@ -221,9 +258,15 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		remove: {
+			socket: { namespace: "/chat", event: "message:delete", ack: "none" },
+			openapi: {
+				tag: "Messages",
+				summary:
+					"Delete a message (its sender, or in a group the admin or a moderator): it stays as an empty tombstone with its `seq`, its attachments and notifications go, and the participants get `message:deleted`.",
+			},
 			params: { $$strict: "remove", messageId: idRule },
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				const groupManager = conv.type === "group" && (conv.admin_id === me.id || conv.moderator_ids.includes(me.id));
 				if (!(msg.sender_id === me.id && msg.type !== "system") && !groupManager) throw forbidden("Only the sender, or a group admin or moderator, deletes a message");
@@ -247,9 +290,15 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		markRead: {
+			socket: { namespace: "/chat", event: "message:read", ack: "none" },
+			openapi: {
+				tag: "Messages",
+				summary:
+					"Mark a message of another member read by the caller (the conversation is read up to its `seq`); the conversation's members get `message:read` and `message:status` (`read`).",
+			},
 			params: { $$strict: "remove", messageId: idRule },
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				if (msg.sender_id === me.id) return null;
 				await ctx.call("conversations.advanceRead", { conversationId: conv._id, userId: me.id, seq: msg.seq });
@@ -267,9 +316,14 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		markDelivered: {
+			socket: { namespace: "/chat", event: "message:delivered", ack: "none" },
+			openapi: {
+				tag: "Messages",
+				summary: "Say that a message of another member reached the caller's device; the conversation's members get `message:status` (`delivered`).",
+			},
 			params: { $$strict: "remove", messageId: idRule },
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				if (msg.sender_id === me.id || msg.delivered_to.includes(me.id)) return null;
 				await this.withLock(`m:${msg._id}`, () => this.stores.messages.updateById(msg._id, { $addToSet: { delivered_to: me.id } }));
@@ -280,6 +334,30 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		list: {
+			rest: "GET /conversations/:conversationId/messages",
+			socket: { namespace: "/chat", event: "message:list" },
+			member: "conversationId",
+			openapi: {
+				operationId: "listMessages",
+				tag: "Messages",
+				summary: "A conversation's messages, a page at a time",
+				description:
+					"Paged by `seq`. Without a cursor: the newest messages, newest first. `before=41`: the page below seq 41, newest first. " +
+					"`after=41`: what came after seq 41, oldest first (to catch up after a gap). Not both. " +
+					"Messages before the caller cleared its history are not shown; deleted messages appear as tombstones.",
+				params: {
+					conversationId: "The conversation's id. A conversation the caller is not a member of answers 404, like one that does not exist.",
+					limit: "At most this many messages.",
+					before: "Messages with a smaller `seq`, newest first.",
+					after: "Messages with a greater `seq`, oldest first. Not with `before`.",
+				},
+				responses: {
+					...errors(401, 429, 503),
+					...errors(400),
+					404: ref("responses", "ConversationNotFound"),
+					200: ok("One page of messages.", arrayOf(schema("Message"))),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				conversationId: idRule,
@@ -288,10 +366,10 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				after: { type: "number", integer: true, min: 0, convert: true, optional: true },
 			},
 			async handler(this: MessagesThis, ctx: Ctx<{ conversationId: string; limit: number; before?: number; after?: number }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const { conversationId, limit, before, after } = ctx.params;
 				if (before !== undefined && after !== undefined) throw validationError("Give before or after, not both", [{ field: "after", type: "forbidden", message: "Not with before" }]);
-				const { membership } = await this.access(ctx, conversationId, me.id);
+				const { membership } = memberOf(ctx);
 				// History cleared by this member stays hidden from it.
 				const floor = Math.max(membership.cleared_seq, after ?? 0);
 				const seq: Record<string, number> = { $gt: floor };
@@ -302,6 +380,20 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		search: {
+			socket: { namespace: "/chat", event: "message:search" },
+			openapi: {
+				tag: "Messages",
+				summary:
+					"Search the text of the caller's messages (case-insensitive), in one conversation or in all of the caller's; answers the newest matches and how many there are in all.",
+				ack: {
+					type: "object",
+					required: ["messages", "total"],
+					properties: {
+						messages: arrayOf(schema("Message")),
+						total: { type: "integer", minimum: 0, description: "How many messages match in all." },
+					},
+				},
+			},
 			params: {
 				$$strict: "remove",
 				query: { type: "string", trim: true, min: 1, max: 200 },
@@ -309,7 +401,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				limit: limitRule(20),
 			},
 			async handler(this: MessagesThis, ctx: Ctx<{ query: string; conversationId?: string; limit: number }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				let scopes: { conversationId: string; clearedSeq: number }[];
 				if (ctx.params.conversationId) {
 					const { membership } = await this.access(ctx, ctx.params.conversationId, me.id);

@@ -13,9 +13,10 @@ import { Batcher } from "../lib/batcher";
 import { type BroadcastPayloads, callAction, type GroupInviteEvent, type MessageCreatedEvent, type MessageDeletedEvent, type SystemBroadcastEvent as BroadcastEvent } from "../lib/contracts";
 import { forgetOnOtherNodes } from "../lib/read-cache";
 import { UnreadCounts } from "../lib/unread-counts";
-import { appError, forbidden, notFound, validationError } from "../lib/errors";
-import { callerOf } from "../lib/caller";
+import { appError, notFound, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
+import { arrayOf, errorExample, errorResponse, errors, NEXT_CURSOR, noContent, ok, ref, schema, TIMESTAMP } from "../lib/api-schemas";
+import { userOf } from "../middlewares/authorize.middleware";
 import { createDocsMixin, type Doc, type DocsMixinThis, newOrderedId } from "../mixins/docs.mixin";
 import { PublisherMixin, type PublisherThis } from "../mixins/publisher.mixin";
 import { PushMixin, type PushItem, type PushThis, userRoom } from "../mixins/push.mixin";
@@ -262,6 +263,24 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 
 	actions: {
 		list: {
+			rest: "GET /notifications",
+			socket: { namespace: "/notifications", event: "notification:list" },
+			openapi: {
+				operationId: "listNotifications",
+				tag: "Notifications",
+				summary: "The caller's notifications, newest first",
+				description: "A page at a time: while there is more, the answer has an `X-Next-Cursor` header to pass back as `before`.",
+				params: {
+					unreadOnly: "`true`: only the unread ones.",
+					limit: "At most this many notifications.",
+					before: "The `X-Next-Cursor` header of the previous page, passed back unchanged. Leave it out for the first page.",
+				},
+				responses: {
+					...errors(401, 429, 503),
+					200: ok("One page of notifications.", arrayOf(schema("Notification")), NEXT_CURSOR),
+					...errors(400),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				unreadOnly: { type: "boolean", convert: true, optional: true, default: false },
@@ -269,7 +288,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 				before: { type: "string", optional: true, max: 200 },
 			},
 			async handler(this: NotifThis, ctx: Ctx<{ unreadOnly: boolean; limit: number; before?: string }>) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const cursor = ctx.params.before ? decodeCursor(ctx.params.before) : null;
 				if (ctx.params.before && !cursor) throw validationError("Invalid cursor", [{ field: "before", type: "cursor", message: "Pass back the X-Next-Cursor value" }]);
 				const query: Record<string, unknown> = { user_id: me.id };
@@ -286,13 +305,38 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 		},
 
 		unreadCount: {
+			rest: "GET /notifications/unread/count",
+			openapi: {
+				operationId: "countUnreadNotifications",
+				tag: "Notifications",
+				summary: "How many of the caller's notifications are unread",
+				description: "The `/notifications` socket also pushes this count (`notification:count`) on connect and after every change.",
+				responses: {
+					...errors(401, 429, 503),
+					200: ok("The unread count.", schema("UnreadCount")),
+				},
+			},
 			async handler(this: NotifThis, ctx: Ctx) {
-				const me = callerOf(ctx).id;
+				const me = userOf(ctx).id;
 				return { count: (await this.unread.get([me])).get(me) ?? 0 };
 			},
 		},
 
 		get: {
+			rest: "GET /notifications/:notificationId",
+			socket: { namespace: "/notifications", event: "notification:get" },
+			openapi: {
+				operationId: "getNotification",
+				tag: "Notifications",
+				summary: "One of the caller's notifications",
+				params: { notificationId: "The notification's id. Another user's notification answers 404, like one that does not exist." },
+				responses: {
+					...errors(401, 429, 503),
+					...errors(400),
+					404: ref("responses", "NotificationNotFound"),
+					200: ok("The notification.", schema("Notification")),
+				},
+			},
 			params: { $$strict: "remove", notificationId: idRule },
 			async handler(this: NotifThis, ctx: Ctx<{ notificationId: string }>) {
 				return this.present(await this.own(ctx, ctx.params.notificationId));
@@ -300,6 +344,23 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 		},
 
 		markRead: {
+			rest: ["POST /notifications/:notificationId/read", "PATCH /notifications/:notificationId/read"],
+			socket: { namespace: "/notifications", event: "notification:read" },
+			openapi: {
+				operationId: ["markNotificationRead", "patchNotificationRead"],
+				tag: "Notifications",
+				summary: "Mark one of the caller's notifications read",
+				description:
+					"Both POST and PATCH do it. The caller's devices get `notification:read` and `notification:count` on the `/notifications` socket; " +
+					"a notification already read is returned unchanged.",
+				params: { notificationId: "The notification's id. Another user's notification answers 404, like one that does not exist." },
+				responses: {
+					...errors(401, 429, 503),
+					...errors(400),
+					404: ref("responses", "NotificationNotFound"),
+					200: ok("The notification, read.", schema("Notification")),
+				},
+			},
 			params: { $$strict: "remove", notificationId: idRule },
 			async handler(this: NotifThis, ctx: Ctx<{ notificationId: string }>) {
 				const n = await this.own(ctx, ctx.params.notificationId);
@@ -313,8 +374,20 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 		},
 
 		readAll: {
+			rest: "PATCH /notifications/read-all",
+			socket: { namespace: "/notifications", event: "notification:read-all" },
+			openapi: {
+				operationId: "markAllNotificationsRead",
+				tag: "Notifications",
+				summary: "Mark all the caller's notifications read",
+				description: "If any was unread, the caller's devices get `notification:count` on the `/notifications` socket.",
+				responses: {
+					...errors(401, 429, 503),
+					200: ok("Nothing is unread now.", schema("ReadAllResult")),
+				},
+			},
 			async handler(this: NotifThis, ctx: Ctx) {
-				const me = callerOf(ctx);
+				const me = userOf(ctx);
 				const changed = await this.stores.notifications.updateMany({ user_id: me.id, is_read: false }, { $set: { is_read: true } });
 				if (changed > 0) {
 					await this.countsChanged([me.id], ctx.requestID);
@@ -325,6 +398,21 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 		},
 
 		remove: {
+			rest: "DELETE /notifications/:notificationId",
+			socket: { namespace: "/notifications", event: "notification:delete", ack: "none" },
+			openapi: {
+				operationId: "deleteNotification",
+				tag: "Notifications",
+				summary: "Delete one of the caller's notifications",
+				description: "The caller's devices get `notification:deleted`, and `notification:count` if it was unread.",
+				params: { notificationId: "The notification's id. Another user's notification answers 404, like one that does not exist." },
+				responses: {
+					...errors(401, 429, 503),
+					...errors(400),
+					404: ref("responses", "NotificationNotFound"),
+					204: noContent("Deleted."),
+				},
+			},
 			params: { $$strict: "remove", notificationId: idRule },
 			async handler(this: NotifThis, ctx: Ctx<{ notificationId: string }>) {
 				const n = await this.own(ctx, ctx.params.notificationId);
@@ -338,7 +426,30 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 		},
 
 		broadcast: {
+			rest: "POST /notifications/broadcast",
 			roles: ["admin"],
+			openapi: {
+				operationId: "broadcastNotification",
+				tag: "Notifications",
+				summary: "Send a system notification to some or all users (admin only)",
+				description:
+					"Queues the broadcast and answers 202 at once. The notifications service then writes one `system` notification per user in paced batches, " +
+					"so chat traffic keeps flowing; each recipient's devices get `notification:created` and `notification:count`. " +
+					"Admin only: the token must carry the `admin` role, and the role is confirmed in the database.",
+				params: {
+					title: "Trimmed.",
+					content: "Trimmed.",
+					userIds: "The recipients (numeric strings are accepted too; duplicates count once). Left out: every user.",
+				},
+				responses: {
+					...errors(401, 429, 503),
+					202: ok("Queued.", schema("BroadcastResult")),
+					403: errorResponse("`FORBIDDEN`: the caller is not an admin.", {
+						role: errorExample(403, "FORBIDDEN", "Requires role admin"),
+					}),
+					...errors(400, 413),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				title: { type: "string", trim: true, min: 1, max: 200 },
@@ -346,9 +457,8 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 				userIds: { type: "array", optional: true, min: 1, max: 10_000, items: { type: "number", integer: true, positive: true, convert: true } },
 			},
 			async handler(this: NotifThis, ctx: Ctx<{ title: string; content: string; userIds?: number[] }>) {
-				const me = callerOf(ctx);
-				// The roles in the token are not enough: the users service confirms from its database.
-				if (!(await ctx.call("users.isAdmin", { userId: me.id }))) throw forbidden("Only an admin may broadcast");
+				// The roles in the token are not enough: the Authorize middleware confirms "admin" from the database.
+				const me = userOf(ctx);
 				const userIds = ctx.params.userIds ? [...new Set(ctx.params.userIds)] : undefined;
 				const queued = userIds ? userIds.length : await callAction(ctx, "users.count", {});
 				await this.publishEvent(CHANNELS.systemBroadcast, { eventId: crypto.randomUUID(), title: ctx.params.title, content: ctx.params.content, senderId: me.id, userIds });
@@ -368,8 +478,18 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 		},
 
 		ping: {
+			socket: { namespace: "/notifications", event: "notification:ping", reply: "pong" },
+			openapi: {
+				tag: "Notifications",
+				summary: "Check that the `/notifications` socket is alive: answers the server's time, which is also emitted back to the socket as `pong`.",
+				ack: {
+					type: "object",
+					required: ["timestamp"],
+					properties: { timestamp: TIMESTAMP },
+				},
+			},
 			handler(this: NotifThis, ctx: Ctx) {
-				callerOf(ctx);
+				userOf(ctx);
 				return { timestamp: new Date().toISOString() };
 			},
 		},
@@ -382,7 +502,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 
 		/** Another user's notification looks like none at all. */
 		async own(this: NotifThis, ctx: Ctx<unknown>, id: string) {
-			const me = callerOf(ctx);
+			const me = userOf(ctx);
 			const n = (await this.stores.notifications.findById(id)) as NotificationDoc | null;
 			if (!n || n.user_id !== me.id) throw notFound("Notification");
 			return n;

@@ -13,7 +13,6 @@ import { DataTypes, Op, QueryTypes, UniqueConstraintError, type Model, type Mode
 import { config } from "../lib/config";
 import { EVENTS, PRESENCE_INTERVAL_MS, ROLES, primaryRole } from "../lib/constants";
 import { conflict, forbidden, invalidCredentials, notFound, rateLimited, unauthorized, validationError } from "../lib/errors";
-import { callerOf } from "../lib/caller";
 import type { CallMeta } from "../lib/meta";
 import { usersMigrations } from "../lib/migrations/users";
 import type { RevocationReason, SessionRevocation } from "../lib/session-revocations";
@@ -23,6 +22,22 @@ import { type ActionResult, type BroadcastPayloads, broadcastEvent, callAction }
 import { FILE_ID_PATTERN, FILE_PATH_PATTERN, fileIdOfPath, filePath } from "../lib/file-ids";
 import { forgetOnOtherNodes } from "../lib/read-cache";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
+import { userOf } from "../middlewares/authorize.middleware";
+import {
+	BASE64_UPLOAD_ERRORS,
+	RETRY_AFTER,
+	SET_REFRESH_COOKIE,
+	arrayOf,
+	body,
+	errorExample,
+	errorResponse,
+	errors,
+	noContent,
+	ok,
+	optionalBody,
+	ref,
+	schema,
+} from "../lib/api-schemas";
 
 /** Failed logins for one account before each further attempt must wait (doubling, capped). */
 const FREE_FAILED_LOGINS = 5;
@@ -169,7 +184,6 @@ interface UsersMethods {
 	setRoles(userId: number, roles: string[], tx: Transaction): Promise<void>;
 	lockRoleChanges(tx: Transaction): Promise<void>;
 	callerIsAdmin(ctx: Ctx<unknown>): Promise<boolean>;
-	requireSelfOrAdmin(ctx: Ctx<unknown>, targetId: number): Promise<void>;
 	adminCount(tx: Transaction): Promise<number>;
 	checkPasswordBytes(field: string, password: string): void;
 	uniqueViolation(err: unknown): never;
@@ -217,7 +231,25 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 
 	actions: {
 		register: {
+			rest: "POST /auth/register",
+			gatewayRoute: "auth",
 			auth: false,
+			openapi: {
+				operationId: "register",
+				tag: "Auth",
+				summary: "Create an account and log in",
+				description: "Creates a user with the role `user` and starts a login: answers the user, an access token and a refresh token, and sets the refresh-token cookie. Rate-limited per client address.",
+				params: {
+					username: "3–32 characters: letters, digits, `_`, `.` and `-`. Surrounding whitespace is trimmed.",
+					email: "Stored in lower case.",
+					password: "8 characters at least and at most 72 bytes in UTF-8 (bcrypt reads no more).",
+					confirmPassword: "Optional; when given it must equal `password`.",
+				},
+				responses: {
+					201: ok("Registered and logged in.", schema("AuthResult"), SET_REFRESH_COOKIE),
+					...errors(400, 409, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				username: usernameRule,
@@ -242,7 +274,29 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		login: {
+			rest: "POST /auth/login",
+			gatewayRoute: "auth",
 			auth: false,
+			openapi: {
+				operationId: "login",
+				tag: "Auth",
+				summary: "Log in with email or username and password",
+				description:
+					"Answers as register (200) and sets the refresh-token cookie. Wrong credentials (unknown account or wrong password) are 400 `INVALID_CREDENTIALS`. " +
+					"Besides the per-address limit, repeated failed logins for one account block further attempts on it for a growing time: 429 with `Retry-After`.",
+				// The body made from params could not say that one of email and username is required.
+				requestBody: body(schema("LoginRequest")),
+				responses: {
+					200: ok("Logged in.", schema("AuthResult"), SET_REFRESH_COOKIE),
+					400: ref("responses", "InvalidCredentials"),
+					429: errorResponse(
+						"`RATE_LIMITED`: too many requests from this address, or too many failed logins for this account. Wait `Retry-After` seconds.",
+						{ rateLimited: errorExample(429, "RATE_LIMITED", "Too many requests, slow down") },
+						RETRY_AFTER,
+					),
+					...errors(413, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				email: { type: "string", optional: true, trim: true, min: 1, max: 254 },
@@ -282,7 +336,29 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		refresh: {
+			rest: "POST /auth/refresh",
+			gatewayRoute: "auth",
 			auth: false,
+			openapi: {
+				operationId: "refreshTokens",
+				tag: "Auth",
+				summary: "Exchange a refresh token for new tokens (rotation)",
+				description:
+					"Takes the refresh token from the body or, failing that, from the `refreshToken` cookie (see the `refreshCookie` security scheme). " +
+					"The token presented is spent: the answer carries a new refresh token (also set as the cookie) and a new access token. " +
+					"Presenting a spent token again revokes that login's whole token family, and answers 401.",
+				parameters: [ref("parameters", "RefreshTokenCookie")],
+				requestBody: optionalBody(schema("RefreshTokenRequest"), "Optional when the cookie is sent."),
+				responses: {
+					200: ok("New tokens.", schema("Tokens"), SET_REFRESH_COOKIE),
+					401: errorResponse("`UNAUTHORIZED`: no refresh token, or it is unknown, expired, revoked or already spent.", {
+						missing: errorExample(401, "UNAUTHORIZED", "Refresh token required"),
+						invalid: errorExample(401, "UNAUTHORIZED", "Invalid refresh token"),
+						expired: errorExample(401, "UNAUTHORIZED", "Refresh token expired"),
+					}),
+					...errors(400, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				refreshToken: { type: "string", optional: true, min: 1, max: 200 },
@@ -329,7 +405,24 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		logout: {
+			rest: "POST /auth/logout",
+			gatewayRoute: "auth",
+			// Reached with or without a token: the gateway names the login of a valid one in ctx.meta.session.
 			auth: false,
+			openapi: {
+				operationId: "logout",
+				tag: "Auth",
+				summary: "End a login",
+				description:
+					"Revokes the refresh token given in the body or the `refreshToken` cookie (with the rest of its login's token family) and clears the cookie. " +
+					"Answers 204 even when no token, or an unknown one, is given. Access tokens already issued stay valid until they expire.",
+				parameters: [ref("parameters", "RefreshTokenCookie")],
+				requestBody: optionalBody(schema("RefreshTokenRequest"), "Optional when the cookie is sent."),
+				responses: {
+					204: noContent("Logged out; the cookie is cleared.", SET_REFRESH_COOKIE),
+					...errors(400, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				refreshToken: { type: "string", optional: true, min: 1, max: 200 },
@@ -363,8 +456,18 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		me: {
+			rest: "GET /users/me",
+			openapi: {
+				operationId: "getMe",
+				tag: "Users",
+				summary: "The caller's own user (with email)",
+				responses: {
+					200: ok("The caller.", schema("User")),
+					...errors(401, 429, 503),
+				},
+			},
 			async handler(this: UsersThis, ctx: Ctx) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				// From the cache when it is there: no SQL at all (presence is in memory, the viewer is the user).
 				const profile = (await this.profilesOf([caller.id])).get(caller.id);
 				if (!profile) throw unauthorized("This account no longer exists");
@@ -373,6 +476,22 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		list: {
+			rest: "GET /users",
+			openapi: {
+				operationId: "listUsers",
+				tag: "Users",
+				summary: "List users, a page at a time",
+				description: "Newest first. `search` matches, case-insensitively, a prefix of the username, or a whole email address (admins: an email prefix).",
+				params: {
+					search: "Filter (trimmed).",
+					page: "1-based page number.",
+					limit: "Users per page.",
+				},
+				responses: {
+					200: ok("One page of users.", schema("UserPage")),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				search: { type: "string", optional: true, trim: true, max: 100 },
@@ -380,7 +499,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				limit: limitRule(50),
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ search?: string; page: number; limit: number }>) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				const { search, page, limit } = ctx.params;
 				let where = {};
 				if (search) {
@@ -411,13 +530,30 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		search: {
+			rest: "GET /users/search",
+			openapi: {
+				operationId: "searchUsers",
+				tag: "Users",
+				summary: "Find users by username prefix, or by a whole email address",
+				description:
+					"Case-insensitive prefix match on the username; an email matches only when `q` is the whole address (admins: by prefix). " +
+					"An exact match comes first, then shorter usernames. Another user's email is never shown.",
+				params: {
+					q: "The prefix (trimmed).",
+					limit: "At most this many users.",
+				},
+				responses: {
+					200: ok("Matching users.", arrayOf(schema("User"))),
+					...errors(400, 401, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				q: { type: "string", trim: true, min: 1, max: 100 },
 				limit: limitRule(20),
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ q: string; limit: number }>) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				// As in list: usernames by prefix, emails by the whole address unless the caller is an admin.
 				const byEmail = (await this.callerIsAdmin(ctx)) ? "lower(email) LIKE :pattern" : "lower(email) = :exact";
 				const rows = await this.sequelize.query<UserRow>(
@@ -432,9 +568,20 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		get: {
+			rest: "GET /users/:id",
+			openapi: {
+				operationId: "getUser",
+				tag: "Users",
+				summary: "One user (public fields; email only for self or an admin)",
+				params: { id: "The user's id." },
+				responses: {
+					200: ok("The user.", schema("User")),
+					...errors(400, 401, 404, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", id: idParam },
 			async handler(this: UsersThis, ctx: Ctx<{ id: number }>) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				const profile = (await this.profilesOf([ctx.params.id])).get(ctx.params.id);
 				if (!profile) throw notFound("User");
 				return this.presentOne(profile, caller, ctx);
@@ -442,12 +589,24 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		batch: {
+			rest: "POST /users/batch",
+			openapi: {
+				operationId: "getUsersBatch",
+				tag: "Users",
+				summary: "Look up several users by id",
+				description: "Answers the users in the order asked; unknown ids are left out. Cheap enough to call on every typing event.",
+				params: { ids: "User ids (numeric strings are accepted too); duplicates are looked up once." },
+				responses: {
+					200: ok("The users found.", arrayOf(schema("User"))),
+					...errors(400, 401, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				ids: { type: "array", max: 100, items: { type: "number", integer: true, positive: true, convert: true } },
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ ids: number[] }>) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				const ids = [...new Set(ctx.params.ids)];
 				if (ids.length === 0) return [];
 				const byId = await this.profilesOf(ids);
@@ -457,6 +616,28 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		update: {
+			rest: ["PUT /users/:id", "PATCH /users/:id"],
+			owner: "id",
+			openapi: {
+				operationId: ["updateUser", "patchUser"],
+				tag: "Users",
+				summary: "Update a user's profile (self or admin)",
+				description: "Both PUT and PATCH change only the fields given. Only the user itself or an admin may do it.",
+				params: {
+					id: "The user's id.",
+					username: "3–32 characters: letters, digits, `_`, `.` and `-`. Surrounding whitespace is trimmed.",
+					email: "Stored in lower case.",
+					avatar_url:
+						"`/files/<fileId>` of an image the caller uploaded (400 `VALIDATION_ERROR` otherwise, 403 for someone else's file); `null` (or an empty string) removes the avatar. A replaced avatar's file is deleted unless something else uses it.",
+					bio: "`null` removes it.",
+					currentPassword:
+						"The caller's own current password: required to change `email` (400 `VALIDATION_ERROR` when missing, 400 `INVALID_CREDENTIALS` when wrong; counted like a failed login).",
+				},
+				responses: {
+					200: ok("The updated user.", schema("User")),
+					...errors(400, 401, 403, 404, 409, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				id: idParam,
@@ -467,9 +648,8 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				currentPassword: { type: "string", optional: true, min: 1, max: 200 },
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ id: number; username?: string; email?: string; avatar_url?: string | null; bio?: string | null; currentPassword?: string }>) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				const { id, currentPassword, ...changes } = ctx.params;
-				await this.requireSelfOrAdmin(ctx, id);
 				const user = await this.findUser(id);
 				if (!user) throw notFound("User");
 				const patch: Partial<UserRow> = {};
@@ -531,10 +711,23 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		remove: {
+			rest: "DELETE /users/:id",
+			owner: "id",
+			openapi: {
+				operationId: "deleteUser",
+				tag: "Users",
+				summary: "Delete a user (self or admin)",
+				description: "Deletes the account with its roles and refresh tokens. The last admin cannot be deleted (409).",
+				params: { id: "The user's id." },
+				responses: {
+					204: noContent("Deleted."),
+					409: errorResponse("`CONFLICT`: this is the last admin.", { lastAdmin: errorExample(409, "CONFLICT", "The last admin cannot be deleted") }),
+					...errors(400, 401, 403, 404, 429, 503),
+				},
+			},
 			params: { $$strict: "remove", id: idParam },
 			async handler(this: UsersThis, ctx: Ctx<{ id: number }>) {
 				const { id } = ctx.params;
-				await this.requireSelfOrAdmin(ctx, id);
 				let deleting = false;
 				const avatar = await this.sequelize
 					.transaction(async tx => {
@@ -560,13 +753,27 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		changePassword: {
+			rest: "POST /users/change-password",
+			openapi: {
+				operationId: "changePassword",
+				tag: "Users",
+				summary: "Change the caller's password",
+				description:
+					"Checks `oldPassword`, sets `newPassword` and ends every login of the account: all its refresh tokens are revoked (access tokens already issued run until they expire). Log in again afterwards.",
+				params: { newPassword: "8 characters at least and at most 72 bytes in UTF-8 (bcrypt reads no more)." },
+				responses: {
+					204: noContent("Password changed; every refresh token of the account is revoked."),
+					400: ref("responses", "InvalidCredentials"),
+					...errors(401, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				oldPassword: { type: "string", min: 1, max: 200 },
 				newPassword: passwordRule,
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ oldPassword: string; newPassword: string }>) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				this.checkPasswordBytes("newPassword", ctx.params.newPassword);
 				// Counted like a login: a stolen access token must not be a way to guess the password.
 				const user = await this.checkOwnPassword(caller.id, ctx.params.oldPassword);
@@ -595,6 +802,32 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		uploadAvatar: {
+			rest: "POST /users/upload-avatar",
+			gatewayRoute: "large-body",
+			openapi: {
+				operationId: "uploadAvatar",
+				tag: "Users",
+				summary: "Upload the caller's avatar (base64 JSON)",
+				description:
+					"The same body and limits as POST /upload/file-base64 (a `data:` URL prefix is accepted; the JSON body may be up to 35 MiB), but only images are accepted: " +
+					"PNG, JPEG, GIF or WebP, decided from the content. The image is stored as a file and its `url` becomes the caller's `avatar_url`. " +
+					"The previous avatar's file is not deleted.",
+				params: {
+					fileName: "The file's name, for display (cleaned as `File.fileName`).",
+					mimeType: "Optional and not trusted: the type is decided from the decoded bytes.",
+					base64:
+						"The file's bytes in base64 (the standard or the URL-safe alphabet; whitespace is ignored). A `data:<type>;base64,` prefix (a data: URL) is accepted and dropped. " +
+						"Decoded, at most the file limit (25 MiB by default); the whole JSON body may be up to 35 MiB.",
+				},
+				responses: {
+					200: ok("The avatar is set.", schema("AvatarUploadResult")),
+					...errors(401, 429, 503),
+					...BASE64_UPLOAD_ERRORS,
+					415: errorResponse("`UNSUPPORTED_MEDIA_TYPE`: the file is not a PNG, JPEG, GIF or WebP image (decided from its content, whatever its name or claimed type). Nothing is kept.", {
+						notImage: errorExample(415, "UNSUPPORTED_MEDIA_TYPE", "Only images are accepted here"),
+					}),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				fileName: { type: "string", min: 1, max: 500 },
@@ -602,7 +835,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				base64: { type: "string", min: 1 },
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ fileName: string; mimeType?: string; base64: string }>) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				// A deleted account's token stores nothing.
 				if (!(await this.findUser(caller.id))) throw unauthorized("This account no longer exists");
 				// The files service checks it is an image from its bytes, and stores it.
@@ -630,21 +863,49 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		},
 
 		roles: {
+			rest: "GET /roles",
+			openapi: {
+				operationId: "listRoles",
+				tag: "Roles",
+				summary: "The roles that exist",
+				responses: {
+					200: ok("Every role.", arrayOf(schema("Role"))),
+					...errors(401, 429, 503),
+				},
+			},
 			async handler(this: UsersThis, ctx: Ctx) {
-				callerOf(ctx);
+				userOf(ctx);
 				return this.sequelize.query<{ id: number; name: string }>("SELECT id, name FROM roles ORDER BY id", { type: QueryTypes.SELECT });
 			},
 		},
 
 		setRoles: {
+			rest: "PUT /users/:id/roles",
 			roles: ["admin"],
+			openapi: {
+				operationId: "setUserRoles",
+				tag: "Users",
+				summary: "Replace a user's roles (admin only)",
+				description: "Sets the complete set of roles. Removing the admin role from the last admin is refused (409).",
+				params: {
+					id: "The user's id.",
+					roles: "The user's complete set of roles (replaces the current one).",
+				},
+				responses: {
+					200: ok("The user with its new roles.", schema("User")),
+					409: errorResponse("`CONFLICT`: the user is the last admin and `roles` lacks `admin`.", {
+						lastAdmin: errorExample(409, "CONFLICT", "The last admin cannot lose the admin role"),
+					}),
+					...errors(400, 401, 403, 404, 413, 429, 503),
+				},
+			},
 			params: {
 				$$strict: "remove",
 				id: idParam,
 				roles: { type: "array", min: 1, max: ROLES.length, unique: true, items: { type: "enum", values: [...ROLES] } },
 			},
 			async handler(this: UsersThis, ctx: Ctx<{ id: number; roles: string[] }>) {
-				const caller = callerOf(ctx);
+				const caller = userOf(ctx);
 				const { id, roles } = ctx.params;
 				let changing = false;
 				await this.sequelize
@@ -1137,15 +1398,9 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 
 		/** Roles are read from the database, not trusted from the token, for admin-only acts. */
 		async callerIsAdmin(this: UsersThis, ctx: Ctx<unknown>) {
-			const caller = callerOf(ctx);
+			const caller = userOf(ctx);
 			const roles = (await this.rolesOf([caller.id])).get(caller.id) ?? [];
 			return roles.includes("admin");
-		},
-
-		async requireSelfOrAdmin(this: UsersThis, ctx: Ctx<unknown>, targetId: number) {
-			const caller = callerOf(ctx);
-			if (caller.id === targetId) return;
-			if (!(await this.callerIsAdmin(ctx))) throw forbidden("Only the user itself or an admin may do this");
 		},
 
 		async adminCount(this: UsersThis, tx: Transaction) {

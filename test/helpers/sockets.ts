@@ -1,5 +1,7 @@
 /** socket.io-client helpers: connect as a user, emit with an ack, record and await events. */
 import { io, type Socket } from "socket.io-client";
+import type { ChatServerToClientEvents, NotificationServerToClientEvents } from "../../lib/socket-events";
+import { checkServerEvent, checkSocketAck } from "./api-contract";
 
 export interface Ack<T = any> {
 	ok: boolean;
@@ -7,7 +9,16 @@ export interface Ack<T = any> {
 	error?: { code: string; message: string; details?: unknown };
 }
 
-export interface TestSocket extends Socket {
+/** What a test client may hear: the server's events of both namespaces, typed (lib/socket-events.ts). */
+export type ServerToClientEvents = ChatServerToClientEvents & NotificationServerToClientEvents;
+
+/**
+ * What a test client may send: any event name (the tests also send made-up ones on purpose); each
+ * ack is checked against the AsyncAPI document instead (emitAck).
+ */
+export type ClientToServerEvents = Record<string, (...args: any[]) => void>;
+
+export interface TestSocket extends Socket<ServerToClientEvents, ClientToServerEvents> {
 	received: { event: string; payload: any }[];
 }
 
@@ -15,7 +26,11 @@ export function connectSocket(baseUrl: string, token: string, nsp = "/chat"): Pr
 	return new Promise((resolve, reject) => {
 		const socket = io(baseUrl + nsp, { auth: { token }, transports: ["websocket"], reconnection: false, forceNew: true }) as TestSocket;
 		socket.received = [];
-		socket.onAny((event: string, payload: unknown) => socket.received.push({ event, payload }));
+		socket.onAny((event: string, payload: unknown) => {
+			// Every event is checked against the AsyncAPI document (a mismatch fails the test file).
+			checkServerEvent(nsp, event, payload);
+			socket.received.push({ event, payload });
+		});
 		const timer = setTimeout(() => reject(new Error("connect timeout")), 10_000);
 		socket.once("connect", () => {
 			clearTimeout(timer);
@@ -33,6 +48,11 @@ export function emitAck<T = any>(socket: Socket, event: string, payload?: unknow
 		const timer = setTimeout(() => reject(new Error(`no ack for ${event}`)), timeoutMs);
 		const done = (ack: Ack<T>) => {
 			clearTimeout(timer);
+			try {
+				checkSocketAck((socket as unknown as { nsp: string }).nsp, event, ack);
+			} catch (err) {
+				return reject(err);
+			}
 			resolve(ack);
 		};
 		if (payload === undefined) socket.emit(event, done);

@@ -10,6 +10,7 @@ import type { AddressInfo } from "node:net";
 import { ServiceBroker, type BrokerOptions, type Middleware, type ServiceSchema } from "moleculer";
 import { createChannelsMiddleware } from "../../lib/durable-events";
 import { AuthorizeMiddleware } from "../../middlewares/authorize.middleware";
+import { checkHttpAnswer } from "./api-contract";
 import { Client } from "pg";
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL || "";
@@ -147,6 +148,7 @@ export async function http<T = any>(
 	} catch {
 		// not JSON: leave the text
 	}
+	checkHttpAnswer(method, urlPath, res.status, res.headers.get("content-type"), parsed, headers);
 	return { status: res.status, headers: res.headers, body: parsed as T, text };
 }
 
