@@ -68,7 +68,7 @@ export const config = {
 		// Read on every cross-origin request: parsed again only when the variable changed.
 		return parsedEnv("CORS_ORIGINS", () => listEnv("CORS_ORIGINS", ["http://localhost:3000", "http://localhost:5173"]));
 	},
-	/** Requests a second per user (REST) and per socket (events); 0 = off. */
+	/** Requests a second per user: REST requests, and socket events (all its sockets on a node together); 0 = off. */
 	get rateLimit() {
 		return intEnv("RATE_LIMIT", 20);
 	},

@@ -1,7 +1,8 @@
 /**
- * The gateway's limits, per node: requests a second per user (authenticated routes) and per
- * client address (/auth), and how many large bodies (base64 uploads) are read at once, in all
- * and per user. Every limit is applied before the body is read.
+ * The gateway's limits, per node: requests a second per user (authenticated routes, checked by
+ * GatewayAuthMixin's authorize once the route is known, after a JSON body of at most 1 MiB is
+ * read) and per client address (/auth, before the body), and how many large bodies (base64
+ * uploads) are read at once, in all and per user (before the body).
  */
 import type { ServerResponse } from "node:http";
 import type { Service, ServiceSchema } from "moleculer";

@@ -915,7 +915,6 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			},
 			params: { $$strict: "remove", conversationId: idRule },
 			handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
-				userOf(ctx);
 				return { room: conversationRoom(ctx.params.conversationId) };
 			},
 		},

@@ -488,8 +488,7 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 					properties: { timestamp: TIMESTAMP },
 				},
 			},
-			handler(this: NotifThis, ctx: Ctx) {
-				userOf(ctx);
+			handler(this: NotifThis) {
 				return { timestamp: new Date().toISOString() };
 			},
 		},

@@ -873,8 +873,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					...errors(401, 429, 503),
 				},
 			},
-			async handler(this: UsersThis, ctx: Ctx) {
-				userOf(ctx);
+			async handler(this: UsersThis) {
 				return this.sequelize.query<{ id: number; name: string }>("SELECT id, name FROM roles ORDER BY id", { type: QueryTypes.SELECT });
 			},
 		},

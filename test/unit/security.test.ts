@@ -3,7 +3,7 @@ import type { IncomingMessage } from "node:http";
 import { afterEach, describe, it } from "node:test";
 import { RevocationList } from "../../lib/session-revocations";
 import type { AccessSession } from "../../lib/tokens";
-import ApiService from "../../services/api.service";
+import { GatewayHttpMixin } from "../../mixins/gateway-http.mixin";
 
 const saved = process.env.TRUST_PROXY;
 afterEach(() => {
@@ -12,7 +12,7 @@ afterEach(() => {
 });
 
 describe("client address behind proxies", () => {
-	const clientIp = (ApiService.methods as Record<string, (this: unknown, req: IncomingMessage) => string>).clientIp;
+	const clientIp = (GatewayHttpMixin.methods as Record<string, (this: unknown, req: IncomingMessage) => string>).clientIp;
 	const req = (forwarded: string | undefined, remote = "10.0.0.1") =>
 		({ headers: forwarded === undefined ? {} : { "x-forwarded-for": forwarded }, socket: { remoteAddress: remote } }) as unknown as IncomingMessage;
 
