@@ -415,7 +415,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				summary: "End a login",
 				description:
 					"Revokes the refresh token given in the body or the `refreshToken` cookie (with the rest of its login's token family) and clears the cookie. " +
-					"Answers 204 even when no token, or an unknown one, is given. Access tokens already issued stay valid until they expire.",
+					"Answers 204 even when no token, or an unknown one, is given. The access tokens of that login stop working at once on every gateway, and its sockets are ended with `session:ended`.",
 				parameters: [ref("parameters", "RefreshTokenCookie")],
 				requestBody: optionalBody(schema("RefreshTokenRequest"), "Optional when the cookie is sent."),
 				responses: {
@@ -759,7 +759,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				tag: "Users",
 				summary: "Change the caller's password",
 				description:
-					"Checks `oldPassword`, sets `newPassword` and ends every login of the account: all its refresh tokens are revoked (access tokens already issued run until they expire). Log in again afterwards.",
+					"Checks `oldPassword`, sets `newPassword` and ends every login of the account: all its refresh tokens are revoked, its access tokens stop working at once and its sockets are ended. Log in again afterwards.",
 				params: { newPassword: "8 characters at least and at most 72 bytes in UTF-8 (bcrypt reads no more)." },
 				responses: {
 					204: noContent("Password changed; every refresh token of the account is revoked."),
