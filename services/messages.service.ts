@@ -380,18 +380,24 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		},
 
 		search: {
+			rest: "GET /messages/search",
 			socket: { namespace: "/chat", event: "message:search" },
 			openapi: {
+				operationId: "searchMessages",
 				tag: "Messages",
 				summary:
 					"Search the text of the caller's messages (case-insensitive), in one conversation or in all of the caller's; answers the newest matches and how many there are in all.",
-				ack: {
-					type: "object",
-					required: ["messages", "total"],
-					properties: {
-						messages: arrayOf(schema("Message")),
-						total: { type: "integer", minimum: 0, description: "How many messages match in all." },
-					},
+				params: { query: "The text to find (literal, case-insensitive).", conversationId: "Only in this conversation (404 if the caller is not a member)." },
+				responses: {
+					200: ok("The newest matches, and how many there are in all.", {
+						type: "object",
+						required: ["messages", "total"],
+						properties: {
+							messages: arrayOf(schema("Message")),
+							total: { type: "integer", minimum: 0, description: "How many messages match in all." },
+						},
+					}),
+					404: ref("responses", "ConversationNotFound"),
 				},
 			},
 			params: {

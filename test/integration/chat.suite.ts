@@ -490,6 +490,14 @@ export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null
 				assert.equal((await call(sa, "message:search", { query: word, conversationId: ab })).total, 1);
 				assertFail(await emitAck(sa, "message:search", { query: word, conversationId: bc }), "NOT_FOUND", "search a foreign conversation");
 				assert.equal((await call(sb, "message:search", { query: "(regex) [chars] .*" })).total, 1, "the query is literal");
+				// The REST twin answers the same.
+				const rest = await http(base, "GET", `/messages/search?query=${word}&limit=5`, { token: b.accessToken });
+				assert.equal(rest.status, 200);
+				assert.equal(rest.body.total, 2);
+				assert.deepEqual(rest.body.messages.map((m: { id: string }) => m.id).sort(), forB.messages.map((m: { id: string }) => m.id).sort());
+				assert.equal((await http(base, "GET", `/messages/search?query=${word}&conversationId=${bc}`, { token: a.accessToken })).status, 404);
+				assert.equal((await http(base, "GET", "/messages/search", { token: a.accessToken })).status, 400);
+				assert.equal((await http(base, "GET", `/messages/search?query=${word}`)).status, 401);
 			});
 
 			it("pages the conversation list by last activity with X-Next-Cursor", async () => {
