@@ -82,16 +82,10 @@ export interface ApiActionDeclarations {
 }
 
 declare module "moleculer" {
-	// The declarations above, typed on every action schema.
-	interface ActionSchema {
-		gatewayRoute?: GatewayRoute;
-		socket?: SocketDeclaration;
-		openapi?: OpenApiDeclaration;
-		auth?: boolean;
-		roles?: (typeof ROLES)[number][];
-		owner?: string;
-		member?: string;
-	}
+	// The declarations above, typed on every action schema (moleculer types `rest` itself). An
+	// augmentation can only add to the interface through `extends`, hence the empty body.
+	// eslint-disable-next-line @typescript-eslint/no-empty-object-type
+	interface ActionSchema extends Omit<ApiActionDeclarations, "rest"> {}
 }
 
 /** An action as the registry describes it (local or from another node): its name, params and declarations. */

@@ -855,6 +855,15 @@ export function multipartUploadErrors(field: string, maxFiles: number): Obj {
 	};
 }
 
+/** The params of a base64 upload (POST /upload/file-base64 and POST /users/upload-avatar), described. */
+export const BASE64_UPLOAD_PARAMS: Record<string, string> = {
+	fileName: "The file's name, for display (cleaned as `File.fileName`).",
+	mimeType: "Optional and not trusted: the type is decided from the decoded bytes.",
+	base64:
+		"The file's bytes in base64 (the standard or the URL-safe alphabet; whitespace is ignored). A `data:<type>;base64,` prefix (a data: URL) is accepted and dropped. " +
+		`Decoded, at most the file limit (${FILE_LIMIT_TEXT}); the whole JSON body may be up to 35 MiB.`,
+};
+
 /** The 400 and 413 answers of a base64 upload (POST /upload/file-base64 and POST /users/upload-avatar). */
 export const BASE64_UPLOAD_ERRORS: Obj = {
 	400: errorResponse(

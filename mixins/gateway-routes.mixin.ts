@@ -80,10 +80,17 @@ export const GatewayRoutesMixin = {
 			for (const action of routed.values()) {
 				const routeName = ROUTE_OF_KIND[action.gatewayRoute ?? "rest"];
 				const route = this.routes.find(r => r.name === routeName);
-				if (!route) throw new Error(`${action.name}: the gateway has no route "${routeName}"`);
+				// A declaration this gateway cannot serve (another version's node?) is left out, not fatal.
+				if (!route) {
+					this.logger.error(`${action.name}: this gateway has no route "${String(action.gatewayRoute)}"; its REST routes are not served`);
+					continue;
+				}
 				const base = route.path === "/" ? "" : route.path;
 				for (const { method, path } of restRoutesOf(action)) {
-					if (!path.startsWith(`${base}/`)) throw new Error(`${action.name}: ${path} is not under the route's path ${route.path}`);
+					if (!path.startsWith(`${base}/`)) {
+						this.logger.error(`${action.name}: ${path} is not under the path ${route.path} of its route; not served`);
+						continue;
+					}
 					const table = aliases.get(routeName) ?? {};
 					table[`${method} ${path.slice(base.length)}`] = action.name;
 					aliases.set(routeName, table);

@@ -28,6 +28,7 @@ import { SerialWork } from "../lib/serial-work";
 import type { CallMeta } from "../lib/meta";
 import {
 	BASE64_UPLOAD_ERRORS,
+	BASE64_UPLOAD_PARAMS,
 	body,
 	errorExample,
 	errorResponse,
@@ -208,13 +209,7 @@ const FilesService: ServiceSchema<ServiceSettingSchema, FilesThis> = {
 				description:
 					"For clients that cannot send multipart. `base64` may be a `data:` URL; `mimeType` is not trusted (the type is decided from the decoded bytes, as for POST /upload/single). " +
 					`The decoded file may be at most ${FILE_LIMIT_TEXT}; the JSON body up to 35 MiB. A refused upload keeps nothing.`,
-				params: {
-					fileName: "The file's name, for display (cleaned as `File.fileName`).",
-					mimeType: "Optional and not trusted: the type is decided from the decoded bytes.",
-					base64:
-						"The file's bytes in base64 (the standard or the URL-safe alphabet; whitespace is ignored). A `data:<type>;base64,` prefix (a data: URL) is accepted and dropped. " +
-						"Decoded, at most the file limit (25 MiB by default); the whole JSON body may be up to 35 MiB.",
-				},
+				params: BASE64_UPLOAD_PARAMS,
 				// `onlyImages` is for users.uploadAvatar, not for clients: the body is the old one without it.
 				requestBody: body(schema("Base64UploadRequest")),
 				responses: {

@@ -25,6 +25,7 @@ import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 import { userOf } from "../middlewares/authorize.middleware";
 import {
 	BASE64_UPLOAD_ERRORS,
+	BASE64_UPLOAD_PARAMS,
 	RETRY_AFTER,
 	SET_REFRESH_COOKIE,
 	arrayOf,
@@ -812,13 +813,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					"The same body and limits as POST /upload/file-base64 (a `data:` URL prefix is accepted; the JSON body may be up to 35 MiB), but only images are accepted: " +
 					"PNG, JPEG, GIF or WebP, decided from the content. The image is stored as a file and its `url` becomes the caller's `avatar_url`. " +
 					"The previous avatar's file is not deleted.",
-				params: {
-					fileName: "The file's name, for display (cleaned as `File.fileName`).",
-					mimeType: "Optional and not trusted: the type is decided from the decoded bytes.",
-					base64:
-						"The file's bytes in base64 (the standard or the URL-safe alphabet; whitespace is ignored). A `data:<type>;base64,` prefix (a data: URL) is accepted and dropped. " +
-						"Decoded, at most the file limit (25 MiB by default); the whole JSON body may be up to 35 MiB.",
-				},
+				params: BASE64_UPLOAD_PARAMS,
 				responses: {
 					200: ok("The avatar is set.", schema("AvatarUploadResult")),
 					...errors(401, 429, 503),
