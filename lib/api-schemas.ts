@@ -6,6 +6,7 @@
  */
 import { MAX_CONTENT, MAX_GROUP_SIZE } from "./chat";
 import { FILE_ID_SOURCE } from "./file-ids";
+import { ACCEPTED_MIME_TYPES } from "./file-types";
 import { ROLES } from "./constants";
 import { ERROR_CODES } from "./errors";
 
@@ -145,43 +146,10 @@ export const NOTIFICATION_ID: Obj = { type: "string", minLength: 1, maxLength: 6
 export const FILE_ID_EXAMPLE = "3f9a1c0d2b7e4f6a8c5d1e0b9a7f3c2d";
 export const FILE_URL_EXAMPLE = `/files/${FILE_ID_EXAMPLE}`;
 export const FILE_ID: Obj = { type: "string", pattern: `^${FILE_ID_SOURCE}$`, description: "32 lower-case hex characters, random and unguessable.", example: FILE_ID_EXAMPLE };
-/** At most this many files in one POST /upload/multiple (services/api.service.ts). */
+/** At most this many files in one POST /upload/multiple (mixins/gateway-uploads.mixin.ts). */
 export const MAX_UPLOAD_FILES = 10;
 /** The size limits of uploads, as text (the numbers are configured in the environment). */
 export const FILE_LIMIT_TEXT = "25 MiB by default (`FILE_MAX_BYTES`)";
-/** Every type lib/file-types.ts accepts, as it is stored and served. */
-export const FILE_MIME_TYPES = [
-	"image/png",
-	"image/jpeg",
-	"image/gif",
-	"image/webp",
-	"video/mp4",
-	"video/quicktime",
-	"video/webm",
-	"audio/mpeg",
-	"audio/mp4",
-	"audio/ogg",
-	"audio/wav",
-	"audio/flac",
-	"audio/webm",
-	"application/pdf",
-	"application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-	"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-	"application/vnd.openxmlformats-officedocument.presentationml.presentation",
-	"application/vnd.oasis.opendocument.text",
-	"application/vnd.oasis.opendocument.spreadsheet",
-	"application/vnd.oasis.opendocument.presentation",
-	"application/msword",
-	"application/vnd.ms-excel",
-	"application/vnd.ms-powerpoint",
-	"text/plain",
-	"text/csv",
-	"text/markdown",
-	"application/zip",
-	"application/gzip",
-	"application/x-7z-compressed",
-	"application/vnd.rar",
-];
 /** How the type of an upload is decided: the same text on every upload route. */
 export const FILE_TYPES_TEXT =
 	"The type is decided from the file's content, never from the claimed type or the name " +
@@ -644,7 +612,7 @@ export const schemas: Record<string, Obj> = {
 				example: "holiday.png",
 			},
 			size: { type: "integer", minimum: 1, description: "Bytes.", example: 48213 },
-			mimetype: { type: "string", enum: FILE_MIME_TYPES, description: "Decided from the content (see the Files tag); served as the file's `Content-Type`.", example: "image/png" },
+			mimetype: { type: "string", enum: [...ACCEPTED_MIME_TYPES], description: "Decided from the content (see the Files tag); served as the file's `Content-Type`.", example: "image/png" },
 		},
 	},
 	FileList: {

@@ -10,6 +10,40 @@ export interface DetectedType {
 	kind: FileKind;
 }
 
+/** Every type detectType can answer: the allow-list, as the API documents show it. */
+export const ACCEPTED_MIME_TYPES = [
+	"image/png",
+	"image/jpeg",
+	"image/gif",
+	"image/webp",
+	"video/mp4",
+	"video/quicktime",
+	"video/webm",
+	"audio/mpeg",
+	"audio/mp4",
+	"audio/ogg",
+	"audio/wav",
+	"audio/flac",
+	"audio/webm",
+	"application/pdf",
+	"application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+	"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+	"application/vnd.openxmlformats-officedocument.presentationml.presentation",
+	"application/vnd.oasis.opendocument.text",
+	"application/vnd.oasis.opendocument.spreadsheet",
+	"application/vnd.oasis.opendocument.presentation",
+	"application/msword",
+	"application/vnd.ms-excel",
+	"application/vnd.ms-powerpoint",
+	"text/plain",
+	"text/csv",
+	"text/markdown",
+	"application/zip",
+	"application/gzip",
+	"application/x-7z-compressed",
+	"application/vnd.rar",
+] as const;
+
 /** Bytes needed to decide. */
 export const SNIFF_BYTES = 4100;
 

@@ -9,6 +9,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Writable } from "node:stream";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import multer, { MulterError, type StorageEngine } from "multer";
+import { MAX_UPLOAD_FILES } from "../lib/api-schemas";
 import { config } from "../lib/config";
 import { appError, badRequest, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
@@ -74,7 +75,7 @@ export const uploadAliases = {
 		this.handleUpload(req, res, "file", 1);
 	},
 	"POST multiple"(this: GatewayUploadsThis, req: GatewayRequest, res: ServerResponse) {
-		this.handleUpload(req, res, "files", 10);
+		this.handleUpload(req, res, "files", MAX_UPLOAD_FILES);
 	},
 };
 
