@@ -698,9 +698,14 @@ export const responses: Record<string, Obj> = {
 		{ rateLimited: errorExample(429, "RATE_LIMITED", "Too many requests, slow down") },
 		RETRY_AFTER,
 	),
-	ServiceUnavailable: errorResponse("`SERVICE_UNAVAILABLE`: a backing service is down or did not answer in time; try again later.", {
-		unavailable: errorExample(503, "SERVICE_UNAVAILABLE", "Service unavailable, try again later"),
-	}),
+	ServiceUnavailable: errorResponse(
+		"`SERVICE_UNAVAILABLE`: a backing service or database is down or did not answer in time; try again later (after `Retry-After` seconds when it is given).",
+		{
+			unavailable: errorExample(503, "SERVICE_UNAVAILABLE", "Service unavailable, try again later"),
+			database: errorExample(503, "SERVICE_UNAVAILABLE", "A database is unavailable, try again later"),
+		},
+		RETRY_AFTER,
+	),
 	NotificationNotFound: errorResponse(
 		"`NOT_FOUND`: no such notification, or it belongs to another user. The two answers are the same.",
 		{ notFound: errorExample(404, "NOT_FOUND", "Notification not found") },

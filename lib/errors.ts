@@ -74,6 +74,21 @@ const UNAVAILABLE_TYPES = new Set([
 ]);
 
 /**
+ * A database that cannot be reached right now (PostgreSQL through Sequelize, MongoDB through its
+ * driver, or the socket under either): an outage, not a bug. Matched by name and message, as they
+ * also arrive from another node, where the error is rebuilt from its serialized fields.
+ */
+const STORE_OUTAGE_NAMES = /^(Sequelize(Connection|ConnectionRefused|ConnectionTimedOut|ConnectionAcquireTimeout|HostNotFound|HostNotReachable|InvalidConnection)Error|Mongo(Network|NetworkTimeout|ServerSelection|NotConnected|TopologyClosed|PoolCleared)Error)$/;
+const STORE_OUTAGE_MESSAGES = /Connection terminated|ECONNREFUSED|ECONNRESET|EHOSTUNREACH|connect ETIMEDOUT|Client has encountered a connection error|Connection is closed/;
+
+export function isStoreOutage(err: unknown): boolean {
+	const e = (err ?? {}) as { name?: unknown; message?: unknown; code?: unknown };
+	if (typeof e.name === "string" && STORE_OUTAGE_NAMES.test(e.name)) return true;
+	if (typeof e.code === "string" && ["ECONNREFUSED", "ECONNRESET", "EHOSTUNREACH", "ETIMEDOUT", "EPIPE"].includes(e.code)) return true;
+	return (e.name === "SequelizeDatabaseError" || e.name === "Error" || e.name === "MongoError") && typeof e.message === "string" && STORE_OUTAGE_MESSAGES.test(e.message);
+}
+
+/**
  * Turn any error (ours, Moleculer's, moleculer-web's, body-parser's) into the contract's
  * envelope fields. Unknown errors become 500 INTERNAL with a generic message: no stack,
  * no internal message leaks to the client.
@@ -101,6 +116,10 @@ export function toEnvelope(err: unknown): ErrorEnvelope {
 	// Moleculer's parameter validator: 422 VALIDATION_ERROR with the failed fields in data.
 	if (e.name === "ValidationError") {
 		return { statusCode: 400, code: "VALIDATION_ERROR", message: "Parameters validation error", details: cleanValidationDetails(e.data) };
+	}
+	// A database outage: clients and load balancers retry a 503.
+	if (isStoreOutage(err)) {
+		return { statusCode: 503, code: "SERVICE_UNAVAILABLE", message: "A database is unavailable, try again later", retryAfter: 2 };
 	}
 	if (UNAVAILABLE_TYPES.has(type) || ["ServiceNotFoundError", "ServiceNotAvailableError", "ServiceUnavailableError", "RequestTimeoutError"].includes(String(e.name)) || numeric === 503) {
 		return { statusCode: 503, code: "SERVICE_UNAVAILABLE", message: "Service unavailable, try again later" };

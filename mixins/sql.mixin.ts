@@ -71,7 +71,10 @@ export function createSqlMixin<M>(options: SqlMixinOptions<M>): Partial<ServiceS
 					this.sequelize = new Sequelize(url, {
 						logging: false,
 						// The embedded store is one session: one connection, so transactions never interleave.
-						pool: embedded ? { max: 1, min: 0, acquire: 30_000 } : { max: 10, min: 0, acquire: 30_000 },
+						pool: embedded ? { max: 1, min: 0, acquire: 30_000 } : { max: 10, min: 0, acquire: 5_000 },
+						// While PostgreSQL is away a request fails in seconds (503), not after the
+						// request timeout: a connection attempt gives up after 3 s, a wait for one after 5 s.
+						...(embedded ? {} : { dialectOptions: { connectionTimeoutMillis: 3_000 } }),
 					});
 					const models = options.defineModels(this.sequelize);
 					this.models = models;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Errors } from "moleculer";
-import { conflict, forbidden, invalidCredentials, notFound, rateLimited, toEnvelope, unauthorized, validationError } from "../../lib/errors";
+import { conflict, forbidden, invalidCredentials, isStoreOutage, notFound, rateLimited, toEnvelope, unauthorized, validationError } from "../../lib/errors";
 
 describe("toEnvelope", () => {
 	it("keeps the contract codes of our own errors", () => {
@@ -25,6 +25,20 @@ describe("toEnvelope", () => {
 		assert.equal(env.code, "VALIDATION_ERROR");
 		assert.deepEqual(env.details, [{ field: "password", type: "stringMin", message: "too short", expected: 8 }]);
 		assert.ok(!JSON.stringify(env).includes("hunter2"));
+	});
+
+	it("turns a database outage into 503 with Retry-After, not 500", () => {
+		const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { name: "SequelizeConnectionRefusedError" });
+		const env = toEnvelope(refused);
+		assert.equal(env.statusCode, 503);
+		assert.equal(env.code, "SERVICE_UNAVAILABLE");
+		assert.equal(env.retryAfter, 2);
+		assert.ok(isStoreOutage(Object.assign(new Error("Connection terminated unexpectedly"), { name: "SequelizeDatabaseError" })));
+		assert.ok(isStoreOutage(Object.assign(new Error("server selection timed out"), { name: "MongoServerSelectionError" })));
+		assert.ok(isStoreOutage({ name: "Error", code: "ECONNRESET", message: "socket hang up" }));
+		// A query that is wrong is a bug, not an outage.
+		assert.ok(!isStoreOutage(Object.assign(new Error('relation "nope" does not exist'), { name: "SequelizeDatabaseError" })));
+		assert.equal(toEnvelope(Object.assign(new Error('relation "nope" does not exist'), { name: "SequelizeDatabaseError" })).statusCode, 500);
 	});
 
 	it("turns 'not reachable' errors into 503 SERVICE_UNAVAILABLE", () => {

@@ -1,0 +1,106 @@
+/**
+ * PostgreSQL going away under a running system, with the real server behind a TCP proxy that the
+ * test cuts and restores (the shared PostgreSQL itself is not stopped): requests that need it fail
+ * fast with 503 SERVICE_UNAVAILABLE (never a 500, never a hang past 10 s), and everything works
+ * again once it is back, without a restart. Prints how long the answers and the recovery took.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { after, before, describe, it } from "node:test";
+import { freePort } from "../helpers/processes";
+import { clusterTestEnv, http, registerUser, skipWithoutPostgres, startBroker, type RunningSystem } from "../helpers/system";
+
+/** A TCP proxy to PostgreSQL that can be cut (listener closed, every connection reset) and restored. */
+class CuttableProxy {
+	private server: net.Server | null = null;
+	private readonly sockets = new Set<net.Socket>();
+	constructor(
+		private readonly port: number,
+		private readonly target: { host: string; port: number },
+	) {}
+
+	open(): Promise<void> {
+		const server = net.createServer(client => {
+			const upstream = net.connect(this.target.port, this.target.host);
+			for (const s of [client, upstream]) {
+				this.sockets.add(s);
+				s.on("close", () => this.sockets.delete(s));
+				s.on("error", () => undefined);
+			}
+			client.pipe(upstream).pipe(client);
+		});
+		this.server = server;
+		return new Promise(resolve => server.listen(this.port, "127.0.0.1", () => resolve()));
+	}
+
+	cut(): Promise<void> {
+		for (const s of this.sockets) s.resetAndDestroy();
+		const server = this.server;
+		this.server = null;
+		return new Promise(resolve => (server ? server.close(() => resolve()) : resolve()));
+	}
+}
+
+describe("PostgreSQL outage", { skip: skipWithoutPostgres }, () => {
+	let sys: RunningSystem;
+	let proxy: CuttableProxy;
+	let dropDb: () => Promise<void>;
+
+	before(async () => {
+		dropDb = await clusterTestEnv("postgres-outage-secret-0123456789abcdef");
+		const real = new URL(process.env.DATABASE_URL as string);
+		const port = await freePort();
+		proxy = new CuttableProxy(port, { host: real.hostname, port: Number(real.port || 5432) });
+		await proxy.open();
+		const viaProxy = new URL(real);
+		viaProxy.host = `127.0.0.1:${port}`;
+		process.env.DATABASE_URL = viaProxy.toString();
+		sys = await startBroker(["api", "users"]);
+	});
+	after(async () => {
+		await proxy?.cut();
+		await sys?.stop();
+		await dropDb?.();
+	});
+
+	it("answers 503 fast while it is down, and recovers by itself when it is back", async () => {
+		const base = sys.baseUrl;
+		const user = await registerUser(base, "pgout");
+		const login = { email: user.email, password: user.password };
+		assert.equal((await http(base, "POST", "/auth/login", { body: login })).status, 200);
+
+		await proxy.cut();
+		const downAt = Date.now();
+		for (const [what, request] of [
+			["login", () => http(base, "POST", "/auth/login", { body: login })],
+			["register", () => http(base, "POST", "/auth/register", { body: { username: `pgdown${Date.now() % 100000}`, email: `pgdown${Date.now()}@example.test`, password: "correct horse battery" } })],
+			["refresh", () => http(base, "POST", "/auth/refresh", { body: { refreshToken: user.refreshToken } })],
+		] as const) {
+			const started = Date.now();
+			const res = await request();
+			const took = Date.now() - started;
+			console.log(`  ${what} while PostgreSQL is down: ${res.status} ${res.body?.code} in ${took} ms`);
+			assert.equal(res.status, 503, `${what}: ${JSON.stringify(res.body)}`);
+			assert.equal(res.body.code, "SERVICE_UNAVAILABLE");
+			assert.ok(res.headers.get("retry-after"), "Retry-After tells clients when to try again");
+			assert.ok(took < 10_000, `${what} answered in ${took} ms`);
+		}
+		// What the users service can answer from its cache still works.
+		const me = await http(base, "GET", "/users/me", { token: user.accessToken });
+		assert.ok(me.status === 200 || me.status === 503, `GET /users/me: ${me.status}`);
+
+		await proxy.open();
+		const backAt = Date.now();
+		let recovered = 0;
+		while (Date.now() - backAt < 30_000) {
+			const res = await http(base, "POST", "/auth/login", { body: login });
+			if (res.status === 200) {
+				recovered = Date.now() - backAt;
+				break;
+			}
+			await new Promise(r => setTimeout(r, 250));
+		}
+		console.log(`  down for ${backAt - downAt} ms; logins work again ${recovered} ms after PostgreSQL is back`);
+		assert.ok(recovered > 0, "logins work again within 30 s, without a restart");
+	});
+});
