@@ -257,6 +257,26 @@ export const schemas: Record<string, Obj> = {
 			name: ROLE_NAME,
 		},
 	},
+	Liveness: {
+		type: "object",
+		required: ["status", "node"],
+		properties: { status: { type: "string", enum: ["ok"] }, node: { type: "string", description: "This node's id." } },
+	},
+	Readiness: {
+		type: "object",
+		required: ["status", "node", "failing", "checks"],
+		properties: {
+			status: { type: "string", enum: ["ready", "unavailable"] },
+			node: { type: "string", description: "This node's id." },
+			failing: { type: "array", items: { type: "string" }, description: "The checks that failed, e.g. `[\"postgresql\"]`.", example: [] },
+			checks: {
+				type: "object",
+				additionalProperties: { type: "string" },
+				description: "Each check: `ok`, or why it failed.",
+				example: { services: "ok", transporter: "ok", postgresql: "ok" },
+			},
+		},
+	},
 	Health: {
 		type: "object",
 		required: ["status", "node", "services", "cluster"],

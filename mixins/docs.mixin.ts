@@ -14,6 +14,7 @@ import { NO_GENERIC_DB_ACTIONS } from "./db-actions";
 import type mongoose from "mongoose";
 import { config } from "../lib/config";
 import { createEmbeddedAdapter } from "../lib/embedded-doc-store";
+import { addReadinessProbe, removeReadinessProbe } from "../lib/readiness";
 
 export interface IndexSpec {
 	fields: Record<string, 1 | -1>;
@@ -288,8 +289,13 @@ export function createDocsMixin<C extends string>(options: DocsMixinOptions<C>):
 					throw err;
 				}
 				this.stores = stores;
+				if (config.mongoUrl) {
+					const db = (this.docAdapters[names[0]] as unknown as { db: { command(cmd: object): Promise<unknown> } }).db;
+					addReadinessProbe(this.broker, "mongodb", () => db.command({ ping: 1 }));
+				}
 			},
 			async disconnect(this: DocsMixinThis<C>) {
+				if (config.mongoUrl) removeReadinessProbe(this.broker, "mongodb");
 				for (const name of names) {
 					const adapter = this.docAdapters[name];
 					// NeDB's compaction timer would keep the process alive after the service stopped.

@@ -12,6 +12,7 @@ import { Sequelize, type ModelStatic, type Model } from "sequelize";
 import { SequelizeStorage, Umzug } from "umzug";
 import { config } from "../lib/config";
 import { acquireEmbeddedPostgres, releaseEmbeddedPostgres } from "../lib/embedded-postgres";
+import { addReadinessProbe, removeReadinessProbe } from "../lib/readiness";
 import type { Migration } from "../lib/migrations/users";
 
 export interface SqlMixinOptions<M> {
@@ -84,12 +85,15 @@ export function createSqlMixin<M>(options: SqlMixinOptions<M>): Partial<ServiceS
 					await this.adapter.connect();
 					// moleculer-db's own connect() would call this; ours replaces it.
 					if (typeof this.schema.afterConnected === "function") await this.schema.afterConnected.call(this);
+					const sequelize = this.sequelize;
+					addReadinessProbe(this.broker, "postgresql", () => sequelize.query("SELECT 1"));
 				} catch (err) {
 					await this.disconnect();
 					throw err;
 				}
 			},
 			async disconnect(this: SqlMixinThis<M>) {
+				removeReadinessProbe(this.broker, "postgresql");
 				if (this.sequelize) await this.sequelize.close().catch(() => undefined);
 				if (this.embeddedDataDir) {
 					const dir = this.embeddedDataDir;

@@ -20,6 +20,7 @@ import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import ApiGateway from "moleculer-web";
 import { ok, schema } from "../lib/api-schemas";
 import { config } from "../lib/config";
+import { checkReadiness } from "../lib/readiness";
 import type { CallMeta } from "../lib/meta";
 import { GatewayAuthMixin, authRouteHooks, requireToken } from "../mixins/gateway-auth.mixin";
 import { GatewayDocsMixin, docsAliases, swaggerUiFiles } from "../mixins/gateway-docs.mixin";
@@ -177,6 +178,44 @@ const ApiService: ServiceSchema<ServiceSettingSchema> = {
 					services: local,
 					cluster: [...new Set(cluster)].sort(),
 				};
+			},
+		},
+		live: {
+			rest: "GET /health/live",
+			gatewayRoute: "public",
+			auth: false,
+			openapi: {
+				operationId: "getLiveness",
+				tag: "Health",
+				summary: "Liveness: the process is up and answering",
+				description: "Always 200 while the process runs; for a restart policy. Checks nothing else.",
+				responses: { 200: ok("The process is up.", schema("Liveness")) },
+			},
+			handler() {
+				return { status: "ok", node: this.broker.nodeID };
+			},
+		},
+		ready: {
+			rest: "GET /health/ready",
+			gatewayRoute: "public",
+			auth: false,
+			openapi: {
+				operationId: "getReadiness",
+				tag: "Health",
+				summary: "Readiness: this node's services have started and its dependencies answer",
+				description:
+					"Checks, each within 2 s: this node's services started (`services`), the transporter (`transporter`, in a cluster), " +
+					"Redis (`redis`, when it is the cache), PostgreSQL (`postgresql`) and MongoDB (`mongodb`) when a service of this node uses them. " +
+					"503 with the failing ones named in `failing`; for a load balancer's health check.",
+				responses: {
+					200: ok("Ready.", schema("Readiness")),
+					503: ok("Not ready: `failing` names what does not answer.", schema("Readiness")),
+				},
+			},
+			async handler(ctx: Context<unknown, CallMeta>) {
+				const readiness = await checkReadiness(this.broker);
+				if (!readiness.ready) ctx.meta.$statusCode = 503;
+				return { status: readiness.ready ? "ready" : "unavailable", node: this.broker.nodeID, failing: readiness.failing, checks: readiness.checks };
 			},
 		},
 		// moleculer-web's own actions: for this node's code (and the REPL), never for another node.

@@ -68,6 +68,18 @@ describe("gateway", () => {
 			assert.deepEqual([...res.body.services].sort(), ["api", "users"]);
 		});
 
+		it("GET /health/live and /health/ready: up, and ready with each dependency of this node checked", async () => {
+			const live = await http(base, "GET", "/health/live");
+			assert.equal(live.status, 200);
+			assert.equal(live.body.node, sys.broker.nodeID);
+			const ready = await http(base, "GET", "/health/ready");
+			assert.equal(ready.status, 200);
+			assert.equal(ready.body.status, "ready");
+			assert.deepEqual(ready.body.failing, []);
+			// Embedded: the users service's PGlite is this node's PostgreSQL.
+			assert.deepEqual(Object.keys(ready.body.checks), ["postgresql", "services"]);
+		});
+
 		it("echoes the client's X-Trace-Id, makes one otherwise, on every response", async () => {
 			const mine = await http(base, "GET", "/health", { headers: { "x-trace-id": "client-trace-42" } });
 			assert.equal(mine.headers.get("x-trace-id"), "client-trace-42");

@@ -2,7 +2,8 @@
  * PostgreSQL going away under a running system, with the real server behind a TCP proxy that the
  * test cuts and restores (the shared PostgreSQL itself is not stopped): requests that need it fail
  * fast with 503 SERVICE_UNAVAILABLE (never a 500, never a hang past 10 s), and everything works
- * again once it is back, without a restart. Prints how long the answers and the recovery took.
+ * again once it is back, without a restart; GET /health/ready says 503 "postgresql" meanwhile.
+ * Prints how long the answers and the recovery took.
  */
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -68,8 +69,16 @@ describe("PostgreSQL outage", { skip: skipWithoutPostgres }, () => {
 		const user = await registerUser(base, "pgout");
 		const login = { email: user.email, password: user.password };
 		assert.equal((await http(base, "POST", "/auth/login", { body: login })).status, 200);
+		const ready = await http(base, "GET", "/health/ready");
+		assert.equal(ready.status, 200);
+		assert.equal(ready.body.checks.postgresql, "ok");
 
 		await proxy.cut();
+		// Readiness names what is missing, so a load balancer stops sending here.
+		const notReady = await http(base, "GET", "/health/ready");
+		assert.equal(notReady.status, 503);
+		assert.deepEqual(notReady.body.failing, ["postgresql"]);
+		assert.equal((await http(base, "GET", "/health/live")).status, 200, "the process is still alive");
 		const downAt = Date.now();
 		for (const [what, request] of [
 			["login", () => http(base, "POST", "/auth/login", { body: login })],
@@ -102,5 +111,6 @@ describe("PostgreSQL outage", { skip: skipWithoutPostgres }, () => {
 		}
 		console.log(`  down for ${backAt - downAt} ms; logins work again ${recovered} ms after PostgreSQL is back`);
 		assert.ok(recovered > 0, "logins work again within 30 s, without a restart");
+		assert.equal((await http(base, "GET", "/health/ready")).status, 200, "ready again");
 	});
 });
