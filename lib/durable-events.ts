@@ -11,7 +11,36 @@ import amqplib from "amqplib";
 import type { ServiceBroker } from "moleculer";
 import { config } from "./config";
 
-const ChannelsMiddleware = (require("@moleculer/channels") as { Middleware: (opts: unknown) => unknown }).Middleware;
+interface ConsumerAdapter {
+	logger: { warn(...args: unknown[]): void };
+	createConsumerHandler(chan: { name: string }): (msg: unknown) => Promise<void>;
+}
+const Channels = require("@moleculer/channels") as {
+	Middleware: (opts: unknown) => unknown;
+	Adapters: { AMQP: new (opts: unknown) => ConsumerAdapter };
+};
+const ChannelsMiddleware = Channels.Middleware;
+
+/**
+ * @moleculer/channels 0.1.8 acknowledges (or republishes for a retry) on the channel it received
+ * a message on; when RabbitMQ goes away mid-message that channel is closed, the call throws inside
+ * the handler amqplib does not await, and the unhandled rejection ends the process. Here such a
+ * failure is logged instead: the message was not acknowledged, so RabbitMQ delivers it again once
+ * the adapter has reconnected (by itself, every 2 s), and the consumers keep one notification per
+ * (event, user), so nothing is made twice.
+ */
+class ReconnectSafeAmqpAdapter extends Channels.Adapters.AMQP {
+	override createConsumerHandler(chan: { name: string }) {
+		const handle = super.createConsumerHandler(chan);
+		return async (msg: unknown) => {
+			try {
+				await handle(msg);
+			} catch (err) {
+				this.logger.warn(`A message of '${chan.name}' was not acknowledged (${(err as Error).message}); RabbitMQ delivers it again after the reconnect.`);
+			}
+		};
+	}
+}
 
 export const CHANNELS = {
 	messageCreated: "message.created",
@@ -45,21 +74,18 @@ export function createChannelsMiddleware() {
 	// In one process the consumers batch their writes (lib/batcher.ts): many events in flight fill a batch.
 	if (!url) return ChannelsMiddleware({ adapter: { type: "Fake", options: { maxInFlight: 200 } } });
 	return ChannelsMiddleware({
-		adapter: {
-			type: "AMQP",
-			options: {
-				amqp: {
-					url,
-					socketOptions: { noDelay: true },
-					queueOptions: { durable: true },
-					exchangeOptions: { durable: true },
-					messageOptions: { persistent: true },
-				},
-				maxInFlight: 50,
-				maxRetries: 8,
-				deadLettering: { enabled: true, queueName: DEAD_LETTER_QUEUE },
+		adapter: new ReconnectSafeAmqpAdapter({
+			amqp: {
+				url,
+				socketOptions: { noDelay: true },
+				queueOptions: { durable: true },
+				exchangeOptions: { durable: true },
+				messageOptions: { persistent: true },
 			},
-		},
+			maxInFlight: 50,
+			maxRetries: 8,
+			deadLettering: { enabled: true, queueName: DEAD_LETTER_QUEUE },
+		}),
 	});
 }
 
