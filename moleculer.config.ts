@@ -6,6 +6,7 @@ import os from "node:os";
 import type { BrokerOptions, Errors, Middleware } from "moleculer";
 import { config, isProduction } from "./lib/config";
 import { createChannelsMiddleware } from "./lib/durable-events";
+import { redisOptions } from "./lib/redis-options";
 import { AuthorizeMiddleware } from "./middlewares/authorize.middleware";
 import { TraceLogMiddleware } from "./middlewares/trace-log.middleware";
 
@@ -33,23 +34,8 @@ export const MEMORY_CACHE_MAX_ENTRIES = 10_000;
 /** Default lifetime of a cache entry, seconds (an action or method may give its own). */
 export const CACHE_TTL_SECONDS = 300;
 
-/** ioredis options from a redis:// or rediss:// URL (Moleculer hands ioredis one argument). */
-export function redisOptions(url: string) {
-	const u = new URL(url);
-	const db = Number(u.pathname.replace(/^\//, "") || 0);
-	return {
-		host: u.hostname.replace(/^\[(.*)\]$/, "$1"),
-		port: Number(u.port || 6379),
-		username: u.username ? decodeURIComponent(u.username) : undefined,
-		password: u.password ? decodeURIComponent(u.password) : undefined,
-		db: Number.isInteger(db) && db >= 0 ? db : 0,
-		tls: u.protocol.toLowerCase() === "rediss:" ? {} : undefined,
-		// A cache must never hold a request up: with Redis away a command fails fast and the
-		// caller reads the database instead (ioredis' defaults would queue it for many seconds).
-		maxRetriesPerRequest: 1,
-		commandTimeout: 500,
-	};
-}
+// ioredis options from a REDIS_URL: shared with the rate limiters (lib/redis-options.ts).
+export { redisOptions };
 
 /**
  * The Moleculer cacher. With REDIS_URL: Redis, shared by every node (keys prefixed with

@@ -1,8 +1,8 @@
 /**
- * Token bucket per key (user id, client address, socket id), kept in this node's memory.
- * `ratePerSecond` tokens refill each second up to `burst`, so a client may sustain the rate
- * and briefly exceed it. Each gateway node limits on its own; behind a balancer with N api
- * nodes a client gets at most N times the rate.
+ * Rate limits. RateLimiter: a token bucket per key (user id, client address), kept in this
+ * node's memory: `ratePerSecond` tokens refill each second up to `burst`, so a client may sustain
+ * the rate and briefly exceed it; behind N gateway nodes a client gets up to N times the rate.
+ * createLimiter: the same limit shared by every gateway through Redis when REDIS_URL is set.
  */
 export interface TakeResult {
 	ok: boolean;
@@ -15,7 +15,7 @@ interface Bucket {
 	updated: number;
 }
 
-export class RateLimiter {
+export class RateLimiter implements Limiter {
 	private readonly buckets = new Map<string, Bucket>();
 	private readonly sweeper: NodeJS.Timeout | null = null;
 	readonly burst: number;
@@ -68,4 +68,68 @@ export class RateLimiter {
 		if (this.sweeper) clearInterval(this.sweeper);
 		this.buckets.clear();
 	}
+}
+
+// ---- limits shared by every gateway node (REDIS_URL) ----
+
+/** What a gateway asks of a limit: this node's token bucket, or one shared through Redis. */
+export interface Limiter {
+	readonly enabled: boolean;
+	take(key: string): TakeResult | Promise<TakeResult>;
+	stop(): void;
+}
+
+type RateLimiterRes = { msBeforeNext: number };
+interface FlexibleLimiter {
+	consume(key: string, points?: number): Promise<RateLimiterRes>;
+}
+
+let sharedRedis: { client: import("ioredis").Redis; users: number } | null = null;
+
+/**
+ * A limit of `ratePerSecond` (bursts up to twice that) for `name`. With a Redis URL every
+ * gateway counts in Redis, so N gateways together allow the rate once, not N times
+ * (rate-limiter-flexible: 2 × rate points per 2 s window per key). Should Redis not answer, each
+ * node falls back to counting on its own (its insurance limiter), rather than refusing everyone.
+ */
+export function createLimiter(name: string, ratePerSecond: number, redisUrl: string | null, namespace: string): Limiter {
+	if (ratePerSecond <= 0 || !redisUrl) return new RateLimiter(ratePerSecond);
+	// Loaded only when limits are shared: embedded mode needs neither package.
+	const { RateLimiterRedis, RateLimiterMemory } = require("rate-limiter-flexible") as typeof import("rate-limiter-flexible");
+	const Redis = (require("ioredis") as { default: typeof import("ioredis").default }).default;
+	const { redisOptions } = require("./redis-options") as typeof import("./redis-options");
+	if (!sharedRedis) {
+		const client = new Redis({ ...redisOptions(redisUrl), enableOfflineQueue: false });
+		// While Redis is away the insurance limiter counts on this node; nothing else to do.
+		client.on("error", () => undefined);
+		sharedRedis = { client, users: 0 };
+	}
+	sharedRedis.users++;
+	const points = Math.max(1, ratePerSecond * 2);
+	const duration = 2;
+	const limiter: FlexibleLimiter = new RateLimiterRedis({
+		storeClient: sharedRedis.client,
+		keyPrefix: `parley:${namespace || "default"}:rl:${name}`,
+		points,
+		duration,
+		insuranceLimiter: new RateLimiterMemory({ points, duration }),
+	});
+	return {
+		enabled: true,
+		async take(key: string): Promise<TakeResult> {
+			try {
+				await limiter.consume(key);
+				return { ok: true, retryAfter: 0 };
+			} catch (res) {
+				if (res instanceof Error) throw res;
+				return { ok: false, retryAfter: Math.max(1, Math.ceil((res as RateLimiterRes).msBeforeNext / 1000)) };
+			}
+		},
+		stop() {
+			if (sharedRedis && --sharedRedis.users <= 0) {
+				sharedRedis.client.disconnect();
+				sharedRedis = null;
+			}
+		},
+	};
 }

@@ -105,7 +105,7 @@ export const GatewayAuthMixin = {
 		async authorize(this: AuthThis, ctx: Context<unknown, CallMeta>) {
 			const user = ctx.meta.user;
 			if (!user) throw unauthorized();
-			const limit = this.userLimiter.take(`u:${user.id}`);
+			const limit = await this.userLimiter.take(`u:${user.id}`);
 			if (!limit.ok) throw rateLimited(limit.retryAfter);
 		},
 	},

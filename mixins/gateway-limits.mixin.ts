@@ -8,15 +8,15 @@ import type { ServerResponse } from "node:http";
 import type { Service, ServiceSchema } from "moleculer";
 import { config } from "../lib/config";
 import { appError, rateLimited } from "../lib/errors";
-import { RateLimiter } from "../lib/rate-limiter";
+import { type Limiter, createLimiter } from "../lib/rate-limiter";
 import { type GatewayHttpThis, type GatewayRequest, type Next, refuseEarly } from "./gateway-http.mixin";
 
 /** Large bodies (base64 uploads) one user may send at once on a node. */
 const LARGE_BODIES_PER_USER = 2;
 
 export interface GatewayLimitsThis extends Service, GatewayHttpThis {
-	userLimiter: RateLimiter;
-	authLimiter: RateLimiter;
+	userLimiter: Limiter;
+	authLimiter: Limiter;
 	/** Large bodies being read on this node: in all, and per user. */
 	largeBodies: { total: number; byUser: Map<number, number> };
 }
@@ -50,15 +50,17 @@ export const largeBodySlot: Middleware = function (req, res, next) {
 /** The unauthenticated /auth routes: the per-address limit comes before the body is read. */
 export const authRateLimit: Middleware = function (req, res, next) {
 	if (req.method === "OPTIONS") return next();
-	const limit = this.authLimiter.take(this.clientIp(req));
-	if (!limit.ok) return refuseEarly(req, res, next, rateLimited(limit.retryAfter));
-	next();
+	void Promise.resolve(this.authLimiter.take(this.clientIp(req))).then(
+		limit => (limit.ok ? next() : refuseEarly(req, res, next, rateLimited(limit.retryAfter))),
+		err => next(err),
+	);
 };
 
 export const GatewayLimitsMixin = {
 	created(this: GatewayLimitsThis) {
-		this.userLimiter = new RateLimiter(config.rateLimit);
-		this.authLimiter = new RateLimiter(config.rateLimitAuth);
+		// With REDIS_URL every gateway counts in Redis: the limits hold across the cluster.
+		this.userLimiter = createLimiter("user", config.rateLimit, config.redisUrl, config.namespace);
+		this.authLimiter = createLimiter("auth", config.rateLimitAuth, config.redisUrl, config.namespace);
 		this.largeBodies = { total: 0, byUser: new Map() };
 	},
 

@@ -16,7 +16,7 @@ import { config } from "../lib/config";
 import type { SocketNamespace } from "../lib/api-declarations";
 import type { ActionResult } from "../lib/contracts";
 import { rateLimited, toEnvelope, validationError } from "../lib/errors";
-import { RateLimiter } from "../lib/rate-limiter";
+import { type Limiter, createLimiter } from "../lib/rate-limiter";
 import { DirectoryAnnouncer } from "../lib/socket-directory";
 import { type AccessSession, type AuthUser, extractBearer } from "../lib/tokens";
 import { type PushItem, type RoomsChange, SOCKET_PUSH_EVENT, SOCKET_ROOMS_EVENT } from "./push.mixin";
@@ -35,7 +35,7 @@ export interface GatewaySocketsThis extends Service, SocketSessionsThis, Gateway
 	/** Users whose first socket here is being announced, and that announcement. */
 	joining: Map<number, Promise<void>>;
 	deliverItems(items: PushItem[]): void;
-	socketLimiter: RateLimiter;
+	socketLimiter: Limiter;
 	socketOnError(err: unknown, respond: (ack: unknown) => void): void;
 }
 
@@ -58,7 +58,7 @@ async function handleSocketEvent(
 			throw validationError("The payload must be an object", [{ field: "payload", type: "object", message: "Send an object" }]);
 		}
 		const user = svc.checkSocketSession(socket);
-		const limit = svc.socketLimiter.take(`u:${user.id}`);
+		const limit = await svc.socketLimiter.take(`u:${user.id}`);
 		if (!limit.ok) throw rateLimited(limit.retryAfter);
 		ack(await run(payload as Record<string, unknown>, user));
 	} catch (err) {
@@ -195,7 +195,8 @@ export const GatewaySocketsMixin = {
 	},
 
 	created(this: GatewaySocketsThis) {
-		this.socketLimiter = new RateLimiter(config.rateLimit);
+		// Socket events count per user across all its sockets: on every gateway together with REDIS_URL.
+		this.socketLimiter = createLimiter("socket", config.rateLimit, config.redisUrl, config.namespace);
 		this.socketCount = new Map();
 		this.joining = new Map();
 		this.announcer = new DirectoryAnnouncer(this.broker, userId => this.socketCount.has(userId));
@@ -214,11 +215,12 @@ export const GatewaySocketsMixin = {
 					if (declared) return void callDeclared(this, socket, declared, args);
 					// An event this namespace does not have still gets its ack, so a client never hangs.
 					// Counted like any event: a flood of made-up events is limited too.
-					const limit = this.socketLimiter.take(`u:${user.id}`);
 					const ack = args[args.length - 1];
-					if (typeof ack !== "function") return;
-					if (!limit.ok) this.socketOnError(rateLimited(limit.retryAfter), ack as Ack);
-					else ack({ ok: false, error: { code: "NOT_FOUND", message: `No such event on ${nsp}` } });
+					void Promise.resolve(this.socketLimiter.take(`u:${user.id}`)).then(limit => {
+						if (typeof ack !== "function") return;
+						if (!limit.ok) this.socketOnError(rateLimited(limit.retryAfter), ack as Ack);
+						else ack({ ok: false, error: { code: "NOT_FOUND", message: `No such event on ${nsp}` } });
+					});
 				});
 				// Every event for a user goes to this room, so each of its devices gets it.
 				socket.join(`user:${user.id}`);
