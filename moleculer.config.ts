@@ -6,6 +6,7 @@ import os from "node:os";
 import type { BrokerOptions, Errors, Middleware } from "moleculer";
 import { config, isProduction } from "./lib/config";
 import { createChannelsMiddleware } from "./lib/durable-events";
+import { metricsOptions, tracingOptions } from "./lib/metrics";
 import { redisOptions } from "./lib/redis-options";
 import { AuthorizeMiddleware } from "./middlewares/authorize.middleware";
 import { TraceLogMiddleware } from "./middlewares/trace-log.middleware";
@@ -89,8 +90,9 @@ const brokerConfig: BrokerOptions = {
 	circuitBreaker: { enabled: false },
 	validator: true,
 	cacher: cacher(),
-	metrics: { enabled: false },
-	tracing: { enabled: false },
+	// Prometheus on METRICS_PORT, and the tracer with TRACING_EXPORTER (lib/metrics.ts); both off by default.
+	metrics: metricsOptions(config.metricsPort),
+	tracing: tracingOptions(config.tracingExporter),
 	// Authorize first: it wraps innermost, so it runs after the params are validated and traced.
 	middlewares: [AuthorizeMiddleware(), TraceLogMiddleware(), createChannelsMiddleware() as Middleware],
 };

@@ -45,6 +45,15 @@ export const config = {
 	get transporter() {
 		return process.env.TRANSPORTER || null;
 	},
+	/** The Prometheus metrics port of this node (GET /metrics); unset or 0: metrics off. */
+	get metricsPort() {
+		const port = intEnv("METRICS_PORT", 0);
+		return port > 0 ? port : null;
+	},
+	/** Moleculer's tracing exporter (e.g. "Console"); unset: tracing off. */
+	get tracingExporter() {
+		return process.env.TRACING_EXPORTER?.trim() || null;
+	},
 	get databaseUrl() {
 		return process.env.DATABASE_URL || null;
 	},

@@ -152,6 +152,36 @@ export class DurablePublisher {
 		});
 	}
 
+	/**
+	 * The durable queues' depth and consumers, and the dead-letter queue's depth (for the metrics).
+	 * Each queue is looked at on a channel of its own: a missing one closes only that channel.
+	 */
+	async queueStats(): Promise<{ queue: string; messages: number; consumers: number }[]> {
+		if (!this.url) return [];
+		await this.confirmChannel();
+		const connection = this.connection;
+		if (!connection) return [];
+		const namespace = this.broker.namespace;
+		const queues = [
+			...(Object.entries(CONSUMER_GROUPS) as [ChannelName, string[]][]).flatMap(([name, groups]) => groups.map(group => `${group}.${prefixed(name, namespace)}`)),
+			prefixed(DEAD_LETTER_QUEUE, namespace),
+		];
+		const out: { queue: string; messages: number; consumers: number }[] = [];
+		for (const queue of queues) {
+			const ch = await connection.createChannel();
+			ch.on("error", () => undefined);
+			try {
+				const q = await ch.checkQueue(queue);
+				out.push({ queue, messages: q.messageCount, consumers: q.consumerCount });
+			} catch {
+				// not declared yet: nothing waits there
+			} finally {
+				await ch.close().catch(() => undefined);
+			}
+		}
+		return out;
+	}
+
 	private confirmChannel(): Promise<amqplib.ConfirmChannel> {
 		if (this.closed) return Promise.reject(new Error("Publisher closed"));
 		if (this.channel) return Promise.resolve(this.channel);

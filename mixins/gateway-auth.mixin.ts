@@ -9,6 +9,7 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { config } from "../lib/config";
 import { rateLimited, unauthorized } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
+import { countMetric } from "../lib/metrics";
 import { type AuthUser, extractBearer, verifyAccessSession } from "../lib/tokens";
 import type { GatewayHttpThis, GatewayRequest, Next } from "./gateway-http.mixin";
 import { refuseEarly } from "./gateway-http.mixin";
@@ -106,7 +107,10 @@ export const GatewayAuthMixin = {
 			const user = ctx.meta.user;
 			if (!user) throw unauthorized();
 			const limit = await this.userLimiter.take(`u:${user.id}`);
-			if (!limit.ok) throw rateLimited(limit.retryAfter);
+			if (!limit.ok) {
+				countMetric(this.broker, "parley_rate_limit_rejections_total", 1, { limit: "user" });
+				throw rateLimited(limit.retryAfter);
+			}
 		},
 	},
 } as unknown as Partial<ServiceSchema>;

@@ -8,6 +8,7 @@ import type { ServerResponse } from "node:http";
 import type { Service, ServiceSchema } from "moleculer";
 import { config } from "../lib/config";
 import { appError, rateLimited } from "../lib/errors";
+import { countMetric } from "../lib/metrics";
 import { type Limiter, createLimiter } from "../lib/rate-limiter";
 import { type GatewayHttpThis, type GatewayRequest, type Next, refuseEarly } from "./gateway-http.mixin";
 
@@ -51,7 +52,11 @@ export const largeBodySlot: Middleware = function (req, res, next) {
 export const authRateLimit: Middleware = function (req, res, next) {
 	if (req.method === "OPTIONS") return next();
 	void Promise.resolve(this.authLimiter.take(this.clientIp(req))).then(
-		limit => (limit.ok ? next() : refuseEarly(req, res, next, rateLimited(limit.retryAfter))),
+		limit => {
+			if (limit.ok) return next();
+			countMetric(this.broker, "parley_rate_limit_rejections_total", 1, { limit: "auth" });
+			refuseEarly(req, res, next, rateLimited(limit.retryAfter));
+		},
 		err => next(err),
 	);
 };

@@ -16,6 +16,7 @@ import { config } from "../lib/config";
 import type { SocketNamespace } from "../lib/api-declarations";
 import type { ActionResult } from "../lib/contracts";
 import { rateLimited, toEnvelope, validationError } from "../lib/errors";
+import { countMetric, observeMetric } from "../lib/metrics";
 import { type Limiter, createLimiter } from "../lib/rate-limiter";
 import { DirectoryAnnouncer } from "../lib/socket-directory";
 import { type AccessSession, type AuthUser, extractBearer } from "../lib/tokens";
@@ -59,7 +60,10 @@ async function handleSocketEvent(
 		}
 		const user = svc.checkSocketSession(socket);
 		const limit = await svc.socketLimiter.take(`u:${user.id}`);
-		if (!limit.ok) throw rateLimited(limit.retryAfter);
+		if (!limit.ok) {
+			countMetric(svc.broker, "parley_rate_limit_rejections_total", 1, { limit: "socket" });
+			throw rateLimited(limit.retryAfter);
+		}
 		ack(await run(payload as Record<string, unknown>, user));
 	} catch (err) {
 		svc.socketOnError(err, ack);
@@ -146,6 +150,14 @@ export const GatewaySocketsMixin = {
 				let target = nsp.to(item.rooms);
 				if (item.except) target = target.except(item.except);
 				target.emit(item.event, item.payload);
+				if (item.event === "message:created" && this.broker.isMetricsEnabled()) {
+					// The sockets reached (each socket once, whatever rooms it is in; `except` is not used here).
+					const reached = new Set<string>();
+					for (const room of item.rooms) for (const id of rooms.get(room) ?? []) reached.add(id);
+					countMetric(this.broker, "parley_messages_delivered_total", reached.size);
+					const createdAt = Date.parse(item.payload.created_at ?? "");
+					if (Number.isFinite(createdAt)) observeMetric(this.broker, "parley_message_send_to_deliver_seconds", Math.max(0, Date.now() - createdAt) / 1000);
+				}
 			}
 		},
 
@@ -218,10 +230,15 @@ export const GatewaySocketsMixin = {
 					const ack = args[args.length - 1];
 					void Promise.resolve(this.socketLimiter.take(`u:${user.id}`)).then(limit => {
 						if (typeof ack !== "function") return;
-						if (!limit.ok) this.socketOnError(rateLimited(limit.retryAfter), ack as Ack);
+						if (!limit.ok) {
+							countMetric(this.broker, "parley_rate_limit_rejections_total", 1, { limit: "socket" });
+							this.socketOnError(rateLimited(limit.retryAfter), ack as Ack);
+						}
 						else ack({ ok: false, error: { code: "NOT_FOUND", message: `No such event on ${nsp}` } });
 					});
 				});
+				countMetric(this.broker, "parley_sockets_open", 1, { namespace: nsp });
+				socket.once("disconnect", () => countMetric(this.broker, "parley_sockets_open", -1, { namespace: nsp }));
 				// Every event for a user goes to this room, so each of its devices gets it.
 				socket.join(`user:${user.id}`);
 				// Ended at token expiry, when the login ends, and when the user opens too many.

@@ -30,7 +30,8 @@ import {
 } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
 import { type BroadcastPayloads, callAction, type NotificationTargets } from "../lib/contracts";
-import { CHANNELS } from "../lib/durable-events";
+import { CHANNELS, DEAD_LETTER_QUEUE, prefixed } from "../lib/durable-events";
+import { countMetric, setMetric } from "../lib/metrics";
 import { appError, forbidden, notFound, validationError } from "../lib/errors";
 import { ATTACHMENT_PATTERN } from "../lib/file-ids";
 import { SerialWork } from "../lib/serial-work";
@@ -48,10 +49,14 @@ type KnownConversation = Pick<ConversationMeta["conv"], "type" | "name" | "statu
 type Caller = { call(action: string, params?: unknown): Promise<unknown> };
 
 const PROFILE_TTL_MS = 60_000;
+/** How often the queue metrics are read (when metrics are on). */
+const METRICS_INTERVAL_MS = 15_000;
 const MAX_CACHED_HEADS = 10_000;
 
 interface MessagesThis extends DocsMixinThis<"messages">, PushThis, PublisherThis {
 	outboxTimer: NodeJS.Timeout | null;
+	metricsTimer: NodeJS.Timeout | null;
+	reportQueueMetrics(): Promise<void>;
 	notifiedBatch: Set<string>;
 	notifiedTimer: NodeJS.Timeout | null;
 	announce(msg: MessageDoc, sender: SenderProfile, known?: KnownConversation): Promise<void>;
@@ -212,6 +217,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 				// done), so a first attempt that died half-way is healed; nothing is pushed again.
 				await this.record(ctx, msg);
 				if (!created) return presented;
+				countMetric(this.broker, "parley_messages_sent_total");
 				const recipients = conversation.participants.filter(p => !blockedBy.includes(p));
 				await this.push(ctx, [{ rooms: recipients.map(userRoom), event: "message:created", payload: presented }]);
 				// Published after the message is stored, without holding up the sender's ack;
@@ -639,6 +645,19 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			return msgs.map(m => presentMessage(m, profiles.get(m.sender_id) ?? null));
 		},
 
+		/** The outbox backlog, the durable queues' depth and consumers, the dead letters: for the metrics. */
+		async reportQueueMetrics(this: MessagesThis) {
+			setMetric(this.broker, "parley_outbox_backlog", await this.stores.messages.count({ outbox: true }));
+			const deadLetters = prefixed(DEAD_LETTER_QUEUE, this.broker.namespace);
+			for (const q of await this.publisher.queueStats()) {
+				if (q.queue === deadLetters) setMetric(this.broker, "parley_dead_letter_messages", q.messages);
+				else {
+					setMetric(this.broker, "parley_durable_queue_messages", q.messages, { queue: q.queue });
+					setMetric(this.broker, "parley_durable_queue_consumers", q.consumers, { queue: q.queue });
+				}
+			}
+		},
+
 		/** message.created on the durable bus (one event per message), then the outbox flag. */
 		async announce(this: MessagesThis, msg: MessageDoc, sender: SenderProfile, known?: KnownConversation) {
 			// From a send: what authorizeSend said a moment ago. From the outbox sweep: asked now.
@@ -696,6 +715,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 	},
 
 	created(this: MessagesThis) {
+		this.metricsTimer = null;
 		this.heads = new Map();
 		this.locks = new SerialWork();
 		this.profiles = new Map();
@@ -711,10 +731,16 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			this.inBackground("outbox sweep", () => this.sweepOutbox());
 		}, 10_000);
 		this.outboxTimer.unref();
+		if (this.broker.isMetricsEnabled()) {
+			this.inBackground("queue metrics", () => this.reportQueueMetrics());
+			this.metricsTimer = setInterval(() => this.inBackground("queue metrics", () => this.reportQueueMetrics()), METRICS_INTERVAL_MS);
+			this.metricsTimer.unref();
+		}
 	},
 
 	async stopped(this: MessagesThis) {
 		if (this.outboxTimer) clearInterval(this.outboxTimer);
+		if (this.metricsTimer) clearInterval(this.metricsTimer);
 		if (this.notifiedTimer) clearTimeout(this.notifiedTimer);
 		await this.flushNotified().catch(() => undefined);
 	},

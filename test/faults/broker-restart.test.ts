@@ -59,6 +59,7 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 	const nodes: Record<string, NodeProcess> = {};
 	const bases: string[] = [];
 	const sockets: Socket[] = [];
+	let chatMetricsPort = 0;
 
 	before(async () => {
 		const db = await createTestDatabase();
@@ -73,7 +74,8 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 			RATE_LIMIT_AUTH: "0",
 		};
 		if (process.env.TEST_MONGO_URL) shared.MONGO_URL = `${process.env.TEST_MONGO_URL.replace(/\/[^/]*$/, "")}/${namespace.replace(/-/g, "_")}`;
-		nodes.chat = startNode({ ...shared, SERVICES: "users,conversations,messages,files", DATA_DIR: tempDir() }, logDir, "chat");
+		chatMetricsPort = await freePort();
+		nodes.chat = startNode({ ...shared, SERVICES: "users,conversations,messages,files", DATA_DIR: tempDir(), METRICS_PORT: String(chatMetricsPort) }, logDir, "chat");
 		nodes.notifications = startNode({ ...shared, SERVICES: "notifications", DATA_DIR: tempDir() }, logDir, "notifications");
 		for (const name of ["api1", "api2"]) {
 			const port = await freePort();
@@ -174,6 +176,13 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 		await new Promise(r => setTimeout(r, 3_000)); // a late duplicate would show by now
 		const count = (await http(base2, "GET", "/notifications/unread/count", { token: b.accessToken })).body.count;
 		assert.equal(count, MESSAGES, "one notification per message");
+
+		// The chat node's queue metrics read RabbitMQ (every 15 s): the durable queue, its consumer, the dead letters.
+		const metrics = await waitFor(async () => {
+			const text = await (await fetch(`http://127.0.0.1:${chatMetricsPort}/metrics`)).text();
+			return /parley_durable_queue_consumers\{[^}]*message\.created[^}]*\} 1/.test(text) && text.includes("parley_dead_letter_messages") ? text : null;
+		}, 40_000, 1_000);
+		assert.match(metrics, /parley_durable_queue_messages\{/);
 
 		console.log(
 			`  RabbitMQ down ${startedAt - stoppedAt} ms; first send acknowledged ${firstOkAfterStart} ms after it was back; ` +

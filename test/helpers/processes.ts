@@ -22,7 +22,7 @@ export function freePort(): Promise<number> {
 }
 
 /** The variables a node reads; the test's own are not inherited, so a node gets only what it is given. */
-const NODE_VARIABLES = ["PORT", "SERVICES", "TRANSPORTER", "DATABASE_URL", "MONGO_URL", "REDIS_URL", "DATA_DIR", "JWT_SECRET", "NAMESPACE", "CORS_ORIGINS", "RATE_LIMIT", "RATE_LIMIT_AUTH", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ADMIN_USERNAME", "BCRYPT_ROUNDS", "NODE_ENV"];
+const NODE_VARIABLES = ["PORT", "SERVICES", "TRANSPORTER", "DATABASE_URL", "MONGO_URL", "REDIS_URL", "DATA_DIR", "JWT_SECRET", "NAMESPACE", "CORS_ORIGINS", "RATE_LIMIT", "RATE_LIMIT_AUTH", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ADMIN_USERNAME", "BCRYPT_ROUNDS", "NODE_ENV", "METRICS_PORT", "TRACING_EXPORTER"];
 
 export interface NodeProcess {
 	child: ChildProcess;
