@@ -1,0 +1,131 @@
+/**
+ * Fault: the notifications node stays down (SIGKILL) for FAULTS_BACKLOG_SECONDS (300 by default:
+ * five minutes) of steady traffic. Measured and checked:
+ * - the backlog in the durable queue equals the messages sent: each was published once (the
+ *   outbox sweep did not publish again what was already queued), and none is still in the outbox;
+ * - once a notifications node is back, how long the queue takes to drain, at what rate;
+ * - exactly one notification per message in the end.
+ */
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import amqplib from "amqplib";
+import { io, type Socket } from "socket.io-client";
+import { CHANNELS, prefixed, removeNamespaceTopology } from "../../lib/durable-events";
+import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
+import { createTestDatabase, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, TEST_AMQP_URL, tempDir, waitFor } from "../helpers/system";
+
+const skip = skipWithoutAmqp || skipWithoutPostgres;
+const DOWN_SECONDS = Number(process.env.FAULTS_BACKLOG_SECONDS ?? 300);
+const RATE = 10; // messages a second while the node is down
+
+type Ack = { ok: boolean; data?: any; error?: { code: string } };
+
+function emit(socket: Socket, event: string, payload: unknown, timeoutMs = 5_000): Promise<Ack> {
+	return new Promise(resolve => {
+		const timer = setTimeout(() => resolve({ ok: false, error: { code: "NO_ACK" } }), timeoutMs);
+		socket.emit(event, payload, (ack: Ack) => {
+			clearTimeout(timer);
+			resolve(ack);
+		});
+	});
+}
+
+describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, { skip, timeout: (DOWN_SECONDS + 300) * 1000 }, () => {
+	const logDir = tempDir("parley-fault-backlog-");
+	const namespace = `parley-fq-${crypto.randomBytes(4).toString("hex")}`;
+	let dropDb: () => Promise<void>;
+	let shared: Record<string, string>;
+	let base = "";
+	let metricsPort = 0;
+	const nodes: Record<string, NodeProcess> = {};
+	const sockets: Socket[] = [];
+
+	before(async () => {
+		const db = await createTestDatabase();
+		dropDb = db.drop;
+		shared = {
+			TRANSPORTER: TEST_AMQP_URL,
+			NAMESPACE: namespace,
+			JWT_SECRET: crypto.randomBytes(24).toString("hex"),
+			DATABASE_URL: db.url,
+			BCRYPT_ROUNDS: "4",
+			RATE_LIMIT: "0",
+			RATE_LIMIT_AUTH: "0",
+		};
+		if (process.env.TEST_MONGO_URL) shared.MONGO_URL = `${process.env.TEST_MONGO_URL.replace(/\/[^/]*$/, "")}/${namespace.replace(/-/g, "_")}`;
+		metricsPort = await freePort();
+		nodes.chat = startNode({ ...shared, SERVICES: "users,conversations,messages,files", DATA_DIR: tempDir(), METRICS_PORT: String(metricsPort) }, logDir, "chat");
+		nodes.notifications = startNode({ ...shared, SERVICES: "notifications", DATA_DIR: tempDir() }, logDir, "notifications");
+		const port = await freePort();
+		base = `http://127.0.0.1:${port}`;
+		nodes.api = startNode({ ...shared, SERVICES: "api", PORT: String(port), DATA_DIR: tempDir() }, logDir, "api");
+		await waitForHealth(base, ["users", "conversations", "messages", "notifications"], 90_000);
+	});
+
+	after(async () => {
+		for (const s of sockets) s.close();
+		for (const node of Object.values(nodes)) await node.stop("SIGTERM");
+		await dropDb?.();
+		await removeNamespaceTopology(TEST_AMQP_URL, namespace).catch(() => undefined);
+	});
+
+	it("queues each event once, drains the backlog when the node is back, and notifies each message once", async () => {
+		const a = await registerUser(base, "qa");
+		const b = await registerUser(base, "qb");
+		const sa = io(`${base}/chat`, { auth: { token: a.accessToken }, transports: ["websocket"], forceNew: true });
+		sockets.push(sa);
+		await new Promise<void>(resolve => sa.once("connect", () => resolve()));
+		const conv = (await emit(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
+		const sb = io(`${base}/chat`, { auth: { token: b.accessToken }, transports: ["websocket"], forceNew: true });
+		sockets.push(sb);
+		await new Promise<void>(resolve => sb.once("connect", () => resolve()));
+		assert.ok((await emit(sb, "conversation:accept", { conversationId: conv.id })).ok);
+
+		await nodes.notifications.stop("SIGKILL");
+		const downAt = Date.now();
+		let sent = 0;
+		while (Date.now() - downAt < DOWN_SECONDS * 1000) {
+			const due = downAt + ((sent + 1) * 1000) / RATE;
+			const ack = await emit(sa, "message:send", { conversationId: conv.id, content: `backlog ${sent}`, clientId: `bl-${sent}` });
+			assert.ok(ack.ok, JSON.stringify(ack.error));
+			sent++;
+			const wait = due - Date.now();
+			if (wait > 0) await new Promise(r => setTimeout(r, wait));
+		}
+		// The outbox sweep runs every 10 s: give it two rounds to (wrongly) publish anything again.
+		await new Promise(r => setTimeout(r, 21_000));
+
+		const queue = `notifications.${prefixed(CHANNELS.messageCreated, namespace)}`;
+		const connection = await amqplib.connect(TEST_AMQP_URL);
+		const depth = async () => {
+			const ch = await connection.createChannel();
+			try {
+				return (await ch.checkQueue(queue)).messageCount;
+			} finally {
+				await ch.close();
+			}
+		};
+		try {
+			const backlog = await depth();
+			assert.equal(backlog, sent, "each message's event is queued once");
+			const outbox = (await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text()).match(/^parley_outbox_backlog(?:\{[^}]*\})? (\d+)/m);
+			assert.equal(Number(outbox?.[1]), 0, "nothing left in the outbox");
+
+			nodes.notifications = startNode({ ...shared, SERVICES: "notifications", DATA_DIR: tempDir() }, logDir, "notifications-again");
+			const backAt = Date.now();
+			await waitFor(async () => (await depth()) === 0, 240_000, 250);
+			const drainedIn = Date.now() - backAt;
+			await waitFor(async () => (await http(base, "GET", "/notifications/unread/count", { token: b.accessToken })).body?.count >= sent, 120_000, 500);
+			await new Promise(r => setTimeout(r, 3_000));
+			const count = (await http(base, "GET", "/notifications/unread/count", { token: b.accessToken })).body.count;
+			assert.equal(count, sent, "one notification per message");
+			console.log(
+				`  notifications down ${DOWN_SECONDS} s at ${RATE} msg/s: backlog ${backlog} events (= ${sent} messages sent, outbox 0); ` +
+					`drained in ${drainedIn} ms after the node was started (${Math.round((backlog / drainedIn) * 1000)} events/s, node start included); ${count} notifications`,
+			);
+		} finally {
+			await connection.close();
+		}
+	});
+});
