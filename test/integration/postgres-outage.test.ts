@@ -3,12 +3,14 @@
  * test cuts and restores (the shared PostgreSQL itself is not stopped): requests that need it fail
  * fast with 503 SERVICE_UNAVAILABLE (never a 500, never a hang past 10 s), and everything works
  * again once it is back, without a restart; GET /health/ready says 503 "postgresql" meanwhile.
+ * Chats between users already connected keep flowing: they do not need PostgreSQL.
  * Prints how long the answers and the recovery took.
  */
 import assert from "node:assert/strict";
 import net from "node:net";
 import { after, before, describe, it } from "node:test";
 import { freePort } from "../helpers/processes";
+import { call, connectSocket, type TestSocket, waitForEvent } from "../helpers/sockets";
 import { clusterTestEnv, http, registerUser, skipWithoutPostgres, startBroker, type RunningSystem } from "../helpers/system";
 
 /** A TCP proxy to PostgreSQL that can be cut (listener closed, every connection reset) and restored. */
@@ -46,6 +48,7 @@ describe("PostgreSQL outage", { skip: skipWithoutPostgres }, () => {
 	let sys: RunningSystem;
 	let proxy: CuttableProxy;
 	let dropDb: () => Promise<void>;
+	const sockets: TestSocket[] = [];
 
 	before(async () => {
 		dropDb = await clusterTestEnv("postgres-outage-secret-0123456789abcdef");
@@ -56,9 +59,11 @@ describe("PostgreSQL outage", { skip: skipWithoutPostgres }, () => {
 		const viaProxy = new URL(real);
 		viaProxy.host = `127.0.0.1:${port}`;
 		process.env.DATABASE_URL = viaProxy.toString();
-		sys = await startBroker(["api", "users"]);
+		// Every service: chats (their own store) must keep flowing while PostgreSQL is away.
+		sys = await startBroker(["api", "users", "conversations", "messages", "notifications", "files"]);
 	});
 	after(async () => {
+		for (const s of sockets) s.close();
 		await proxy?.cut();
 		await sys?.stop();
 		await dropDb?.();
@@ -68,6 +73,11 @@ describe("PostgreSQL outage", { skip: skipWithoutPostgres }, () => {
 		const base = sys.baseUrl;
 		const user = await registerUser(base, "pgout");
 		const login = { email: user.email, password: user.password };
+		const other = await registerUser(base, "pgother");
+		const [su, so] = [await connectSocket(base, user.accessToken), await connectSocket(base, other.accessToken)];
+		sockets.push(su, so);
+		const conv = await call(su, "conversation:create", { type: "private", participants: [other.id] });
+		await call(so, "conversation:accept", { conversationId: conv.id });
 		assert.equal((await http(base, "POST", "/auth/login", { body: login })).status, 200);
 		const ready = await http(base, "GET", "/health/ready");
 		assert.equal(ready.status, 200);
@@ -94,6 +104,9 @@ describe("PostgreSQL outage", { skip: skipWithoutPostgres }, () => {
 			assert.ok(res.headers.get("retry-after"), "Retry-After tells clients when to try again");
 			assert.ok(took < 10_000, `${what} answered in ${took} ms`);
 		}
+		// A chat between connected users does not need PostgreSQL: it keeps flowing.
+		const sentDuring = await call(su, "message:send", { conversationId: conv.id, content: "while PostgreSQL is down", clientId: "pg-down-1" });
+		await waitForEvent(so, "message:created", m => m.id === sentDuring.id);
 		// What the users service can answer from its cache still works.
 		const me = await http(base, "GET", "/users/me", { token: user.accessToken });
 		assert.ok(me.status === 200 || me.status === 503, `GET /users/me: ${me.status}`);
