@@ -7,34 +7,23 @@
  * - exactly one notification per message in the end.
  */
 import assert from "node:assert/strict";
-import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import amqplib from "amqplib";
 import { io, type Socket } from "socket.io-client";
-import { CHANNELS, prefixed, removeNamespaceTopology } from "../../lib/durable-events";
+import { CHANNELS, prefixed } from "../../lib/durable-events";
+import { emitWithin, type FaultCluster, faultCluster } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
-import { createTestDatabase, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, TEST_AMQP_URL, tempDir, waitFor } from "../helpers/system";
+import { http, registerUser, skipWithoutAmqp, skipWithoutPostgres, TEST_AMQP_URL, tempDir, waitFor } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres;
 const DOWN_SECONDS = Number(process.env.FAULTS_BACKLOG_SECONDS ?? 300);
 const RATE = 10; // messages a second while the node is down
 
-type Ack = { ok: boolean; data?: any; error?: { code: string } };
 
-function emit(socket: Socket, event: string, payload: unknown, timeoutMs = 5_000): Promise<Ack> {
-	return new Promise(resolve => {
-		const timer = setTimeout(() => resolve({ ok: false, error: { code: "NO_ACK" } }), timeoutMs);
-		socket.emit(event, payload, (ack: Ack) => {
-			clearTimeout(timer);
-			resolve(ack);
-		});
-	});
-}
 
 describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, { skip, timeout: (DOWN_SECONDS + 300) * 1000 }, () => {
 	const logDir = tempDir("parley-fault-backlog-");
-	const namespace = `parley-fq-${crypto.randomBytes(4).toString("hex")}`;
-	let dropDb: () => Promise<void>;
+	let cluster: FaultCluster;
 	let shared: Record<string, string>;
 	let base = "";
 	let metricsPort = 0;
@@ -42,18 +31,8 @@ describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, 
 	const sockets: Socket[] = [];
 
 	before(async () => {
-		const db = await createTestDatabase();
-		dropDb = db.drop;
-		shared = {
-			TRANSPORTER: TEST_AMQP_URL,
-			NAMESPACE: namespace,
-			JWT_SECRET: crypto.randomBytes(24).toString("hex"),
-			DATABASE_URL: db.url,
-			BCRYPT_ROUNDS: "4",
-			RATE_LIMIT: "0",
-			RATE_LIMIT_AUTH: "0",
-		};
-		if (process.env.TEST_MONGO_URL) shared.MONGO_URL = `${process.env.TEST_MONGO_URL.replace(/\/[^/]*$/, "")}/${namespace.replace(/-/g, "_")}`;
+		cluster = await faultCluster("parley-fq");
+		shared = cluster.env;
 		metricsPort = await freePort();
 		nodes.chat = startNode({ ...shared, SERVICES: "users,conversations,messages,files", DATA_DIR: tempDir(), METRICS_PORT: String(metricsPort) }, logDir, "chat");
 		nodes.notifications = startNode({ ...shared, SERVICES: "notifications", DATA_DIR: tempDir() }, logDir, "notifications");
@@ -65,9 +44,7 @@ describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, 
 
 	after(async () => {
 		for (const s of sockets) s.close();
-		for (const node of Object.values(nodes)) await node.stop("SIGTERM");
-		await dropDb?.();
-		await removeNamespaceTopology(TEST_AMQP_URL, namespace).catch(() => undefined);
+		await cluster?.teardown(Object.values(nodes));
 	});
 
 	it("queues each event once, drains the backlog when the node is back, and notifies each message once", async () => {
@@ -76,18 +53,18 @@ describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, 
 		const sa = io(`${base}/chat`, { auth: { token: a.accessToken }, transports: ["websocket"], forceNew: true });
 		sockets.push(sa);
 		await new Promise<void>(resolve => sa.once("connect", () => resolve()));
-		const conv = (await emit(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
+		const conv = (await emitWithin(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
 		const sb = io(`${base}/chat`, { auth: { token: b.accessToken }, transports: ["websocket"], forceNew: true });
 		sockets.push(sb);
 		await new Promise<void>(resolve => sb.once("connect", () => resolve()));
-		assert.ok((await emit(sb, "conversation:accept", { conversationId: conv.id })).ok);
+		assert.ok((await emitWithin(sb, "conversation:accept", { conversationId: conv.id })).ok);
 
 		await nodes.notifications.stop("SIGKILL");
 		const downAt = Date.now();
 		let sent = 0;
 		while (Date.now() - downAt < DOWN_SECONDS * 1000) {
 			const due = downAt + ((sent + 1) * 1000) / RATE;
-			const ack = await emit(sa, "message:send", { conversationId: conv.id, content: `backlog ${sent}`, clientId: `bl-${sent}` });
+			const ack = await emitWithin(sa, "message:send", { conversationId: conv.id, content: `backlog ${sent}`, clientId: `bl-${sent}` }, 5_000);
 			assert.ok(ack.ok, JSON.stringify(ack.error));
 			sent++;
 			const wait = due - Date.now();
@@ -96,7 +73,7 @@ describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, 
 		// The outbox sweep runs every 10 s: give it two rounds to (wrongly) publish anything again.
 		await new Promise(r => setTimeout(r, 21_000));
 
-		const queue = `notifications.${prefixed(CHANNELS.messageCreated, namespace)}`;
+		const queue = `notifications.${prefixed(CHANNELS.messageCreated, cluster.namespace)}`;
 		const connection = await amqplib.connect(TEST_AMQP_URL);
 		const depth = async () => {
 			const ch = await connection.createChannel();

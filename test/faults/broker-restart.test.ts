@@ -15,12 +15,11 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { io, type Socket } from "socket.io-client";
-import { removeNamespaceTopology } from "../../lib/durable-events";
+import { emitWithin, type FaultCluster, faultCluster } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
-import { createTestDatabase, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, TEST_AMQP_URL, tempDir, waitFor } from "../helpers/system";
+import { http, registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres || (process.env.FAULTS_RABBITMQCTL === "0" ? "FAULTS_RABBITMQCTL=0" : false);
 const STEADY = 60;
@@ -31,7 +30,6 @@ const OUTAGE_MS = 8_000;
 
 const rabbitmqctl = (...args: string[]) => execFileSync("rabbitmqctl", args, { stdio: "pipe", timeout: 60_000 });
 
-type Ack = { ok: boolean; data?: any; error?: { code: string } };
 
 /** A socket that reconnects by itself, as the web client's does. */
 function clientSocket(base: string, token: string, nsp = "/chat"): Promise<Socket> {
@@ -42,38 +40,18 @@ function clientSocket(base: string, token: string, nsp = "/chat"): Promise<Socke
 	});
 }
 
-function emit(socket: Socket, event: string, payload: unknown, timeoutMs = 3_000): Promise<Ack> {
-	return new Promise(resolve => {
-		const timer = setTimeout(() => resolve({ ok: false, error: { code: "NO_ACK" } }), timeoutMs);
-		socket.emit(event, payload, (ack: Ack) => {
-			clearTimeout(timer);
-			resolve(ack);
-		});
-	});
-}
 
 describe("fault: RabbitMQ restarts while two users chat across gateways", { skip }, () => {
 	const logDir = tempDir("parley-fault-broker-");
-	const namespace = `parley-fb-${crypto.randomBytes(4).toString("hex")}`;
-	let dropDb: () => Promise<void>;
+	let cluster: FaultCluster;
 	const nodes: Record<string, NodeProcess> = {};
 	const bases: string[] = [];
 	const sockets: Socket[] = [];
 	let chatMetricsPort = 0;
 
 	before(async () => {
-		const db = await createTestDatabase();
-		dropDb = db.drop;
-		const shared: Record<string, string> = {
-			TRANSPORTER: TEST_AMQP_URL,
-			NAMESPACE: namespace,
-			JWT_SECRET: crypto.randomBytes(24).toString("hex"),
-			DATABASE_URL: db.url,
-			BCRYPT_ROUNDS: "4",
-			RATE_LIMIT: "0",
-			RATE_LIMIT_AUTH: "0",
-		};
-		if (process.env.TEST_MONGO_URL) shared.MONGO_URL = `${process.env.TEST_MONGO_URL.replace(/\/[^/]*$/, "")}/${namespace.replace(/-/g, "_")}`;
+		cluster = await faultCluster("parley-fb");
+		const shared = cluster.env;
 		chatMetricsPort = await freePort();
 		nodes.chat = startNode({ ...shared, SERVICES: "users,conversations,messages,files", DATA_DIR: tempDir(), METRICS_PORT: String(chatMetricsPort) }, logDir, "chat");
 		nodes.notifications = startNode({ ...shared, SERVICES: "notifications", DATA_DIR: tempDir() }, logDir, "notifications");
@@ -87,9 +65,7 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 
 	after(async () => {
 		for (const s of sockets) s.close();
-		for (const node of Object.values(nodes)) await node.stop("SIGTERM");
-		await dropDb?.();
-		await removeNamespaceTopology(TEST_AMQP_URL, namespace).catch(() => undefined);
+		await cluster?.teardown(Object.values(nodes));
 	});
 
 	it(`${MESSAGES} messages with RabbitMQ down for ${OUTAGE_MS / 1000} s: each once, seq without a gap, one notification each, no node lost`, async () => {
@@ -99,8 +75,8 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 		const sa = await clientSocket(base1, a.accessToken);
 		const sb = await clientSocket(base2, b.accessToken);
 		sockets.push(sa, sb);
-		const conv = (await emit(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
-		assert.ok((await emit(sb, "conversation:accept", { conversationId: conv.id })).ok);
+		const conv = (await emitWithin(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
+		assert.ok((await emitWithin(sb, "conversation:accept", { conversationId: conv.id })).ok);
 
 		const live = new Map<string, number>();
 		sb.on("message:created", (m: { id: string; seq: number; conversation_id: string }) => {
@@ -115,7 +91,7 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 		/** The careful client: the same clientId again until the send is acknowledged. */
 		async function sendUntilAcked(clientId: string) {
 			for (;;) {
-				const ack = await emit(sa, "message:send", { conversationId: conv.id, content: `message ${clientId}`, clientId });
+				const ack = await emitWithin(sa, "message:send", { conversationId: conv.id, content: `message ${clientId}`, clientId });
 				if (ack.ok) {
 					acked.set(clientId, ack.data.id);
 					if (startedAt && !firstOkAfterStart) firstOkAfterStart = Date.now() - startedAt;
@@ -154,7 +130,7 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 		const seen = new Map<number, string>();
 		let after = 0;
 		for (;;) {
-			const page = await emit(sb, "message:list", { conversationId: conv.id, after, limit: 100 }, 10_000);
+			const page = await emitWithin(sb, "message:list", { conversationId: conv.id, after, limit: 100 }, 10_000);
 			assert.ok(page.ok, JSON.stringify(page.error));
 			if (page.data.length === 0) break;
 			for (const m of page.data as { id: string; seq: number }[]) {

@@ -10,16 +10,14 @@
  * Needs MongoDB (two chat nodes must share their store). Prints the recovery figures.
  */
 import assert from "node:assert/strict";
-import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { io, type Socket } from "socket.io-client";
-import { removeNamespaceTopology } from "../../lib/durable-events";
+import { emitWithin, type FaultCluster, faultCluster } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
-import { createTestDatabase, registerUser, skipWithoutAmqp, skipWithoutPostgres, TEST_AMQP_URL, tempDir, waitFor } from "../helpers/system";
+import { registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres || (process.env.TEST_MONGO_URL ? false : "TEST_MONGO_URL is not set: two chat nodes need a shared store");
 
-type Ack = { ok: boolean; data?: any; error?: { code: string } };
 type Msg = { id: string; seq: number; conversation_id: string; client_id?: string | null };
 
 function connect(base: string, token: string): Promise<Socket> {
@@ -30,21 +28,12 @@ function connect(base: string, token: string): Promise<Socket> {
 	});
 }
 
-function emit(socket: Socket, event: string, payload: unknown, timeoutMs = 3_000): Promise<Ack> {
-	return new Promise(resolve => {
-		const timer = setTimeout(() => resolve({ ok: false, error: { code: "NO_ACK" } }), timeoutMs);
-		socket.emit(event, payload, (ack: Ack) => {
-			clearTimeout(timer);
-			resolve(ack);
-		});
-	});
-}
 
 /** Everything after `after`, by seq, a page at a time: the catch-up of the web client. */
 async function listAfter(socket: Socket, conversationId: string, after: number): Promise<Msg[]> {
 	const out: Msg[] = [];
 	for (;;) {
-		const page = await emit(socket, "message:list", { conversationId, after, limit: 100 }, 10_000);
+		const page = await emitWithin(socket, "message:list", { conversationId, after, limit: 100 }, 10_000);
 		assert.ok(page.ok, JSON.stringify(page.error));
 		if (page.data.length === 0) return out;
 		out.push(...(page.data as Msg[]));
@@ -54,26 +43,15 @@ async function listAfter(socket: Socket, conversationId: string, after: number):
 
 describe("faults: a node lost while messages flow", { skip }, () => {
 	const logDir = tempDir("parley-fault-nodes-");
-	const namespace = `parley-fn-${crypto.randomBytes(4).toString("hex")}`;
-	let dropDb: () => Promise<void>;
+	let cluster: FaultCluster;
 	let shared: Record<string, string>;
 	const nodes: Record<string, NodeProcess> = {};
 	const bases: Record<string, string> = {};
 	const sockets: Socket[] = [];
 
 	before(async () => {
-		const db = await createTestDatabase();
-		dropDb = db.drop;
-		shared = {
-			TRANSPORTER: TEST_AMQP_URL,
-			NAMESPACE: namespace,
-			JWT_SECRET: crypto.randomBytes(24).toString("hex"),
-			DATABASE_URL: db.url,
-			MONGO_URL: `${(process.env.TEST_MONGO_URL as string).replace(/\/[^/]*$/, "")}/${namespace.replace(/-/g, "_")}`,
-			BCRYPT_ROUNDS: "4",
-			RATE_LIMIT: "0",
-			RATE_LIMIT_AUTH: "0",
-		};
+		cluster = await faultCluster("parley-fn");
+		shared = cluster.env;
 		nodes.users = startNode({ ...shared, SERVICES: "users,notifications", DATA_DIR: tempDir() }, logDir, "users");
 		nodes.chat1 = startNode({ ...shared, SERVICES: "conversations,messages,files", DATA_DIR: tempDir() }, logDir, "chat1");
 		nodes.chat2 = startNode({ ...shared, SERVICES: "conversations,messages,files", DATA_DIR: tempDir() }, logDir, "chat2");
@@ -87,9 +65,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 
 	after(async () => {
 		for (const s of sockets) s.close();
-		for (const node of Object.values(nodes)) await node.stop("SIGTERM");
-		await dropDb?.();
-		await removeNamespaceTopology(TEST_AMQP_URL, namespace).catch(() => undefined);
+		await cluster?.teardown(Object.values(nodes));
 	});
 
 	async function chatPair(prefix: string) {
@@ -97,7 +73,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		const b = await registerUser(bases.api1, `${prefix}b`);
 		const sa = await connect(bases.api1, a.accessToken);
 		sockets.push(sa);
-		const conv = (await emit(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
+		const conv = (await emitWithin(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
 		return { a, b, sa, conv };
 	}
 
@@ -105,7 +81,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		const { b, sa, conv } = await chatPair("gl");
 		let sb = await connect(bases.api2, b.accessToken);
 		sockets.push(sb);
-		assert.ok((await emit(sb, "conversation:accept", { conversationId: conv.id })).ok);
+		assert.ok((await emitWithin(sb, "conversation:accept", { conversationId: conv.id })).ok);
 
 		// What the client holds, by seq: live events and catch-up pages land in the same place.
 		const held = new Map<number, string>();
@@ -124,7 +100,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		const sent: string[] = [];
 		const sender = (async () => {
 			for (let i = 0; i < N; i++) {
-				const ack = await emit(sa, "message:send", { conversationId: conv.id, content: `gl ${i}`, clientId: `gl-${i}` });
+				const ack = await emitWithin(sa, "message:send", { conversationId: conv.id, content: `gl ${i}`, clientId: `gl-${i}` });
 				assert.ok(ack.ok, JSON.stringify(ack.error));
 				sent.push(ack.data.id);
 				await new Promise(r => setTimeout(r, 50));
@@ -156,7 +132,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		const { b, sa, conv } = await chatPair("rr");
 		const sb = await connect(bases.api1, b.accessToken);
 		sockets.push(sb);
-		assert.ok((await emit(sb, "conversation:accept", { conversationId: conv.id })).ok);
+		assert.ok((await emitWithin(sb, "conversation:accept", { conversationId: conv.id })).ok);
 
 		const acked = new Map<string, string>();
 		let retries = 0;
@@ -165,7 +141,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 			for (let i = 0; !stop; i++) {
 				const clientId = `rr-${i}`;
 				for (;;) {
-					const ack = await emit(sa, "message:send", { conversationId: conv.id, content: `rr ${i}`, clientId });
+					const ack = await emitWithin(sa, "message:send", { conversationId: conv.id, content: `rr ${i}`, clientId });
 					if (ack.ok) {
 						acked.set(clientId, ack.data.id);
 						break;
