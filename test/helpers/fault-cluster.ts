@@ -7,7 +7,7 @@ import crypto from "node:crypto";
 import type { Socket } from "socket.io-client";
 import { removeNamespaceTopology } from "../../lib/durable-events";
 import type { NodeProcess } from "./processes";
-import { createTestDatabase, TEST_AMQP_URL } from "./system";
+import { createTestDatabase, mongoUrlForTest, TEST_AMQP_URL } from "./system";
 
 export type Ack = { ok: boolean; data?: any; error?: { code: string } };
 
@@ -31,7 +31,7 @@ export async function faultCluster(prefix: string): Promise<FaultCluster> {
 		RATE_LIMIT: "0",
 		RATE_LIMIT_AUTH: "0",
 	};
-	if (process.env.TEST_MONGO_URL) env.MONGO_URL = `${process.env.TEST_MONGO_URL.replace(/\/[^/]*$/, "")}/${namespace.replace(/-/g, "_")}`;
+	if (process.env.TEST_MONGO_URL) env.MONGO_URL = mongoUrlForTest(process.env.TEST_MONGO_URL);
 	return {
 		namespace,
 		env,

@@ -24,6 +24,13 @@ export function tempDir(prefix = "parley-test-"): string {
 	return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
+/** A MongoDB URL on the test server with a database of its own (for one file's nodes). */
+export function mongoUrlForTest(base: string): string {
+	const url = new URL(base);
+	url.pathname = `/parley_t_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
+	return url.toString();
+}
+
 /** A fresh PostgreSQL database on the test server; returns its URL and a drop function. */
 export async function createTestDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
 	const name = `parley_t_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;

@@ -9,11 +9,7 @@ import { call, connectSocket, countEvents, emitAck, sleep, type TestSocket, wait
 
 type User = Awaited<ReturnType<typeof registerUser>>;
 
-export function mongoUrlForTest(base: string): string {
-	const url = new URL(base);
-	url.pathname = `/parley_t_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
-	return url.toString();
-}
+export { mongoUrlForTest } from "../helpers/system";
 
 function assertFail(ack: { ok: boolean; error?: { code: string } }, code: string, label = "") {
 	assert.equal(ack.ok, false, `${label}: expected ${code}, got ok`);

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { connectSocket, emitAck, type TestSocket } from "../helpers/sockets";
-import { createTestDatabase, http, registerUser, skipWithoutPostgres, startBroker, tempDir, type RunningSystem } from "../helpers/system";
+import { clusterTestEnv, http, registerUser, skipWithoutPostgres, startBroker, type RunningSystem } from "../helpers/system";
 import { TEST_REDIS_URL, skipWithoutRedis } from "../helpers/users-cache";
 
 const RATE = 5; // per second, bursts up to 10
@@ -45,12 +45,8 @@ describe("rate limits across gateways", { skip: skipWithoutPostgres || skipWitho
 	const sockets: TestSocket[] = [];
 
 	before(async () => {
-		const db = await createTestDatabase();
-		dropDb = db.drop;
-		process.env.DATABASE_URL = db.url;
-		process.env.DATA_DIR = tempDir();
-		process.env.JWT_SECRET = "rate-limits-cluster-secret-0123456789";
-		process.env.BCRYPT_ROUNDS = "4";
+		// A fresh database both gateways' users services share (gateways() sets the limits).
+		dropDb = await clusterTestEnv("rate-limits-cluster-secret-0123456789");
 	});
 	after(async () => {
 		for (const s of sockets) s.close();
