@@ -59,9 +59,6 @@ export type EventWithPayload<P> = {
 export type ChatServerToClientEvents = Listeners<ChatServerPayloads>;
 export type NotificationServerToClientEvents = Listeners<NotificationServerPayloads>;
 
-/** Every event a service may push, with its payload (namespace decides which map applies). */
-export type ServerEventPayloads = ChatServerPayloads & NotificationServerPayloads;
-export type ServerEventName = keyof ServerEventPayloads;
 
 export interface ServerEventDoc {
 	summary: string;
