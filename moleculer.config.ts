@@ -7,6 +7,7 @@ import type { BrokerOptions, Errors, Middleware } from "moleculer";
 import { config, isProduction } from "./lib/config";
 import { createChannelsMiddleware } from "./lib/durable-events";
 import { metricsOptions, tracingOptions } from "./lib/metrics";
+import { startHealthServer } from "./lib/readiness";
 import { redisOptions } from "./lib/redis-options";
 import { AuthorizeMiddleware } from "./middlewares/authorize.middleware";
 import { TraceLogMiddleware } from "./middlewares/trace-log.middleware";
@@ -95,6 +96,17 @@ const brokerConfig: BrokerOptions = {
 	tracing: tracingOptions(config.tracingExporter),
 	// Authorize first: it wraps innermost, so it runs after the params are validated and traced.
 	middlewares: [AuthorizeMiddleware(), TraceLogMiddleware(), createChannelsMiddleware() as Middleware],
+	// HEALTH_PORT: readiness for nodes without the gateway (their container healthchecks use it).
+	started(broker) {
+		const port = config.healthPort;
+		if (port) healthServer = startHealthServer(broker, port);
+	},
+	stopped() {
+		healthServer?.close();
+		healthServer = null;
+	},
 };
+
+let healthServer: import("node:http").Server | null = null;
 
 export default brokerConfig;

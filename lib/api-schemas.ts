@@ -197,7 +197,7 @@ export const schemas: Record<string, Obj> = {
 	},
 	User: {
 		type: "object",
-		required: ["user_id", "id", "username", "avatar_url", "bio", "status", "role", "roles", "created_at", "updated_at"],
+		required: ["user_id", "id", "username", "avatar_url", "bio", "status", "last_seen_at", "role", "roles", "created_at", "updated_at"],
 		properties: {
 			user_id: { type: "integer", example: 42 },
 			id: { type: "integer", description: "Alias of `user_id`.", example: 42 },
@@ -205,7 +205,21 @@ export const schemas: Record<string, Obj> = {
 			email: { type: "string", format: "email", description: "Present only when the caller is this user or an admin.", example: "alice@example.com" },
 			avatar_url: { type: "string", nullable: true, description: "`/files/<fileId>`: an image of this server.", example: FILE_URL_EXAMPLE },
 			bio: { type: "string", nullable: true, maxLength: 500, example: "Coffee first." },
-			status: { type: "string", enum: ["online", "offline"], description: "`online` while the user has at least one `/chat` socket open on any gateway node, `offline` otherwise.", example: "offline" },
+			status: {
+				type: "string",
+				enum: ["online", "away", "offline"],
+				description:
+					"`online` while the user has a `/chat` socket open on any gateway node, `away` after 5 minutes without an event from any of them, `offline` otherwise. " +
+					"`offline` to a user it blocked or that blocked it.",
+				example: "offline",
+			},
+			last_seen_at: {
+				...TIMESTAMP,
+				nullable: true,
+				description:
+					"When the user's last `/chat` socket closed (while `away`: its last event); `null` while online, when never seen, when the user or the viewer hides it (`show_last_seen: false`), or across a block.",
+			},
+			show_last_seen: { type: "boolean", description: "Present only for the user itself (and admins): whether others see its `last_seen_at` (and it theirs).", example: true },
 			role: { ...ROLE_NAME, description: "The most privileged of `roles` (admin, then moderator, then user)." },
 			roles: { type: "array", items: ROLE_NAME, example: ["user"] },
 			created_at: TIMESTAMP,
@@ -325,6 +339,7 @@ export const schemas: Record<string, Obj> = {
 			"lastMessage",
 			"last_seq",
 			"unread_count",
+			"unread_mentions",
 			"muted",
 			"pinned",
 			"nicknames",
@@ -352,6 +367,7 @@ export const schemas: Record<string, Obj> = {
 			lastMessage: { allOf: [schema("LastMessage")], nullable: true, description: "Alias of `last_message`." },
 			last_seq: { type: "integer", minimum: 0, description: "The `seq` of the newest message (0: none yet).", example: 12 },
 			unread_count: { type: "integer", minimum: 0, description: "Messages after the caller's read position.", example: 2 },
+			unread_mentions: { type: "integer", minimum: 0, description: "How many of the unread messages mention the caller (`@username`, or `@all` in a group); reset with `unread_count`.", example: 0 },
 			muted: { type: "boolean", description: "The caller muted it (and the mute has not run out).", example: false },
 			pinned: { type: "boolean", description: "The caller pinned it.", example: false },
 			nicknames: {
@@ -397,6 +413,12 @@ export const schemas: Record<string, Obj> = {
 			"edited_at",
 			"deleted",
 			"system_data",
+			"reactions",
+			"reply_to",
+			"reply_count",
+			"mentions",
+			"pinned_at",
+			"pinned_by",
 			"created_at",
 			"createdAt",
 			"updated_at",
@@ -431,23 +453,79 @@ export const schemas: Record<string, Obj> = {
 			system_data: {
 				type: "object",
 				nullable: true,
-				description: "For `system` messages (group changes): what happened; `null` otherwise.",
+				description: "For `system` messages (group changes, pins): what happened; `null` otherwise.",
 				required: ["event", "userId", "actorId"],
 				properties: {
 					event: {
 						type: "string",
 						description:
-							"`group_created`, `member_added`, `member_removed`, `member_left`, `admin_changed`, `moderator_promoted`, `moderator_demoted`, `renamed` or `avatar_changed`.",
+							"`group_created`, `member_added`, `member_removed`, `member_left`, `admin_changed`, `moderator_promoted`, `moderator_demoted`, `renamed`, `avatar_changed` or `message_pinned`.",
 						example: "member_added",
 					},
 					userId: { type: "integer", nullable: true, description: "The member it is about, if any.", example: 13 },
 					actorId: { type: "integer", description: "Who did it.", example: 42 },
+					messageId: { ...MESSAGE_ID, description: "`message_pinned`: the message that was pinned." },
 				},
 				example: null,
 			},
+			reactions: {
+				type: "array",
+				maxItems: 20,
+				items: schema("Reaction"),
+				description: "One entry per emoji (at most 20 distinct), in the order they were first used.",
+				example: [{ emoji: "👍", count: 2, user_ids: [7, 42], me: true }],
+			},
+			reply_to: {
+				type: "object",
+				nullable: true,
+				description: "The message this one answers (same conversation), or `null`.",
+				required: ["id", "seq", "sender_id", "excerpt"],
+				properties: {
+					id: MESSAGE_ID,
+					seq: { type: "integer", minimum: 1 },
+					sender_id: { type: "integer" },
+					excerpt: { type: "string", nullable: true, maxLength: 100, description: "The first 100 characters of the original; `null` once it is deleted." },
+				},
+				example: null,
+			},
+			reply_count: { type: "integer", minimum: 0, description: "How many messages answer this one (its thread: `message:list { replyTo }`).", example: 0 },
+			mentions: { type: "array", items: { type: "integer" }, description: "Members named by `@username` (every member for `@all` in a group, by its admin or a moderator).", example: [] },
+			pinned_at: { ...TIMESTAMP, nullable: true, description: "When it was pinned; `null` if it is not." },
+			pinned_by: { type: "integer", nullable: true, description: "Who pinned it; `null` if it is not pinned.", example: null },
 			created_at: TIMESTAMP,
 			createdAt: { ...TIMESTAMP, description: "Alias of `created_at`." },
 			updated_at: TIMESTAMP,
+		},
+	},
+	Reaction: {
+		type: "object",
+		description: "The reactions of one emoji on a message, as the caller sees them.",
+		required: ["emoji", "count", "user_ids", "me"],
+		properties: {
+			emoji: { type: "string", minLength: 1, maxLength: 32, description: "A Unicode emoji or a `:shortcode:`, 1–32 characters without whitespace.", example: "👍" },
+			count: { type: "integer", minimum: 1, description: "How many users reacted with it.", example: 2 },
+			user_ids: { type: "array", maxItems: 20, items: { type: "integer" }, description: "The first 20 who reacted.", example: [7, 42] },
+			me: { type: "boolean", description: "The caller reacted with it.", example: true },
+		},
+	},
+	ReactionSummary: {
+		type: "object",
+		description: "`Reaction` without `me` (in `message:reactions`, the same for every participant).",
+		required: ["emoji", "count", "user_ids"],
+		properties: {
+			emoji: { type: "string", minLength: 1, maxLength: 32, example: "👍" },
+			count: { type: "integer", minimum: 1, example: 2 },
+			user_ids: { type: "array", maxItems: 20, items: { type: "integer" }, example: [7, 42] },
+		},
+	},
+	Presence: {
+		type: "object",
+		description: "A user's presence as the receiver may see it.",
+		required: ["userId", "status", "last_seen_at"],
+		properties: {
+			userId: { type: "integer", example: 7 },
+			status: { type: "string", enum: ["online", "away", "offline"], example: "online" },
+			last_seen_at: { ...TIMESTAMP, nullable: true, description: "`null` while online, when never seen, when hidden (`show_last_seen`), or across a block." },
 		},
 	},
 	MessageSender: {
@@ -548,9 +626,10 @@ export const schemas: Record<string, Obj> = {
 			user_id: { type: "integer", description: "The owner: the caller.", example: 42 },
 			type: {
 				type: "string",
-				enum: ["message", "message_request", "group_invite", "system"],
+				enum: ["message", "message_request", "mention", "group_invite", "system"],
 				description:
 					"`message`: a new message in one of the caller's chats; `message_request`: someone started a private chat with the caller; " +
+					"`mention`: a message that names the caller (`@username` or `@all`), even in a muted conversation, instead of its `message` notification; " +
 					"`group_invite`: the caller was added to a group; `system`: an admin's broadcast.",
 				example: "message",
 			},

@@ -3,6 +3,7 @@
  * store, what clients see of them (the API documented at /docs), and the parameter rules of their actions.
  */
 import type { NotificationTargets } from "./contracts";
+import type { ViewerReaction } from "./reactions";
 import type { Doc } from "../mixins/docs.mixin";
 
 export const MAX_CONTENT = 10_000;
@@ -58,6 +59,8 @@ export interface MembershipDoc extends Doc {
 	mute_until: Date | null;
 	pinned: boolean;
 	hidden: boolean;
+	/** The seqs of messages that mention this member, not yet read (trimmed when it reads past them). */
+	mention_seqs?: number[];
 }
 
 export interface MessageDoc extends Doc {
@@ -74,11 +77,39 @@ export interface MessageDoc extends Doc {
 	delivered_to: number[];
 	edited_at: Date | null;
 	deleted: boolean;
-	system_data: { event: string; userId: number | null; actorId: number } | null;
+	/** `messageId`: the message a `message_pinned` system message is about. */
+	system_data: { event: string; userId: number | null; actorId: number; messageId?: string } | null;
 	/** Present while message.created is not yet on the event bus (the outbox). */
 	outbox?: true;
+	/** The message this one answers (same conversation); absent on others. */
+	reply_to?: ReplyTo;
+	/** How many messages not deleted answer this one: recounted, never incremented (see messages.send). */
+	reply_count?: number;
+	/** The members its content names (lib/mentions.ts); absent when none. */
+	mentions?: number[];
+	/** While pinned: the conversation's id (a sparse key: the pins of a conversation are found by it), when and by whom. */
+	pinned_in?: string;
+	pinned_at?: Date | null;
+	pinned_by?: number | null;
 	created_at: Date;
 	updated_at: Date;
+}
+
+export interface ReplyTo {
+	id: string;
+	seq: number;
+	sender_id: number;
+	/** The first 100 characters of the original; null once it is deleted. */
+	excerpt: string | null;
+}
+
+/** How much of the original a reply quotes, in characters (code points). */
+export const REPLY_EXCERPT_CHARS = 100;
+
+/** The quote a reply keeps of the message it answers. */
+export function excerptOf(content: string): string {
+	const chars = [...content];
+	return chars.length <= REPLY_EXCERPT_CHARS ? content : chars.slice(0, REPLY_EXCERPT_CHARS).join("");
 }
 
 export const membershipKey = (conversationId: string, userId: number) => `${conversationId}:${userId}`;
@@ -93,6 +124,13 @@ const iso = (d: Date | string | null | undefined) => (d ? new Date(d).toISOStrin
 export function unreadCount(conv: ConversationDoc, m: MembershipDoc | null): number {
 	if (!m) return 0;
 	return Math.max(0, conv.last_seq - Math.max(m.last_read_seq, m.cleared_seq, conv.sent_seq?.[String(m.user_id)] ?? 0));
+}
+
+/** How many of a member's unread messages mention it: counted from positions, like unreadCount. */
+export function unreadMentions(conv: ConversationDoc, m: MembershipDoc | null): number {
+	if (!m?.mention_seqs?.length) return 0;
+	const read = Math.max(m.last_read_seq, m.cleared_seq, conv.sent_seq?.[String(m.user_id)] ?? 0);
+	return m.mention_seqs.filter(seq => seq > read).length;
 }
 
 /**
@@ -134,21 +172,28 @@ export function sendingSkips(meta: ConversationMeta, senderId: number): { blocke
 
 /**
  * Who a new message notifies: every participant but the sender, those who muted the conversation
- * and those who blocked the sender; in a pending chat, as a message request. The one rule, for a
- * send (from what authorizeSend said) and for the outbox sweep (conversations.notificationTargets).
+ * and those who blocked the sender; in a pending chat, as a message request. A mentioned member
+ * gets a `mention` instead, even when it muted the conversation (never when it blocked the
+ * sender). The one rule, for a send (from what authorizeSend said) and for the outbox sweep
+ * (conversations.notificationTargets).
  */
 export function notificationTargetsOf(
 	conv: Pick<ConversationMeta["conv"], "type" | "name" | "status" | "participants">,
 	senderId: number,
 	skips: { blockedBy: number[]; muted: number[] },
+	mentions: readonly number[] = [],
 ): NonNullable<NotificationTargets> {
-	const shut = new Set([...skips.muted, ...skips.blockedBy]);
+	const blocked = new Set(skips.blockedBy);
+	const muted = new Set(skips.muted);
+	const mentioned = new Set(mentions);
 	const type = conv.status === "pending" ? "message_request" : "message";
-	return {
-		conversationType: conv.type,
-		conversationName: conv.name,
-		recipients: conv.participants.filter(id => id !== senderId && !shut.has(id)).map(userId => ({ userId, type })),
-	};
+	const recipients: NonNullable<NotificationTargets>["recipients"] = [];
+	for (const userId of conv.participants) {
+		if (userId === senderId || blocked.has(userId)) continue;
+		if (mentioned.has(userId) && type === "message") recipients.push({ userId, type: "mention" });
+		else if (!muted.has(userId)) recipients.push({ userId, type });
+	}
+	return { conversationType: conv.type, conversationName: conv.name, recipients };
 }
 
 /** The contract's `conversation`, as one member sees it. */
@@ -172,6 +217,7 @@ export function presentConversation(conv: ConversationDoc, m: MembershipDoc | nu
 		lastMessage: last,
 		last_seq: conv.last_seq,
 		unread_count: unreadCount(conv, m),
+		unread_mentions: unreadMentions(conv, m),
 		muted: isMuted(m),
 		pinned: !!m?.pinned,
 		nicknames: conv.nicknames ?? {},
@@ -187,8 +233,13 @@ export interface SenderProfile {
 	avatar_url: string | null;
 }
 
-/** The contract's `message`. */
-export function presentMessage(msg: MessageDoc, sender: SenderProfile | null) {
+/**
+ * The contract's `message`. `reactions`: its summary as the viewer sees it (messages.present reads
+ * them; a message just sent has none). Messages stored before replies, mentions and pins show the
+ * defaults of those fields.
+ */
+export function presentMessage(msg: MessageDoc, sender: SenderProfile | null, reactions: ViewerReaction[] = []) {
+	const replyTo = msg.reply_to?.id ? { id: msg.reply_to.id, seq: msg.reply_to.seq, sender_id: msg.reply_to.sender_id, excerpt: msg.reply_to.excerpt ?? null } : null;
 	return {
 		id: msg._id,
 		_id: msg._id,
@@ -206,6 +257,13 @@ export function presentMessage(msg: MessageDoc, sender: SenderProfile | null) {
 		edited_at: iso(msg.edited_at),
 		deleted: msg.deleted,
 		system_data: msg.system_data,
+		// A deleted message keeps no reactions, mentions or pin (its content is gone).
+		reactions: msg.deleted ? [] : reactions,
+		reply_to: replyTo,
+		reply_count: msg.reply_count ?? 0,
+		mentions: msg.deleted ? [] : (msg.mentions ?? []),
+		pinned_at: msg.deleted ? null : iso(msg.pinned_at),
+		pinned_by: msg.deleted ? null : (msg.pinned_by ?? null),
 		created_at: iso(msg.created_at),
 		createdAt: iso(msg.created_at),
 		updated_at: iso(msg.updated_at),

@@ -50,6 +50,11 @@ export const config = {
 		const port = intEnv("METRICS_PORT", 0);
 		return port > 0 ? port : null;
 	},
+	/** A port for /health/live and /health/ready on any node (lib/readiness.ts); unset or 0: none. */
+	get healthPort() {
+		const port = intEnv("HEALTH_PORT", 0);
+		return port > 0 ? port : null;
+	},
 	/** Moleculer's tracing exporter (e.g. "Console"); unset: tracing off. */
 	get tracingExporter() {
 		return process.env.TRACING_EXPORTER?.trim() || null;
@@ -102,6 +107,10 @@ export const config = {
 	},
 	get refreshTokenTtlSeconds() {
 		return intEnv("REFRESH_TOKEN_TTL", 30 * 24 * 3600, 1);
+	},
+	/** Seconds without an event from any of a user's sockets before it shows `away` (default 5 minutes). */
+	get presenceAwaySeconds() {
+		return intEnv("PRESENCE_AWAY_SECONDS", 300, 1);
 	},
 	get bcryptRounds() {
 		return intEnv("BCRYPT_ROUNDS", 10, 4);

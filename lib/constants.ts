@@ -14,8 +14,8 @@ export const EVENTS = {
 	userUpdated: "users.user.updated",
 	/** A login, or every login of an account, ended (SessionRevocation); every gateway node ends its sockets. */
 	sessionsRevoked: "users.sessions.revoked",
-	/** A gateway node's users with at least one /chat socket on it: sent on change and every PRESENCE_INTERVAL_MS. */
-	presenceSnapshot: "presence.snapshot",
+	/** A gateway's changes of local presence and subscriptions, to every users node (lib/presence.ts PresenceDelta). */
+	presenceDelta: "presence.delta",
+	/** Presence changes for the sockets of one gateway node, from the users node that fans out (lib/presence.ts PresencePush). */
+	presencePush: "presence.push",
 } as const;
-
-export const PRESENCE_INTERVAL_MS = 20_000;

@@ -13,7 +13,8 @@ import type { SessionRevocation } from "./session-revocations";
 
 // ---- durable channels (lib/durable-events.ts) ----
 
-export type NotificationKind = "message" | "message_request";
+/** `mention`: the message names the recipient; it replaces `message` and reaches a muted conversation too. */
+export type NotificationKind = "message" | "message_request" | "mention";
 
 export interface MessageCreatedEvent {
 	eventId: string;
@@ -63,7 +64,6 @@ export interface BroadcastPayloads {
 	[EVENTS.userUpdated]: { userId: number };
 	[EVENTS.userDeleted]: { userId: number };
 	[EVENTS.sessionsRevoked]: SessionRevocation;
-	[EVENTS.presenceSnapshot]: { nodeID: string; userIds: number[] };
 }
 
 // ---- internal actions: one service calling another ----
@@ -100,9 +100,15 @@ export interface ActionContracts {
 	"conversations.participantsOf": { params: { conversationId: string }; result: number[] };
 	"conversations.audience": { params: { conversationId: string; userId: number; either: boolean }; result: number[] };
 	"conversations.blockRelations": { params: { userId: number; others: number[] }; result: number[] };
-	"conversations.notificationTargets": { params: { conversationId: string; senderId: number }; result: NotificationTargets };
+	"conversations.notificationTargets": { params: { conversationId: string; senderId: number; mentions?: number[] }; result: NotificationTargets };
+	/** A message's mentions changed (edited, deleted): the members' unread mentions follow. */
+	"conversations.setMentions": { params: { conversationId: string; seq: number; senderId: number; mentions: number[] }; result: boolean };
+	/** The users `userId` has an accepted private chat with (they get its presence without subscribing). */
+	"conversations.privatePartners": { params: { userId: number }; result: number[] };
 	/** A gateway node's users with a /chat socket on it (lib/socket-directory.ts). */
 	"api.socketUsers": { params: Record<string, never>; result: number[] };
+	/** Ends a socket on that gateway node because the user opened too many (lib/socket-quota.ts); false: already gone. */
+	"api.endSocket": { params: { namespace: string; socketId: string }; result: boolean };
 }
 
 export type ActionName = keyof ActionContracts;

@@ -4,6 +4,8 @@
  * the rate and briefly exceed it; behind N gateway nodes a client gets up to N times the rate.
  * createLimiter: the same limit shared by every gateway through Redis when REDIS_URL is set.
  */
+import { acquireSharedRedis, releaseSharedRedis } from "./redis-options";
+
 export interface TakeResult {
 	ok: boolean;
 	/** Seconds until one token is available again (when !ok). */
@@ -84,8 +86,6 @@ interface FlexibleLimiter {
 	consume(key: string, points?: number): Promise<RateLimiterRes>;
 }
 
-let sharedRedis: { client: import("ioredis").Redis; users: number } | null = null;
-
 /**
  * A limit of `ratePerSecond` (bursts up to twice that) for `name`. With a Redis URL every
  * gateway counts in Redis, so N gateways together allow the rate once, not N times
@@ -96,19 +96,12 @@ export function createLimiter(name: string, ratePerSecond: number, redisUrl: str
 	if (ratePerSecond <= 0 || !redisUrl) return new RateLimiter(ratePerSecond);
 	// Loaded only when limits are shared: embedded mode needs neither package.
 	const { RateLimiterRedis, RateLimiterMemory } = require("rate-limiter-flexible") as typeof import("rate-limiter-flexible");
-	const Redis = (require("ioredis") as { default: typeof import("ioredis").default }).default;
-	const { redisOptions } = require("./redis-options") as typeof import("./redis-options");
-	if (!sharedRedis) {
-		const client = new Redis({ ...redisOptions(redisUrl), enableOfflineQueue: false });
-		// While Redis is away the insurance limiter counts on this node; nothing else to do.
-		client.on("error", () => undefined);
-		sharedRedis = { client, users: 0 };
-	}
-	sharedRedis.users++;
+	// While Redis is away the insurance limiter counts on this node.
+	const storeClient = acquireSharedRedis(redisUrl);
 	const points = Math.max(1, ratePerSecond * 2);
 	const duration = 2;
 	const limiter: FlexibleLimiter = new RateLimiterRedis({
-		storeClient: sharedRedis.client,
+		storeClient,
 		keyPrefix: `parley:${namespace || "default"}:rl:${name}`,
 		points,
 		duration,
@@ -125,11 +118,6 @@ export function createLimiter(name: string, ratePerSecond: number, redisUrl: str
 				return { ok: false, retryAfter: Math.max(1, Math.ceil((res as RateLimiterRes).msBeforeNext / 1000)) };
 			}
 		},
-		stop() {
-			if (sharedRedis && --sharedRedis.users <= 0) {
-				sharedRedis.client.disconnect();
-				sharedRedis = null;
-			}
-		},
+		stop: releaseSharedRedis,
 	};
 }

@@ -80,3 +80,37 @@ export async function checkReadiness(broker: ServiceBroker, timeoutMs = 2_000): 
 	const failing = Object.keys(sorted).filter(name => sorted[name] !== "ok");
 	return { ready: failing.length === 0, checks: sorted, failing };
 }
+
+/** The body of GET /health/ready, on the gateway and on HEALTH_PORT alike. */
+export async function readinessReport(broker: ServiceBroker) {
+	const readiness = await checkReadiness(broker);
+	return { ready: readiness.ready, body: { status: readiness.ready ? "ready" : "unavailable", node: broker.nodeID, failing: readiness.failing, checks: readiness.checks } };
+}
+
+/**
+ * HEALTH_PORT: /health/live and /health/ready of any node on a port of its own, for nodes that
+ * serve no HTTP (users, chat, notifications), so a container's healthcheck or an orchestrator's
+ * probe can ask them too. Binds 0.0.0.0 like the gateway; it tells nothing secret.
+ */
+export function startHealthServer(broker: ServiceBroker, port: number): import("node:http").Server {
+	const http = require("node:http") as typeof import("node:http");
+	const server = http.createServer((req, res) => {
+		const send = (status: number, body: unknown) => {
+			res.writeHead(status, { "Content-Type": "application/json", "Cache-Control": "no-store" });
+			res.end(JSON.stringify(body));
+		};
+		const path = (req.url ?? "/").split("?")[0];
+		if (req.method !== "GET" && req.method !== "HEAD") return send(405, { code: "METHOD_NOT_ALLOWED", message: "GET only" });
+		if (path === "/health/live") return send(200, { status: "ok", node: broker.nodeID });
+		if (path === "/health/ready") {
+			return void readinessReport(broker).then(
+				({ ready, body }) => send(ready ? 200 : 503, body),
+				err => send(503, { status: "unavailable", node: broker.nodeID, failing: ["readiness"], checks: { readiness: (err as Error).message } }),
+			);
+		}
+		send(404, { code: "NOT_FOUND", message: "GET /health/live or /health/ready" });
+	});
+	server.listen(port);
+	server.unref();
+	return server;
+}

@@ -11,6 +11,10 @@ import type { PresentedConversation, PresentedMessage } from "./chat";
 
 type ConversationEvent = { conversationId: string; conversation?: PresentedConversation };
 type MemberEvent = { conversationId: string; userId: number };
+/** One emoji's reactions on a message, as every participant sees it (`me` is each client's own to derive). */
+export type ReactionSummary = { emoji: string; count: number; user_ids: number[] };
+export type PresenceStatus = "online" | "away" | "offline";
+export type PresenceEntry = { userId: number; status: PresenceStatus; last_seen_at: string | null };
 
 /** Socket.IO's typed map: event → listener. */
 type Listeners<T> = { [E in keyof T]: (payload: T[E]) => void };
@@ -37,6 +41,10 @@ export interface ChatServerPayloads {
 	"user:blocked": { targetUserId: number };
 	"user:unblocked": { targetUserId: number };
 	"session:ended": { reason: string };
+	"message:reactions": { conversationId: string; messageId: string; reactions: ReactionSummary[] };
+	"message:pinned": { conversationId: string; messageId: string; userId: number };
+	"message:unpinned": { conversationId: string; messageId: string; userId: number };
+	"presence:changed": PresenceEntry;
 }
 
 /** `/notifications`, server → client: payload by event. */
@@ -81,6 +89,14 @@ const sessionEnded: ServerEventDoc = {
 	summary: "The socket's login ended (logout, password or role change, deleted account, expiry, too many sockets); the server disconnects it next.",
 	payload: { type: "object", required: ["reason"], properties: { reason: { type: "string", example: "logout" } } },
 };
+const pinEvent = (summary: string): ServerEventDoc => ({
+	summary,
+	payload: {
+		type: "object",
+		required: ["conversationId", "messageId", "userId"],
+		properties: { conversationId: { type: "string" }, messageId: { type: "string" }, userId: { type: "integer", description: "Who pinned or unpinned it." } },
+	},
+});
 const targetUser = { type: "object", required: ["targetUserId"], properties: { targetUserId: { type: "integer" } } };
 
 export const CHAT_SERVER_EVENTS: Record<keyof ChatServerPayloads, ServerEventDoc> = {
@@ -141,6 +157,26 @@ export const CHAT_SERVER_EVENTS: Record<keyof ChatServerPayloads, ServerEventDoc
 	"user:blocked": { summary: "The user blocked someone (to all of the user's devices).", payload: targetUser },
 	"user:unblocked": { summary: "The user unblocked someone (to all of the user's devices).", payload: targetUser },
 	"session:ended": sessionEnded,
+	"message:reactions": {
+		summary: "A message's reactions changed, to the participants: the whole summary (without `me`: each client derives it from `user_ids`).",
+		payload: {
+			type: "object",
+			required: ["conversationId", "messageId", "reactions"],
+			properties: {
+				conversationId: { type: "string" },
+				messageId: { type: "string" },
+				reactions: { type: "array", items: schema("ReactionSummary") },
+			},
+		},
+	},
+	"message:pinned": pinEvent("A message was pinned in the conversation, to the participants (a `message_pinned` system message follows)."),
+	"message:unpinned": pinEvent("A message was unpinned, to the participants."),
+	"presence:changed": {
+		summary:
+			"A user's presence changed: to every socket that subscribed to it (`presence:subscribe`) and to the user's private-chat partners, within 2 s, from any gateway node. " +
+			"A user who blocked or is blocked by the receiver shows `offline` with no `last_seen_at`; `last_seen_at` is `null` when either side hides it.",
+		payload: schema("Presence"),
+	},
 };
 
 export const NOTIFICATION_SERVER_EVENTS: Record<keyof NotificationServerPayloads, ServerEventDoc> = {

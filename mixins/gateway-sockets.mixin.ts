@@ -2,8 +2,8 @@
  * The gateway's Socket.IO side (moleculer-io on the gateway's HTTP server): the namespaces /chat
  * and /notifications, each of their events a call of the action it names; socket
  * authentication and sessions (SocketSessionsMixin); live pushes from any service to this node's
- * sockets; the socket directory's announcements (lib/socket-directory.ts). Presence (the open
- * /chat sockets per user) is GatewayPresenceMixin's.
+ * sockets; the socket directory's announcements (lib/socket-directory.ts). Presence (each user's
+ * /chat sockets and activity here, and the sockets' presence subscriptions) is GatewayPresenceMixin's.
  *
  * Nothing else is reachable over Socket.IO: moleculer-io's default namespace "/" (whose `call`
  * event reaches any published action) is refused, and its own actions are for this node only.
@@ -79,8 +79,12 @@ function authRefresh(this: Socket, ...args: unknown[]): Promise<void> {
 /** A declared event: call its action with the socket's user, answer the ack as the declaration says. */
 function callDeclared(svc: GatewaySocketsThis, socket: Socket, spec: DeclaredSocketEvent, args: unknown[]): Promise<void> {
 	return handleSocketEvent(svc, socket, args, async (payload, user) => {
+		// A client's event is activity (presence: not away). auth:refresh is not: it is the client's timer, not its user.
+		svc.presenceTouch(user.id);
 		const traceId = crypto.randomUUID();
-		const data = (await svc.broker.call(spec.action, payload, { meta: { user, socketId: socket.id, traceId }, requestID: traceId })) as { room?: string } | null;
+		// The gateway's own actions (presence subscriptions) are about this socket: they run on this node.
+		const opts = spec.action.startsWith(`${svc.name}.`) ? { nodeID: svc.broker.nodeID } : {};
+		const data = (await svc.broker.call(spec.action, payload, { meta: { user, socketId: socket.id, traceId }, requestID: traceId, ...opts })) as { room?: string } | null;
 		if (spec.room && data?.room) {
 			if (spec.room === "join") await socket.join(data.room);
 			else await socket.leave(data.room);

@@ -6,7 +6,9 @@
  *   token presented again), the users service broadcasts a SessionRevocation to every gateway
  *   node; each one remembers it (so the token is refused on REST and at connect) and ends every
  *   socket of that user at once.
- * - A user holds at most MAX_SOCKETS_PER_USER sockets per namespace on a node; the oldest goes.
+ * - A user holds at most MAX_SOCKETS_PER_USER sockets per namespace; the oldest goes. Each node
+ *   caps its own; with REDIS_URL the cap holds across every gateway (lib/socket-quota.ts), and a
+ *   socket on another node is ended by that node (`api.endSocket`).
  *
  * Before a socket is ended it gets `session:ended { reason }`, so a client can tell "log in
  * again" from a network failure.
@@ -15,7 +17,10 @@ import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "mole
 import type { Socket } from "socket.io";
 import { EVENTS } from "../lib/constants";
 import { badRequest, forbidden, unauthorized, validationError } from "../lib/errors";
-import { type BroadcastPayloads, callAction } from "../lib/contracts";
+import { config } from "../lib/config";
+import { type ActionResult, type BroadcastPayloads, callAction } from "../lib/contracts";
+import { acquireSharedRedis, releaseSharedRedis } from "../lib/redis-options";
+import { type SocketRef, SocketQuota } from "../lib/socket-quota";
 import { RevocationList, type RevocationReason } from "../lib/session-revocations";
 import { type AccessSession, type AuthUser, extractBearer, verifyAccessSession } from "../lib/tokens";
 
@@ -40,7 +45,10 @@ export interface SocketSessionsThis extends Service {
 	revocationSyncTimer: NodeJS.Timeout | null;
 	/** namespace → user id → that user's sockets here, oldest first. */
 	socketsByUser: Map<string, Map<number, Set<Socket>>>;
+	/** The cap across gateways, with REDIS_URL; null: this node's cap alone. */
+	socketQuota: SocketQuota | null;
 	io: import("socket.io").Server;
+	applySharedSocketCap(nsp: string, userId: number, socket: Socket): void;
 	verifySession(token: string | null): AccessSession | null;
 	trackSocket(nsp: string, socket: Socket): void;
 	scheduleExpiry(socket: Socket): void;
@@ -55,6 +63,20 @@ export interface SocketSessionsThis extends Service {
 const dataOf = (socket: Socket) => socket.data as SessionSocketData;
 
 const mixin: Partial<ServiceSchema<ServiceSettingSchema, SocketSessionsThis>> = {
+	actions: {
+		/** Another gateway's shared socket cap ends one of this node's sockets (nodes only, never a client). */
+		endSocket: {
+			visibility: "public",
+			params: { namespace: { type: "enum", values: ["/chat", "/notifications"] }, socketId: { type: "string", max: 64 } },
+			handler(this: SocketSessionsThis, ctx: Context<{ namespace: string; socketId: string }>): ActionResult<"api.endSocket"> {
+				const socket = this.io?.of(ctx.params.namespace).sockets.get(ctx.params.socketId);
+				if (!socket) return false;
+				this.endSocket(socket, "too_many_sockets");
+				return true;
+			},
+		},
+	},
+
 	events: {
 		/** Sent by the users service to every gateway node when a login ends early. */
 		[EVENTS.sessionsRevoked](this: SocketSessionsThis, ctx: Context<BroadcastPayloads[typeof EVENTS.sessionsRevoked]>) {
@@ -93,6 +115,32 @@ const mixin: Partial<ServiceSchema<ServiceSettingSchema, SocketSessionsThis>> = 
 				own.delete(old);
 				this.endSocket(old, "too_many_sockets");
 			}
+			if (this.socketQuota && socket.connected) this.applySharedSocketCap(nsp, user.id, socket);
+		},
+
+		/** Counts the socket in Redis and ends the user's oldest sockets beyond the cap, on whatever gateway. */
+		applySharedSocketCap(this: SocketSessionsThis, nsp: string, userId: number, socket: Socket) {
+			const quota = this.socketQuota!;
+			const ref: SocketRef = { nodeID: this.broker.nodeID, socketId: socket.id };
+			const nodes = (this.broker.registry as unknown as { nodes: { get(id: string): { available: boolean } | undefined } }).nodes;
+			const isLive = (r: SocketRef) => (r.nodeID === this.broker.nodeID ? this.io.of(nsp).sockets.has(r.socketId) : nodes.get(r.nodeID)?.available === true);
+			const warn = (err: unknown) => this.logger.warn("Shared socket cap: Redis did not answer; this node's cap alone holds", (err as Error).message);
+			socket.once("disconnect", () => void quota.remove(nsp, userId, ref).catch(warn));
+			quota
+				.add(nsp, userId, ref, isLive)
+				.then(evicted => {
+					for (const victim of evicted) {
+						if (victim.nodeID === this.broker.nodeID) {
+							const local = this.io.of(nsp).sockets.get(victim.socketId);
+							if (local) this.endSocket(local, "too_many_sockets");
+						} else {
+							callAction(this.broker, "api.endSocket", { namespace: nsp, socketId: victim.socketId }, { nodeID: victim.nodeID }).catch(err =>
+								this.logger.warn(`Could not end socket ${victim.socketId} on ${victim.nodeID}`, (err as Error).message),
+							);
+						}
+					}
+				})
+				.catch(warn);
 		},
 
 		scheduleExpiry(this: SocketSessionsThis, socket: Socket) {
@@ -199,6 +247,7 @@ const mixin: Partial<ServiceSchema<ServiceSettingSchema, SocketSessionsThis>> = 
 		this.revocationsSynced = false;
 		this.revocationSyncTimer = null;
 		this.socketsByUser = new Map();
+		this.socketQuota = config.redisUrl ? new SocketQuota(acquireSharedRedis(config.redisUrl), `parley:${config.namespace || "default"}`, MAX_SOCKETS_PER_USER) : null;
 	},
 
 	started(this: SocketSessionsThis) {
@@ -209,6 +258,8 @@ const mixin: Partial<ServiceSchema<ServiceSettingSchema, SocketSessionsThis>> = 
 	stopped(this: SocketSessionsThis) {
 		if (this.revocationSyncTimer) clearTimeout(this.revocationSyncTimer);
 		this.revocationSyncTimer = null;
+		if (this.socketQuota) releaseSharedRedis();
+		this.socketQuota = null;
 	},
 };
 

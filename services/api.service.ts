@@ -20,7 +20,7 @@ import type { Context, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import ApiGateway from "moleculer-web";
 import { ok, schema } from "../lib/api-schemas";
 import { config } from "../lib/config";
-import { checkReadiness } from "../lib/readiness";
+import { readinessReport } from "../lib/readiness";
 import type { CallMeta } from "../lib/meta";
 import { GatewayAuthMixin, authRouteHooks, requireToken } from "../mixins/gateway-auth.mixin";
 import { GatewayDocsMixin, docsAliases, swaggerUiFiles } from "../mixins/gateway-docs.mixin";
@@ -213,9 +213,9 @@ const ApiService: ServiceSchema<ServiceSettingSchema> = {
 				},
 			},
 			async handler(ctx: Context<unknown, CallMeta>) {
-				const readiness = await checkReadiness(this.broker);
-				if (!readiness.ready) ctx.meta.$statusCode = 503;
-				return { status: readiness.ready ? "ready" : "unavailable", node: this.broker.nodeID, failing: readiness.failing, checks: readiness.checks };
+				const { ready, body } = await readinessReport(this.broker);
+				if (!ready) ctx.meta.$statusCode = 503;
+				return body;
 			},
 		},
 		// moleculer-web's own actions: for this node's code (and the REPL), never for another node.

@@ -49,6 +49,8 @@ const FORGET_TIMEOUT_MS = 2_000;
 const MAX_TYPING_CACHE = 20_000;
 /** A safety net only: every change forgets the entry at once. */
 const META_TTL_SECONDS = 600;
+/** The same for a user's private-chat partners (forgotten when a private chat is accepted or an account goes). */
+const PARTNERS_TTL_SECONDS = 600;
 
 /** The documents' words for the conversationId param (components.parameters.ConversationId). */
 const CONVERSATION_ID_TEXT = "The conversation's id. A conversation the caller is not a member of answers 404, like one that does not exist.";
@@ -64,6 +66,10 @@ interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	metaOf(conversationId: string): Promise<ConversationMeta | null>;
 	loadMeta(conversationId: string): Promise<ConversationMeta | null>;
 	forgetMeta(ctx: Ctx<unknown> | null, ids: string[] | "all"): Promise<void>;
+	partnersCache: ReadCache<number[]>;
+	loadPartners(userId: number): Promise<number[]>;
+	forgetPartners(ctx: Ctx<unknown> | null, userIds: number[]): Promise<void>;
+	mentionKeys(meta: ConversationMeta, senderId: number, mentions: number[]): string[];
 	audienceFromMeta(meta: ConversationMeta, userId: number, either: boolean): number[];
 	loadForMember(conversationId: string, userId: number): Promise<{ conv: ConversationDoc; membership: MembershipDoc }>;
 	membershipsOf(conversationId: string): Promise<MembershipDoc[]>;
@@ -82,7 +88,9 @@ interface ConvThis extends DocsMixinThis<Collections>, PushThis, PublisherThis {
 	forgetMembers(ctx: Ctx<unknown>, keys: string[]): Promise<void>;
 	pruneTypingCaches(): void;
 	writeConversation<T>(conversationId: string, write: () => Promise<T>): Promise<T>;
+	updateMemberships(conversationId: string, query: Record<string, unknown>, update: Record<string, unknown>): Promise<number>;
 	convWrites: SerialWork;
+	memberWrites: SerialWork;
 	requireGroupManager(conv: ConversationDoc, userId: number): void;
 	reload(conversationId: string): Promise<ConversationDoc>;
 	removeFromGroup(ctx: Ctx<unknown>, conv: ConversationDoc, userId: number, actorId: number): Promise<ConversationDoc | null>;
@@ -131,6 +139,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 						mute_until: { type: Date, default: null },
 						pinned: Boolean,
 						hidden: Boolean,
+						// The seqs of unread messages that mention the member (unread_mentions; trimmed as it reads).
+						mention_seqs: [Number],
 					},
 					indexes: [{ fields: { key: 1 }, unique: true }, { fields: { user_id: 1 } }, { fields: { conversation_id: 1 } }],
 				},
@@ -217,7 +227,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 					const existing = (await this.stores.conversations.findOne({ pair_key: pairKey })) as ConversationDoc | null;
 					if (existing) {
 						// A private chat between two users exists once: creating it again returns it.
-						await this.stores.memberships.updateMany({ key: membershipKey(existing._id, me.id) }, { $set: { hidden: false } });
+						await this.updateMemberships(existing._id, { key: membershipKey(existing._id, me.id) }, { $set: { hidden: false } });
 						await this.forgetMeta(ctx, [existing._id]);
 						return this.presentFor(existing, me.id);
 					}
@@ -494,6 +504,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				if ((await this.blockedBetween(me.id, conv.participants.filter(p => p !== me.id))).size > 0) throw forbidden("You cannot message this user");
 				const updated = (await this.writeConversation(conv._id, () => this.stores.conversations.updateById(conv._id, { $set: { status: "accepted", updated_at: new Date() } }))) as ConversationDoc;
 				await this.forgetMeta(ctx, [conv._id]);
+				// The two are now each other's private-chat partners (presence without subscribing).
+				await this.forgetPartners(ctx, conv.participants);
 				const live = await this.liveMembers(updated);
 				if (conv.initiator_id && live.includes(conv.initiator_id)) {
 					await this.push(ctx, [{ rooms: [userRoom(conv.initiator_id)], event: "request:accepted", payload: { conversationId: conv._id, acceptedBy: me.id } }]);
@@ -688,7 +700,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 					await this.deleteConversation(ctx, conv);
 				} else {
 					// A private chat is hidden for me only; a new message brings it back.
-					await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: { hidden: true } });
+					await this.updateMemberships(conv._id, { key: membershipKey(conv._id, me.id) }, { $set: { hidden: true } });
 					await this.forgetMeta(ctx, [conv._id]);
 					await this.push(ctx, [{ rooms: [userRoom(me.id)], event: "conversation:deleted", payload: { conversationId: conv._id } }]);
 				}
@@ -717,7 +729,11 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
 				const me = userOf(ctx);
 				const { conv } = memberOf<MemberDocs>(ctx);
-				const moved = await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id), last_read_seq: { $lt: conv.last_seq } }, { $set: { last_read_seq: conv.last_seq } });
+				const moved = await this.updateMemberships(
+					conv._id,
+					{ key: membershipKey(conv._id, me.id), last_read_seq: { $lt: conv.last_seq } },
+					{ $set: { last_read_seq: conv.last_seq }, ...readMentionsUpTo(conv.last_seq) },
+				);
 				const last = conv.last_message;
 				// Told only when the position moved: calling again and again sends nobody anything.
 				if (moved > 0 && last && last.sender_id !== me.id) {
@@ -881,9 +897,10 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string }>) {
 				const me = userOf(ctx);
 				const { conv } = memberOf<MemberDocs>(ctx);
-				await this.stores.memberships.updateMany(
+				await this.updateMemberships(
+					conv._id,
 					{ key: membershipKey(conv._id, me.id) },
-					{ $set: { cleared_seq: conv.last_seq, last_read_seq: conv.last_seq } },
+					{ $set: { cleared_seq: conv.last_seq, last_read_seq: conv.last_seq }, ...readMentionsUpTo(conv.last_seq) },
 				);
 				await this.forgetMeta(ctx, [conv._id]);
 				ctx.meta.$statusCode = 204;
@@ -1057,12 +1074,22 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			},
 		},
 
-		/** A message was stored: move the conversation's head, unhide it, advance the sender's read position. */
+		/**
+		 * A message was stored: move the conversation's head, unhide it, advance the sender's read
+		 * position; and with `mentions` (what the message's content names), note its seq on each
+		 * mentioned member's membership (unread_mentions). Without mentions nothing more is written.
+		 */
 		recordMessage: {
 			visibility: "public",
-			params: { conversationId: idRule, seq: { type: "number", integer: true, positive: true }, senderId: userIdRule, lastMessage: "object" },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; seq: number; senderId: number; lastMessage: Record<string, unknown> }>) {
-				const { conversationId, seq, senderId, lastMessage } = ctx.params;
+			params: {
+				conversationId: idRule,
+				seq: { type: "number", integer: true, positive: true },
+				senderId: userIdRule,
+				lastMessage: "object",
+				mentions: { type: "array", optional: true, max: MAX_GROUP_SIZE, items: userIdRule },
+			},
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; seq: number; senderId: number; lastMessage: Record<string, unknown>; mentions?: number[] }>) {
+				const { conversationId, seq, senderId, lastMessage, mentions } = ctx.params;
 				const now = new Date();
 				// One write: the head, and the sender's own position (sent_seq: what it sent it has read),
 				// a no-op when the head is already further along.
@@ -1072,15 +1099,50 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 						{ $set: { last_seq: seq, last_message: lastMessage, last_activity_at: now, updated_at: now, [`sent_seq.${senderId}`]: seq } },
 					),
 				);
+				// Cached: no store round trip for a conversation already seen.
+				const meta = this.metaOf(conversationId);
 				// A new message brings a conversation back for whoever hid it: a second write only then.
 				const unhide = async () => {
-					const meta = await this.metaOf(conversationId);
-					if (meta && !meta.members.some(m => m.hidden)) return;
-					const unhidden = await this.stores.memberships.updateMany({ conversation_id: conversationId, hidden: true }, { $set: { hidden: false } });
+					const known = await meta;
+					if (known && !known.members.some(m => m.hidden)) return;
+					const unhidden = await this.updateMemberships(conversationId, { conversation_id: conversationId, hidden: true }, { $set: { hidden: false } });
 					if (unhidden > 0) await this.forgetMeta(ctx, [conversationId]);
 				};
-				// Both awaited together: a failure of either is the caller's, never an unhandled rejection.
-				await Promise.all([head, unhide()]);
+				// The mentioned members, in one write.
+				const mention = async () => {
+					if (!mentions?.length) return;
+					const known = await meta;
+					const keys = known ? this.mentionKeys(known, senderId, mentions) : [];
+					// $addToSet: the same message recorded twice counts once.
+					if (keys.length > 0) await this.updateMemberships(conversationId, { key: { $in: keys } }, { $addToSet: { mention_seqs: seq } });
+				};
+				// All awaited together: a failure of any is the caller's, never an unhandled rejection.
+				await Promise.all([head, unhide(), mention()]);
+				return true;
+			},
+		},
+
+		/**
+		 * A message's mentions changed (an edit parsed them again; a deletion leaves none): the
+		 * members it no longer names lose it from their unread mentions, those it names now gain it
+		 * while it is unread for them. Under the same rules as recordMessage.
+		 */
+		setMentions: {
+			visibility: "public",
+			params: {
+				conversationId: idRule,
+				seq: { type: "number", integer: true, positive: true },
+				senderId: userIdRule,
+				mentions: { type: "array", max: MAX_GROUP_SIZE, items: userIdRule },
+			},
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; seq: number; senderId: number; mentions: number[] }>) {
+				const { conversationId, seq, senderId, mentions } = ctx.params;
+				const meta = await this.metaOf(conversationId);
+				if (!meta) return false;
+				const keys = this.mentionKeys(meta, senderId, mentions);
+				// A $pull of one value, which every store does (FerretDB too); only where the seq is.
+				await this.updateMemberships(conversationId, { conversation_id: conversationId, mention_seqs: seq, key: { $nin: keys } }, { $pull: { mention_seqs: seq } });
+				if (keys.length > 0) await this.updateMemberships(conversationId, { key: { $in: keys }, last_read_seq: { $lt: seq } }, { $addToSet: { mention_seqs: seq } });
 				return true;
 			},
 		},
@@ -1103,22 +1165,24 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			params: { conversationId: idRule, userId: userIdRule, seq: { type: "number", integer: true, min: 0 } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; userId: number; seq: number }>) {
 				const { conversationId, userId, seq } = ctx.params;
-				await this.stores.memberships.updateMany({ key: membershipKey(conversationId, userId), last_read_seq: { $lt: seq } }, { $set: { last_read_seq: seq } });
+				await this.updateMemberships(conversationId, { key: membershipKey(conversationId, userId), last_read_seq: { $lt: seq } }, { $set: { last_read_seq: seq }, ...readMentionsUpTo(seq) });
 				return true;
 			},
 		},
 
 		/**
 		 * Who gets a notification for a new message: not the sender, not who blocked it, not who
-		 * muted the conversation. For the outbox sweep; messages.send has it from authorizeSend.
+		 * muted the conversation unless the message mentions it. For the outbox sweep; messages.send
+		 * has it from authorizeSend.
 		 */
 		notificationTargets: {
 			visibility: "public",
-			params: { conversationId: idRule, senderId: userIdRule },
-			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number }>): Promise<ActionResult<"conversations.notificationTargets">> {
-				const { conversationId, senderId } = ctx.params;
+			params: { conversationId: idRule, senderId: userIdRule, mentions: { type: "array", optional: true, max: MAX_GROUP_SIZE, items: userIdRule } },
+			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number; mentions?: number[] }>): Promise<ActionResult<"conversations.notificationTargets">> {
+				const { conversationId, senderId, mentions } = ctx.params;
 				const meta = await this.metaOf(conversationId);
-				return meta ? notificationTargetsOf(meta.conv, senderId, sendingSkips(meta, senderId)) : null;
+				// Mentioned members get a `mention` instead (muted or not); one who is not a participant gets nothing.
+				return meta ? notificationTargetsOf(meta.conv, senderId, sendingSkips(meta, senderId), mentions) : null;
 			},
 		},
 
@@ -1187,6 +1251,31 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				return rows.map(r => ({ conversationId: r.conversation_id, clearedSeq: r.cleared_seq }));
 			},
 		},
+
+		/**
+		 * The users `userId` shares an accepted private chat with, who still have an account (for
+		 * presence: they see each other's without subscribing). Blocks are not applied here: the
+		 * caller decides what a block hides (blockRelations). Cached per user; accepting a private
+		 * chat and deleting an account, the only changes to it, forget it on every node.
+		 */
+		privatePartners: {
+			visibility: "public",
+			params: { userId: userIdRule },
+			async handler(this: ConvThis, ctx: Ctx<{ userId: number }>): Promise<ActionResult<"conversations.privatePartners">> {
+				const userId = ctx.params.userId;
+				return (await this.partnersCache.get(String(userId), () => this.loadPartners(userId))) ?? [];
+			},
+		},
+
+		/** Another conversations node changed these users' private-chat partners: this node's cached lists go. */
+		forgetPartners: {
+			visibility: "public",
+			params: { userIds: { type: "array", max: 10_000, items: userIdRule } },
+			async handler(this: ConvThis, ctx: Ctx<{ userIds: number[] }>) {
+				await this.partnersCache.forget(ctx.params.userIds.map(String));
+				return true;
+			},
+		},
 	},
 
 	events: {
@@ -1212,6 +1301,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			}
 			await this.stores.blocks.removeMany({ $or: [{ blocker_id: userId }, { blocked_id: userId }] });
 			await this.forgetMeta(ctx as Ctx<unknown>, "all");
+			// After the memberships went: its private-chat partners no longer have it among theirs (nor it any).
+			await this.forgetPartners(ctx as Ctx<unknown>, [userId, ...convs.filter(c => c.type === "private").flatMap(c => c.participants.filter(p => p !== userId))]);
 		},
 
 		/** A membership ended somewhere in the cluster: this node's typing cache forgets it too. */
@@ -1237,7 +1328,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		async setMySettings(this: ConvThis, ctx: Ctx<unknown>, set: Partial<MembershipDoc>) {
 			const me = userOf(ctx);
 			const { conv } = memberOf<MemberDocs>(ctx);
-			await this.stores.memberships.updateMany({ key: membershipKey(conv._id, me.id) }, { $set: set });
+			await this.updateMemberships(conv._id, { key: membershipKey(conv._id, me.id) }, { $set: set });
 			await this.forgetMeta(ctx, [conv._id]);
 			ctx.meta.$statusCode = 204;
 			return null;
@@ -1288,6 +1379,43 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			await forgetOnOtherNodes(this.broker, "conversations.forgetMeta", { ids }, FORGET_TIMEOUT_MS, ctx?.requestID);
 		},
 
+		/**
+		 * privatePartners from the store: the user's accepted private chats (the participants index),
+		 * where both sides still have their membership (a deleted account keeps its place in the
+		 * participants but loses the membership), found by the unique key in one query.
+		 */
+		async loadPartners(this: ConvThis, userId: number) {
+			const convs = (await this.stores.conversations.find({ participants: userId, type: "private", status: "accepted" })) as ConversationDoc[];
+			if (convs.length === 0) return [];
+			const keys = convs.flatMap(c => c.participants.map(p => membershipKey(c._id, p)));
+			const members = new Set(((await this.stores.memberships.find({ key: { $in: keys } })) as MembershipDoc[]).map(m => m.key));
+			const partners = new Set<number>();
+			for (const c of convs) {
+				if (!members.has(membershipKey(c._id, userId))) continue;
+				for (const p of c.participants) if (p !== userId && members.has(membershipKey(c._id, p))) partners.add(p);
+			}
+			return [...partners].sort((a, b) => a - b);
+		},
+
+		/**
+		 * The memberships a message of `senderId` mentioning `mentions` counts for: members only, never
+		 * the sender, nor a member who blocked the sender (it never gets the message live, nor its
+		 * mention). From the cached metadata: no store round trip.
+		 */
+		mentionKeys(this: ConvThis, meta: ConversationMeta, senderId: number, mentions: number[]) {
+			const members = new Set(meta.members.map(m => m.user_id));
+			const { blockedBy } = sendingSkips(meta, senderId);
+			return [...new Set(mentions)].filter(id => id !== senderId && members.has(id) && !blockedBy.includes(id)).map(id => membershipKey(meta.conv._id, id));
+		},
+
+		/** These users' private-chat partners changed: forgotten here and on every other conversations node. */
+		async forgetPartners(this: ConvThis, ctx: Ctx<unknown> | null, userIds: number[]) {
+			const ids = [...new Set(userIds)];
+			if (ids.length === 0) return;
+			await this.partnersCache.forget(ids.map(String));
+			await forgetOnOtherNodes(this.broker, "conversations.forgetPartners", { userIds: ids }, FORGET_TIMEOUT_MS, ctx?.requestID);
+		},
+
 		/** audienceOf, from the cached metadata. */
 		audienceFromMeta(this: ConvThis, meta: ConversationMeta, userId: number, either: boolean) {
 			const memberIds = new Set(meta.members.map(m => m.user_id));
@@ -1328,6 +1456,8 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 					mute_until: null,
 					pinned: false,
 					hidden: false,
+					// Always an array, so that reading can $pull from it in NeDB (which refuses a missing field).
+					mention_seqs: [],
 				});
 			} catch (err) {
 				if (!isDuplicateKeyError(err)) throw err;
@@ -1453,6 +1583,14 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 			return this.convWrites.run(conversationId, write);
 		},
 
+		/**
+		 * An update of a conversation's memberships; those of one conversation run one at a time in
+		 * this process, likewise: a mention noted while the member marks read would otherwise lose one of the two.
+		 */
+		updateMemberships(this: ConvThis, conversationId: string, query: Record<string, unknown>, update: Record<string, unknown>): Promise<number> {
+			return this.memberWrites.run(conversationId, () => this.stores.memberships.updateMany(query, update));
+		},
+
 		/** The typing cache keeps at most MAX_TYPING_CACHE entries: stale ones go first. */
 		pruneTypingCaches(this: ConvThis) {
 			if (this.typingState.size < MAX_TYPING_CACHE) return;
@@ -1553,12 +1691,28 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		},
 	},
 
+	async started(this: ConvThis) {
+		// Memberships stored before mentions get their (empty) list once: NeDB refuses to $pull from a missing field.
+		await this.stores.memberships.updateMany({ mention_seqs: { $exists: false } }, { $set: { mention_seqs: [] } });
+	},
+
 	created(this: ConvThis) {
 		this.typingState = new Map();
 		this.metaCache = new ReadCache(this.broker, "conversations.meta", META_TTL_SECONDS);
+		this.partnersCache = new ReadCache(this.broker, "conversations.partners", PARTNERS_TTL_SECONDS);
 		this.convWrites = new SerialWork();
+		this.memberWrites = new SerialWork();
 	},
 };
+
+/**
+ * The update that goes with moving a member's read position to `seq`: the mentions it has now
+ * read leave its mention_seqs, which so hold only unread ones (unread_mentions counts by position
+ * anyway: a store that ignores this $pull, as FerretDB 1.x does, shows the same counts).
+ */
+function readMentionsUpTo(seq: number) {
+	return { $pull: { mention_seqs: { $lte: seq } } };
+}
 
 function appNotFoundUsers(ids: number[]) {
 	const err = notFound("User");

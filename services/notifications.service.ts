@@ -10,7 +10,15 @@ import { encodeCursor, decodeCursor, idRule, limitRule } from "../lib/chat";
 import { EVENTS } from "../lib/constants";
 import { CHANNELS } from "../lib/durable-events";
 import { Batcher } from "../lib/batcher";
-import { type BroadcastPayloads, callAction, type GroupInviteEvent, type MessageCreatedEvent, type MessageDeletedEvent, type SystemBroadcastEvent as BroadcastEvent } from "../lib/contracts";
+import {
+	type BroadcastPayloads,
+	callAction,
+	type GroupInviteEvent,
+	type MessageCreatedEvent,
+	type MessageDeletedEvent,
+	type NotificationKind,
+	type SystemBroadcastEvent as BroadcastEvent,
+} from "../lib/contracts";
 import { forgetOnOtherNodes } from "../lib/read-cache";
 import { UnreadCounts } from "../lib/unread-counts";
 import { appError, notFound, validationError } from "../lib/errors";
@@ -31,7 +39,7 @@ const FORGET_TIMEOUT_MS = 2_000;
 
 interface NotificationDoc extends Doc {
 	user_id: number;
-	type: "message" | "message_request" | "group_invite" | "system";
+	type: NotificationKind | "group_invite" | "system";
 	title: string;
 	content: string;
 	is_read: boolean;
@@ -41,7 +49,7 @@ interface NotificationDoc extends Doc {
 	sender_avatar: string | null;
 	conversation_name: string | null;
 	message_type: string | null;
-	/** The message a `message` / `message_request` notification quotes: it goes when that message is deleted. */
+	/** The message a `message` / `message_request` / `mention` notification quotes: it goes when that message is deleted. */
 	message_id?: string | null;
 	event_key: string;
 	created_at: Date;
@@ -93,6 +101,40 @@ function presentNotification(n: NotificationDoc) {
 
 const isPositiveInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v > 0;
 
+/** What a recipient of message.created may be notified of. */
+const MESSAGE_KINDS: ReadonlySet<unknown> = new Set<NotificationKind>(["message", "message_request", "mention"]);
+
+/**
+ * A message's notification for one recipient, by kind. A `mention` names the sender (and the group),
+ * so that it reads apart from the conversation's plain messages.
+ */
+function messageNotification(event: MessageCreatedEvent, kind: NotificationKind): NewNotification {
+	const group = event.conversationType === "group";
+	const title =
+		kind === "message_request"
+			? `${event.senderName} wants to message you`
+			: kind === "mention"
+				? group
+					? `${event.senderName} mentioned you in ${event.conversationName ?? "a group"}`
+					: `${event.senderName} mentioned you`
+				: group
+					? (event.conversationName ?? "Group")
+					: event.senderName;
+	return {
+		type: kind,
+		title,
+		content: String(event.content ?? "").slice(0, 200),
+		related_id: event.conversationId,
+		sender_id: event.senderId,
+		sender_name: event.senderName,
+		sender_avatar: event.senderAvatar ?? null,
+		conversation_name: event.conversationName ?? null,
+		message_type: event.messageType ?? "text",
+		// message.created's eventId is the message's id.
+		message_id: event.eventId,
+	};
+}
+
 /** A malformed event is not retried into success: it fails at once and ends in the dead-letter queue. */
 function checkEvent(ok: boolean, channel: string) {
 	if (!ok) throw appError("BAD_REQUEST", `Malformed ${channel} event`);
@@ -139,33 +181,23 @@ const NotificationsService: ServiceSchema<ServiceSettingSchema, NotifThis> = {
 			group: "notifications",
 			async handler(this: NotifThis, event: MessageCreatedEvent, raw: unknown) {
 				checkEvent(
-					!!event && typeof event.eventId === "string" && typeof event.conversationId === "string" && isPositiveInt(event.senderId) && Array.isArray(event.recipients) && event.recipients.every(r => isPositiveInt(r?.userId)),
+					!!event &&
+						typeof event.eventId === "string" &&
+						typeof event.conversationId === "string" &&
+						isPositiveInt(event.senderId) &&
+						Array.isArray(event.recipients) &&
+						event.recipients.every(r => isPositiveInt(r?.userId) && MESSAGE_KINDS.has(r.type)),
 					CHANNELS.messageCreated,
 				);
 				try {
-					const list: Delivery[] = [];
+					// One notification per (message, user) (the unique event key): if a user were listed
+					// twice, its mention wins over the plain message it replaces.
+					const kinds = new Map<number, NotificationKind>();
 					for (const r of event.recipients) {
 						if (r.userId === event.senderId) continue;
-						const request = r.type === "message_request";
-						list.push({
-							userId: r.userId,
-							eventKey: `${event.eventId}:${r.userId}`,
-							n: {
-								type: request ? "message_request" : "message",
-								title: request ? `${event.senderName} wants to message you` : event.conversationType === "group" ? (event.conversationName ?? "Group") : event.senderName,
-								content: String(event.content ?? "").slice(0, 200),
-								related_id: event.conversationId,
-								sender_id: event.senderId,
-								sender_name: event.senderName,
-								sender_avatar: event.senderAvatar ?? null,
-								conversation_name: event.conversationName ?? null,
-								message_type: event.messageType ?? "text",
-								// message.created's eventId is the message's id.
-								message_id: event.eventId,
-							},
-						});
+						if (kinds.get(r.userId) !== "mention") kinds.set(r.userId, r.type);
 					}
-					await this.deliverMany(list);
+					await this.deliverMany([...kinds].map(([userId, kind]) => ({ userId, eventKey: `${event.eventId}:${userId}`, n: messageNotification(event, kind) })));
 				} catch (err) {
 					await this.retryLater(raw, err);
 				}

@@ -2,7 +2,11 @@
  * users: accounts, roles, tokens and ended sessions (PostgreSQL, or the embedded PGlite).
  * Owns the tables users, roles, user_role, tokens, session_revocations; nothing else reads them.
  *
- * Profiles (a row's public columns and its roles, never a secret, a counter or presence) are kept
+ * Presence (lib/presence.ts): every users node keeps the cluster's presence from the gateways'
+ * deltas; the oldest users node fans each change out to the gateways that have receivers for it,
+ * and writes last_seen_at when a user goes offline.
+ *
+ * Profiles (a row's public columns and its roles, never a secret, a counter or live presence) are kept
  * in the broker's cacher: GET /users/me and users.resolve read no SQL for a cached user. Every
  * change of a row or its roles ends with profilesChanged(), which cleans the entry on every users
  * node before the change is answered (see there); explicit permission checks still read SQL.
@@ -11,16 +15,28 @@ import crypto from "node:crypto";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { DataTypes, Op, QueryTypes, UniqueConstraintError, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
 import { config } from "../lib/config";
-import { EVENTS, PRESENCE_INTERVAL_MS, ROLES, primaryRole } from "../lib/constants";
+import { EVENTS, ROLES, primaryRole } from "../lib/constants";
 import { conflict, forbidden, invalidCredentials, notFound, rateLimited, unauthorized, validationError } from "../lib/errors";
 import type { CallMeta } from "../lib/meta";
 import { usersMigrations } from "../lib/migrations/users";
 import type { RevocationReason, SessionRevocation } from "../lib/session-revocations";
 import { type AuthUser, hashRefreshToken, newRefreshToken, signAccessToken } from "../lib/tokens";
 import { PasswordHasher } from "../lib/password-hasher";
-import { type ActionResult, type BroadcastPayloads, broadcastEvent, callAction } from "../lib/contracts";
+import { type ActionResult, broadcastEvent, callAction } from "../lib/contracts";
 import { FILE_ID_PATTERN, FILE_PATH_PATTERN, fileIdOfPath, filePath } from "../lib/file-ids";
 import { forgetOnOtherNodes } from "../lib/read-cache";
+import {
+	ClusterPresence,
+	FANOUT_BATCH_MS,
+	type GatewayPresenceState,
+	MAX_SUBSCRIPTIONS_PER_SOCKET,
+	OFFLINE_MEMORY_MS,
+	type PresenceDelta,
+	type PresenceFanout,
+	presenceFor,
+} from "../lib/presence";
+import { broadcastToNodes } from "../lib/socket-directory";
+import type { PresenceEntry, PresenceStatus } from "../lib/socket-events";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 import { userOf } from "../middlewares/authorize.middleware";
 import {
@@ -60,7 +76,7 @@ const EMAIL_LIKE = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
  */
 const PROFILE_TTL_SECONDS = 60;
 /** Cache key of a profile; the version changes whenever the cached shape does (Redis outlives a deploy). */
-const profileKey = (id: number) => `users.profile.v1.${id}`;
+const profileKey = (id: number) => `users.profile.v2.${id}`;
 /** How long a change waits for another users node to clean its cache before going on without it. */
 const FORGET_TIMEOUT_MS = 2000;
 
@@ -76,6 +92,10 @@ interface UserRow {
 	login_blocked_until: Date | null;
 	token_version: number;
 	origin: string;
+	/** When its last /chat socket closed (written at each offline transition). */
+	last_seen_at: Date | null;
+	/** false: its last seen is hidden from others, and theirs from it. */
+	show_last_seen: boolean;
 	created_at: Date;
 	updated_at: Date;
 }
@@ -91,6 +111,9 @@ interface Profile {
 	avatar_url: string | null;
 	bio: string | null;
 	roles: string[];
+	show_last_seen: boolean;
+	/** As of `at`: a users node's memory of a later offline transition wins (ClusterPresence). */
+	last_seen_at: string | null;
 	created_at: string | Date;
 	updated_at: string | Date;
 	/** When it was read from the database (ms since the epoch). */
@@ -104,7 +127,10 @@ export interface PublicUser {
 	email?: string;
 	avatar_url: string | null;
 	bio: string | null;
-	status: string;
+	status: PresenceStatus;
+	last_seen_at: string | null;
+	/** Only for the user itself and admins. */
+	show_last_seen?: boolean;
 	role: string;
 	roles: string[];
 	created_at: string;
@@ -136,6 +162,8 @@ function defineModels(sequelize: Sequelize) {
 			login_blocked_until: DataTypes.DATE,
 			token_version: { type: DataTypes.INTEGER, defaultValue: 0 },
 			origin: { type: DataTypes.STRING(16), defaultValue: "register" },
+			last_seen_at: DataTypes.DATE,
+			show_last_seen: { type: DataTypes.BOOLEAN, defaultValue: true },
 			created_at: { type: DataTypes.DATE, defaultValue: DataTypes.NOW },
 			updated_at: { type: DataTypes.DATE, defaultValue: DataTypes.NOW },
 		},
@@ -145,9 +173,25 @@ function defineModels(sequelize: Sequelize) {
 }
 type UserModels = ReturnType<typeof defineModels>;
 
+/** What a users node knows of a gateway's presence deltas: the last applied, or the ones waiting for its full state. */
+interface GatewaySync {
+	epoch: string | null;
+	seq: number;
+	/** Deltas that came while the full state was on its way (replayed on it); null: synced. */
+	waiting: PresenceDelta[] | null;
+}
+
 type UsersThis = SqlMixinThis<UserModels> & Service & UsersMethods & {
-	/** Per gateway node: who has a /chat socket there, and when the node last said so. */
-	presence: Map<string, { userIds: Set<number>; at: number }>;
+	/** The cluster's presence (lib/presence.ts), from the gateways' deltas. */
+	presence: ClusterPresence;
+	presenceSync: Map<string, GatewaySync>;
+	/** Users whose presence changed, waiting to be fanned out (by the leader). */
+	presenceQueue: Set<number>;
+	presenceTimer: NodeJS.Timeout | null;
+	presencePruneTimer: NodeJS.Timeout | null;
+	/** The users node that fans out (cached until the registry changes). */
+	presenceLeaderID: string | null;
+	presenceConnectedOnce: boolean;
 	lastRevocationPrune: number;
 	/** bcrypt in worker threads: a few at once, a few more in line, the rest answered 503 at once. */
 	passwords: PasswordHasher;
@@ -160,7 +204,16 @@ type UsersThis = SqlMixinThis<UserModels> & Service & UsersMethods & {
 type Ctx<P = Record<string, never>> = Context<P, CallMeta>;
 
 interface UsersMethods {
-	isOnline(userId: number): boolean;
+	presenceReceive(delta: PresenceDelta): void;
+	presenceSyncGateway(gateway: string): Promise<void>;
+	presenceSyncAll(): void;
+	presenceGatewayLeft(gateway: string): void;
+	presenceChanged(userIds: number[]): void;
+	presenceIsLeader(): boolean;
+	presenceFanout(userIds: number[]): Promise<void>;
+	presenceFanoutOne(userId: number, now: number, perGateway: Map<string, PresenceFanout[]>): Promise<void>;
+	presenceViews(ctx: Ctx<unknown> | undefined, targets: number[], viewerId: number | null, profiles: Map<number, Profile>): Promise<Map<number, PresenceEntry>>;
+	lastSeenOf(profile: Profile | undefined, at: number | null): string | null;
 	findUser(id: number, tx?: Transaction): Promise<UserRow | null>;
 	lockUser(id: number, tx: Transaction, mode: "share" | "update"): Promise<UserRow | null>;
 	findUserByLogin(field: "email" | "username", value: string): Promise<UserRow | null>;
@@ -200,13 +253,41 @@ const emailRule = { type: "email", normalize: true, max: 254 } as const;
 const passwordRule = { type: "string", min: 8, max: 72 } as const;
 const limitRule = (def: number) => ({ type: "number", integer: true, min: 1, max: 100, convert: true, optional: true, default: def }) as const;
 
+/** What a user may change of its profile (update and updateMe). */
+interface ProfileChange {
+	username?: string;
+	email?: string;
+	avatar_url?: string | null;
+	bio?: string | null;
+	show_last_seen?: boolean;
+	currentPassword?: string;
+}
+const PROFILE_CHANGE_PARAMS = {
+	username: { ...usernameRule, optional: true },
+	email: { ...emailRule, optional: true },
+	avatar_url: { type: "string", optional: true, nullable: true, max: 2048, trim: true },
+	bio: { type: "string", optional: true, nullable: true, max: 500 },
+	show_last_seen: { type: "boolean", optional: true },
+	currentPassword: { type: "string", optional: true, min: 1, max: 200 },
+} as const;
+const PROFILE_CHANGE_TEXT = {
+	username: "3–32 characters: letters, digits, `_`, `.` and `-`. Surrounding whitespace is trimmed.",
+	email: "Stored in lower case.",
+	avatar_url:
+		"`/files/<fileId>` of an image the caller uploaded (400 `VALIDATION_ERROR` otherwise, 403 for someone else's file); `null` (or an empty string) removes the avatar. A replaced avatar's file is deleted unless something else uses it.",
+	bio: "`null` removes it.",
+	show_last_seen: "`false`: others do not see this user's `last_seen_at`, and it does not see theirs.",
+	currentPassword:
+		"The caller's own current password: required to change `email` (400 `VALIDATION_ERROR` when missing, 400 `INVALID_CREDENTIALS` when wrong; counted like a failed login).",
+};
+
 /** LIKE pattern for a literal prefix: the user's %, _ and \ match themselves. */
 const likePrefix = (s: string) => s.toLowerCase().replace(/[\\%_]/g, c => "\\" + c) + "%";
 
 const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every(x => b.includes(x));
 
 /** The cached form of an account: dates as ISO strings (as Redis gives them back), frozen (shared by readers). */
-function profileOf(row: Omit<Profile, "roles" | "at">, roles: string[], at: number): Profile {
+function profileOf(row: Omit<Profile, "roles" | "at" | "last_seen_at"> & { last_seen_at: string | Date | null }, roles: string[], at: number): Profile {
 	return Object.freeze({
 		id: Number(row.id),
 		username: row.username,
@@ -214,6 +295,8 @@ function profileOf(row: Omit<Profile, "roles" | "at">, roles: string[], at: numb
 		avatar_url: row.avatar_url,
 		bio: row.bio,
 		roles: Object.freeze([...roles]) as string[],
+		show_last_seen: row.show_last_seen !== false,
+		last_seen_at: row.last_seen_at ? new Date(row.last_seen_at).toISOString() : null,
 		created_at: new Date(row.created_at).toISOString(),
 		updated_at: new Date(row.updated_at).toISOString(),
 		at,
@@ -624,31 +707,14 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				tag: "Users",
 				summary: "Update a user's profile (self or admin)",
 				description: "Both PUT and PATCH change only the fields given. Only the user itself or an admin may do it.",
-				params: {
-					id: "The user's id.",
-					username: "3–32 characters: letters, digits, `_`, `.` and `-`. Surrounding whitespace is trimmed.",
-					email: "Stored in lower case.",
-					avatar_url:
-						"`/files/<fileId>` of an image the caller uploaded (400 `VALIDATION_ERROR` otherwise, 403 for someone else's file); `null` (or an empty string) removes the avatar. A replaced avatar's file is deleted unless something else uses it.",
-					bio: "`null` removes it.",
-					currentPassword:
-						"The caller's own current password: required to change `email` (400 `VALIDATION_ERROR` when missing, 400 `INVALID_CREDENTIALS` when wrong; counted like a failed login).",
-				},
+				params: { id: "The user's id.", ...PROFILE_CHANGE_TEXT },
 				responses: {
 					200: ok("The updated user.", schema("User")),
 					...errors(400, 401, 403, 404, 409, 413, 429, 503),
 				},
 			},
-			params: {
-				$$strict: "remove",
-				id: idParam,
-				username: { ...usernameRule, optional: true },
-				email: { ...emailRule, optional: true },
-				avatar_url: { type: "string", optional: true, nullable: true, max: 2048, trim: true },
-				bio: { type: "string", optional: true, nullable: true, max: 500 },
-				currentPassword: { type: "string", optional: true, min: 1, max: 200 },
-			},
-			async handler(this: UsersThis, ctx: Ctx<{ id: number; username?: string; email?: string; avatar_url?: string | null; bio?: string | null; currentPassword?: string }>) {
+			params: { $$strict: "remove", id: idParam, ...PROFILE_CHANGE_PARAMS },
+			async handler(this: UsersThis, ctx: Ctx<ProfileChange & { id: number }>) {
 				const caller = userOf(ctx);
 				const { id, currentPassword, ...changes } = ctx.params;
 				const user = await this.findUser(id);
@@ -656,6 +722,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				const patch: Partial<UserRow> = {};
 				if (changes.username !== undefined) patch.username = changes.username;
 				if (changes.bio !== undefined) patch.bio = changes.bio;
+				if (changes.show_last_seen !== undefined && changes.show_last_seen !== user.show_last_seen) patch.show_last_seen = changes.show_last_seen;
 				// Everything is checked before anything is written.
 				if (changes.avatar_url !== undefined) {
 					const wanted = changes.avatar_url || null;
@@ -707,7 +774,29 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 				if (!updated) throw notFound("User");
 				const presented = await this.presentOne(updated, caller, ctx);
 				void broadcastEvent(ctx, EVENTS.userUpdated, { userId: id });
+				// Who sees this user's presence sees it again with or without its last seen (this node has the whole picture).
+				if (patch.show_last_seen !== undefined) void this.presenceFanout([id]);
 				return presented;
+			},
+		},
+
+		updateMe: {
+			rest: "PATCH /users/me",
+			openapi: {
+				operationId: "patchMe",
+				tag: "Users",
+				summary: "Update the caller's own profile",
+				description: "As PATCH /users/{id} with the caller's id: changes only the fields given.",
+				params: PROFILE_CHANGE_TEXT,
+				responses: {
+					200: ok("The updated user.", schema("User")),
+					...errors(400, 401, 404, 409, 413, 429, 503),
+				},
+			},
+			params: { $$strict: "remove", ...PROFILE_CHANGE_PARAMS },
+			async handler(this: UsersThis, ctx: Ctx<ProfileChange>) {
+				const caller = userOf(ctx);
+				return ctx.call("users.update", { ...ctx.params, id: caller.id });
 			},
 		},
 
@@ -1011,6 +1100,21 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			},
 		},
 
+		/** For a gateway (presence:subscribe): these users' presence as the viewer may see it, in the order asked (not routed). */
+		presenceOf: {
+			visibility: "public",
+			params: {
+				viewerId: { type: "number", integer: true, positive: true },
+				ids: { type: "array", max: MAX_SUBSCRIPTIONS_PER_SOCKET, items: { type: "number", integer: true, positive: true } },
+			},
+			async handler(this: UsersThis, ctx: Ctx<{ viewerId: number; ids: number[] }>): Promise<PresenceEntry[]> {
+				const ids = [...new Set(ctx.params.ids)];
+				const profiles = await this.profilesOf([ctx.params.viewerId, ...ids]);
+				const views = await this.presenceViews(ctx, ids, ctx.params.viewerId, profiles);
+				return ids.map(id => views.get(id) ?? { userId: id, status: "offline", last_seen_at: null });
+			},
+		},
+
 		/** Each users node: drop these cached profiles, called by the node that changed them (not routed). */
 		forgetProfiles: {
 			visibility: "public",
@@ -1023,24 +1127,244 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 	},
 
 	events: {
-		[EVENTS.presenceSnapshot](this: UsersThis, ctx: Context<BroadcastPayloads[typeof EVENTS.presenceSnapshot]>) {
-			this.presence.set(ctx.params.nodeID, { userIds: new Set(ctx.params.userIds), at: Date.now() });
+		/** A gateway's presence changes (every users node gets each). */
+		[EVENTS.presenceDelta](this: UsersThis, ctx: Context<PresenceDelta>) {
+			this.presenceReceive(ctx.params);
 		},
-		/** A gateway that died without a word: its users are not online through it any more. */
+		/** A gateway that left, or died without a word (15 s of silence): its users are not online through it any more. */
 		"$node.disconnected"(this: UsersThis, ctx: Context<{ node: { id: string } }>) {
-			this.presence.delete(ctx.params.node.id);
+			this.presenceLeaderID = null;
+			this.presenceGatewayLeft(ctx.params.node.id);
+		},
+		/** A node (back) in the cluster: if it is a gateway, what we knew of it is stale; its state is pulled. */
+		"$node.connected"(this: UsersThis, ctx: Context<{ node: { id: string } }>) {
+			this.presenceLeaderID = null;
+			const gateway = ctx.params.node.id;
+			if (this.presenceSync.has(gateway)) void this.presenceSyncGateway(gateway);
+		},
+		"$services.changed"(this: UsersThis) {
+			this.presenceLeaderID = null;
+			this.presenceSyncAll();
+		},
+		/** After a reconnect, deltas sent meanwhile may be lost: every gateway's state is pulled again. */
+		"$transporter.connected"(this: UsersThis) {
+			if (this.presenceConnectedOnce) for (const gateway of this.presenceSync.keys()) void this.presenceSyncGateway(gateway);
+			this.presenceConnectedOnce = true;
 		},
 	},
 
 	methods: {
-		isOnline(this: UsersThis, userId: number) {
-			// A node silent for three snapshot intervals is presumed gone.
-			const fresh = Date.now() - 3 * PRESENCE_INTERVAL_MS;
-			for (const [node, entry] of this.presence) {
-				if (entry.at < fresh) this.presence.delete(node);
-				else if (entry.userIds.has(userId)) return true;
+		/** A gateway's delta: applied in order; a gap (or another incarnation of the gateway) pulls its full state. */
+		presenceReceive(this: UsersThis, delta: PresenceDelta) {
+			const sync = this.presenceSync.get(delta.gateway);
+			if (sync?.waiting) return void sync.waiting.push(delta);
+			if (delta.resync || !sync || sync.epoch !== delta.epoch || delta.seq !== sync.seq + 1) {
+				if (sync && sync.epoch === delta.epoch && delta.seq <= sync.seq) return; // seen already
+				void this.presenceSyncGateway(delta.gateway);
+				if (!delta.resync) this.presenceSync.get(delta.gateway)?.waiting?.push(delta);
+				return;
 			}
-			return false;
+			sync.seq = delta.seq;
+			this.presenceChanged(this.presence.apply(delta, Date.now()));
+		},
+
+		/**
+		 * Pull a gateway's full state (`api.presenceState`) and replay on it the deltas that came
+		 * meanwhile. The differences from what this node knew are changes like any other.
+		 */
+		async presenceSyncGateway(this: UsersThis, gateway: string) {
+			const known = this.presenceSync.get(gateway);
+			if (known?.waiting) return;
+			const waiting: PresenceDelta[] = [];
+			this.presenceSync.set(gateway, { epoch: known?.epoch ?? null, seq: known?.seq ?? 0, waiting });
+			let state: GatewayPresenceState;
+			try {
+				state = (await this.broker.call("api.presenceState", {}, { nodeID: gateway, timeout: 5_000, retries: 0 })) as GatewayPresenceState;
+			} catch (err) {
+				// Gone, or not a gateway after all: nothing to know of it. Still there: pulled again on its next delta.
+				this.presenceSync.delete(gateway);
+				const node = this.broker.registry.nodes.get(gateway);
+				const services = this.broker.registry.getServiceList({ onlyAvailable: true }) as { name: string; nodeID: string }[];
+				if (node?.available && services.some(s => s.name === "api" && s.nodeID === gateway)) {
+					this.logger.warn(`Presence: no state from gateway ${gateway} (${(err as Error).message}); asked again in 2 s`);
+					setTimeout(() => this.presenceSync.has(gateway) || void this.presenceSyncGateway(gateway), 2_000).unref();
+				}
+				return;
+			}
+			if (this.presenceSync.get(gateway)?.waiting !== waiting) return; // the gateway left meanwhile
+			const now = Date.now();
+			const changed = new Set(this.presence.replaceGateway(gateway, state, now));
+			let seq = state.seq;
+			let gap = false;
+			for (const delta of waiting.sort((a, b) => a.seq - b.seq)) {
+				if (delta.epoch !== state.epoch || delta.seq <= seq || delta.resync) continue;
+				if (delta.seq !== seq + 1) gap = true;
+				for (const id of this.presence.apply(delta, now)) changed.add(id);
+				seq = delta.seq;
+			}
+			this.presenceSync.set(gateway, { epoch: state.epoch, seq, waiting: null });
+			this.presenceChanged([...changed]);
+			if (gap) void this.presenceSyncGateway(gateway);
+		},
+
+		/** Every gateway of the cluster not met yet: its state is pulled (at start, and as gateways come). */
+		presenceSyncAll(this: UsersThis) {
+			const services = this.broker.registry.getServiceList({ onlyAvailable: true }) as { name: string; nodeID: string }[];
+			for (const s of services) if (s.name === "api" && !this.presenceSync.has(s.nodeID)) void this.presenceSyncGateway(s.nodeID);
+		},
+
+		presenceGatewayLeft(this: UsersThis, gateway: string) {
+			if (!this.presenceSync.delete(gateway)) return;
+			this.presenceChanged(this.presence.dropGateway(gateway, Date.now()));
+		},
+
+		/** Changes of the cluster's presence: the leader fans them out, batched. */
+		presenceChanged(this: UsersThis, userIds: number[]) {
+			if (userIds.length === 0 || !this.presenceIsLeader()) return;
+			for (const id of userIds) this.presenceQueue.add(id);
+			if (this.presenceTimer) return;
+			this.presenceTimer = setTimeout(() => {
+				this.presenceTimer = null;
+				const ids = [...this.presenceQueue];
+				this.presenceQueue.clear();
+				this.presenceFanout(ids).catch(err => this.logger.warn(`Presence fan-out failed: ${(err as Error).message}`));
+			}, FANOUT_BATCH_MS);
+		},
+
+		/**
+		 * One users node fans out: the oldest one (by the time its service started, then by node id),
+		 * so that a users node joining does not take over, and every node can tell which one it is.
+		 */
+		presenceIsLeader(this: UsersThis) {
+			if (!this.presenceLeaderID) {
+				const nodes = (this.broker.registry.getServiceList({ onlyAvailable: true }) as { name: string; nodeID: string; metadata?: { presenceSince?: number } }[])
+					.filter(s => s.name === "users")
+					.map(s => ({ id: s.nodeID, since: Number(s.metadata?.presenceSince ?? 0) }))
+					.sort((a, b) => a.since - b.since || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+				this.presenceLeaderID = nodes[0]?.id ?? this.broker.nodeID;
+			}
+			return this.presenceLeaderID === this.broker.nodeID;
+		},
+
+		/**
+		 * Each changed user's presence to its receivers: the gateways with sockets subscribed to it,
+		 * and those holding its private-chat partners. One push per gateway for the whole batch;
+		 * one blockRelations call per user (not per receiver). An offline transition writes
+		 * last_seen_at (one idempotent UPDATE for the batch).
+		 */
+		async presenceFanout(this: UsersThis, userIds: number[]) {
+			const now = Date.now();
+			const perGateway = new Map<string, PresenceFanout[]>();
+			await Promise.all(userIds.map(id => this.presenceFanoutOne(id, now, perGateway)));
+			await Promise.all(
+				[...perGateway].map(([gateway, entries]) =>
+					broadcastToNodes(this.broker, new Set([gateway]), EVENTS.presencePush, { entries }, ["api"]).catch((err: Error) =>
+						this.logger.warn(`Presence changes not sent to ${gateway}: ${err.message}`),
+					),
+				),
+			);
+			const offline: { id: number; at: string }[] = [];
+			for (const id of userIds) {
+				const d = this.presence.derived(id);
+				if (d.status === "offline" && d.at !== null) offline.push({ id, at: new Date(d.at).toISOString() });
+			}
+			if (offline.length === 0) return;
+			try {
+				await this.sequelize.query(
+					`UPDATE users u SET last_seen_at = v.at
+					 FROM (SELECT unnest(ARRAY[:ids]::int[]) AS id, unnest(ARRAY[:ats]::timestamptz[]) AS at) v
+					 WHERE u.id = v.id AND (u.last_seen_at IS NULL OR u.last_seen_at < v.at)`,
+					{ replacements: { ids: offline.map(o => o.id), ats: offline.map(o => o.at) } },
+				);
+			} catch (err) {
+				// The nodes remember it for OFFLINE_MEMORY_MS; after that the previous last seen shows.
+				this.logger.warn(`last_seen_at of ${offline.length} user(s) not written: ${(err as Error).message}`);
+			}
+		},
+
+		async presenceFanoutOne(this: UsersThis, userId: number, now: number, perGateway: Map<string, PresenceFanout[]>) {
+			const watchers = this.presence.watchersOf(userId);
+			let partners: number[] = [];
+			try {
+				partners = (await this.broker.call("conversations.privatePartners", { userId })) as number[];
+			} catch (err) {
+				const e = err as { type?: string; name?: string; message?: string };
+				// No chat in this cluster: no partners. Otherwise the subscribers still get it.
+				if (e.type !== "SERVICE_NOT_FOUND" && e.name !== "ServiceNotFoundError") this.logger.warn(`Presence: private partners of ${userId} unknown (${e.message})`);
+			}
+			// Partners without a socket anywhere receive nothing.
+			const livePartners = (Array.isArray(partners) ? partners : []).filter(p => p !== userId && this.presence.isPresent(p));
+			const receivers = new Set<number>(livePartners);
+			for (const subs of watchers.values()) for (const s of subs) receivers.add(s);
+			if (receivers.size === 0) return;
+			const others = [...receivers].filter(r => r !== userId);
+			const [blocked, profiles] = await Promise.all([others.length > 0 ? this.blockedAmong(undefined, userId, others) : new Set<number>(), this.profilesOf([userId, ...receivers])]);
+			const target = profiles.get(userId);
+			const d = this.presence.derived(userId);
+			// A deleted user is offline with no last seen; one who hides it, hides it from everyone.
+			const base: PresenceFanout = {
+				userId,
+				status: target ? d.status : "offline",
+				last_seen_at: target && target.show_last_seen && d.status !== "online" ? this.lastSeenOf(target, d.at) : null,
+			};
+			const byGateway = new Map<string, { receivers: Set<number>; partners: number[] }>();
+			const slot = (gateway: string) => {
+				let entry = byGateway.get(gateway);
+				if (!entry) byGateway.set(gateway, (entry = { receivers: new Set(), partners: [] }));
+				return entry;
+			};
+			for (const [gateway, subs] of watchers) for (const s of subs) slot(gateway).receivers.add(s);
+			for (const p of livePartners) {
+				for (const gateway of this.presence.gatewaysOf(p)) {
+					const entry = slot(gateway);
+					entry.receivers.add(p);
+					entry.partners.push(p);
+				}
+			}
+			for (const [gateway, here] of byGateway) {
+				const fanout: PresenceFanout = { ...base };
+				const offlineFor = [...here.receivers].filter(r => blocked.has(r));
+				const hideSeenFor = base.last_seen_at ? [...here.receivers].filter(r => r !== userId && !blocked.has(r) && profiles.get(r)?.show_last_seen === false) : [];
+				if (offlineFor.length > 0) fanout.offlineFor = offlineFor;
+				if (hideSeenFor.length > 0) fanout.hideSeenFor = hideSeenFor;
+				if (here.partners.length > 0) fanout.partners = here.partners;
+				const list = perGateway.get(gateway);
+				if (list) list.push(fanout);
+				else perGateway.set(gateway, [fanout]);
+			}
+		},
+
+		/**
+		 * The presence of `targets` as the viewer may see it (null: another service, no viewer):
+		 * `profiles` must hold the targets that exist (and the viewer). Unknown or deleted users are
+		 * offline with no last seen. One blockRelations call, for the targets that have something to hide.
+		 */
+		async presenceViews(this: UsersThis, ctx: Ctx<unknown> | undefined, targets: number[], viewerId: number | null, profiles: Map<number, Profile>) {
+			const raw = new Map<number, { status: PresenceStatus; lastSeenAt: string | null; hidesLastSeen: boolean }>();
+			for (const id of targets) {
+				const profile = profiles.get(id);
+				if (!profile) continue;
+				const d = this.presence.derived(id);
+				raw.set(id, { status: d.status, lastSeenAt: d.status === "online" ? null : this.lastSeenOf(profile, d.at), hidesLastSeen: !profile.show_last_seen });
+			}
+			const viewerProfile = viewerId === null ? undefined : profiles.get(viewerId);
+			const viewer = viewerId === null ? null : { id: viewerId, hidesLastSeen: viewerProfile ? !viewerProfile.show_last_seen : false };
+			// Only a target that shows something (not offline, or a last seen) can be hidden by a block.
+			const exposed = [...raw].filter(([id, r]) => id !== viewerId && (r.status !== "offline" || r.lastSeenAt !== null)).map(([id]) => id);
+			const blocked = viewer && exposed.length > 0 ? await this.blockedAmong(ctx, viewer.id, exposed) : new Set<number>();
+			const out = new Map<number, PresenceEntry>();
+			for (const id of targets) {
+				const r = raw.get(id);
+				out.set(id, r ? presenceFor({ id, ...r }, viewer, blocked.has(id)) : { userId: id, status: "offline", last_seen_at: null });
+			}
+			return out;
+		},
+
+		/** A user's last seen: this node's memory of a recent offline transition, or its profile's. */
+		lastSeenOf(profile: Profile | undefined, at: number | null) {
+			const stored = profile?.last_seen_at ? Date.parse(profile.last_seen_at) : null;
+			const best = at !== null && (stored === null || at > stored) ? at : stored;
+			return best === null ? null : new Date(best).toISOString();
 		},
 
 		async findUser(this: UsersThis, id: number, tx?: Transaction) {
@@ -1121,7 +1445,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 		async loadProfiles(this: UsersThis, ids: number[]) {
 			const at = Date.now();
 			const rows = await this.sequelize.query<Omit<Profile, "at">>(
-				`SELECT u.id, u.username, u.email, u.avatar_url, u.bio, u.created_at, u.updated_at,
+				`SELECT u.id, u.username, u.email, u.avatar_url, u.bio, u.show_last_seen, u.last_seen_at, u.created_at, u.updated_at,
 					COALESCE(array_agg(r.name ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL), '{}') AS roles
 				 FROM users u LEFT JOIN user_role ur ON ur.user_id = u.id LEFT JOIN roles r ON r.id = ur.role_id
 				 WHERE u.id IN (:ids) GROUP BY u.id`,
@@ -1174,15 +1498,16 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			const viewerId = viewer?.id;
 			// Who sees emails is decided by the viewer's current roles (its profile, cleaned on every
 			// role change), not by its (older) token.
+			const byId = new Map(profiles.map(p => [p.id, p]));
 			let viewerIsAdmin = false;
 			if (viewerId !== undefined) {
-				const own = profiles.find(p => p.id === viewerId) ?? (await this.profilesOf([viewerId])).get(viewerId);
+				const own = byId.get(viewerId) ?? (await this.profilesOf([viewerId])).get(viewerId);
 				viewerIsAdmin = !!own?.roles.includes("admin");
+				// The viewer's own show_last_seen hides the others' last seen from it.
+				if (own) byId.set(viewerId, own);
 			}
-			const online = new Set(profiles.filter(r => this.isOnline(r.id)).map(r => r.id));
-			const others = [...online].filter(id => id !== viewerId);
-			// Users with a block between them see each other offline, whoever blocked whom.
-			if (viewer && others.length > 0) for (const id of await this.blockedAmong(ctx, viewer.id, others)) online.delete(id);
+			// Presence with the privacy rules: blocks either way show offline, show_last_seen hides the last seen.
+			const views = await this.presenceViews(ctx, profiles.map(p => p.id), viewerId ?? null, byId);
 			return profiles.map(row => {
 				// A copy: a cached profile is shared (MemoryLRU hands out the stored object).
 				const userRoles = [...row.roles];
@@ -1193,14 +1518,15 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 					// An avatar stored before they had to be files of this server is not shown.
 					avatar_url: this.avatarFileId(row.avatar_url) ? row.avatar_url : null,
 					bio: row.bio,
-					status: online.has(row.id) ? "online" : "offline",
+					status: views.get(row.id)?.status ?? "offline",
+					last_seen_at: views.get(row.id)?.last_seen_at ?? null,
 					role: primaryRole(userRoles),
 					roles: userRoles,
 					created_at: new Date(row.created_at).toISOString(),
 					updated_at: new Date(row.updated_at).toISOString(),
 				};
-				// The email is private: the user itself and admins see it.
-				if (viewer && (viewer.id === row.id || viewerIsAdmin)) return { ...out, email: row.email };
+				// The email and the privacy setting are private: the user itself and admins see them.
+				if (viewer && (viewer.id === row.id || viewerIsAdmin)) return { ...out, email: row.email, show_last_seen: row.show_last_seen };
 				return out;
 			});
 		},
@@ -1492,7 +1818,15 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 	},
 
 	created(this: UsersThis) {
-		this.presence = new Map();
+		this.presence = new ClusterPresence();
+		this.presenceSync = new Map();
+		this.presenceQueue = new Set();
+		this.presenceTimer = null;
+		this.presencePruneTimer = null;
+		this.presenceLeaderID = null;
+		this.presenceConnectedOnce = false;
+		// In the registry: every users node can tell the oldest one, which fans presence out.
+		this.metadata.presenceSince = Date.now();
 		this.lastRevocationPrune = 0;
 		this.passwords = new PasswordHasher(undefined, PASSWORD_CHECKS_WAITING);
 		this.dummy = null;
@@ -1509,9 +1843,17 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			await this.disconnect();
 			throw err;
 		}
+		this.presenceConnectedOnce = !this.broker.transit || this.broker.transit.connected;
+		// The gateways already there: their full state, once (later ones as they come, $services.changed).
+		this.presenceSyncAll();
+		this.presencePruneTimer = setInterval(() => this.presence.pruneOfflineTimes(Date.now() - OFFLINE_MEMORY_MS), 60_000);
+		this.presencePruneTimer.unref();
 	},
 
 	async stopped(this: UsersThis) {
+		if (this.presencePruneTimer) clearInterval(this.presencePruneTimer);
+		if (this.presenceTimer) clearTimeout(this.presenceTimer);
+		this.presenceTimer = null;
 		await this.passwords.close();
 	},
 };

@@ -95,4 +95,15 @@ export const usersMigrations: Migration[] = [
 				"ALTER TABLE users DROP COLUMN token_version",
 			]),
 	},
+	{
+		name: "0003-presence-last-seen",
+		up: ({ context }) =>
+			sql(context, [
+				// When the user's last /chat socket closed (written at each offline transition).
+				`ALTER TABLE users ADD COLUMN last_seen_at TIMESTAMPTZ NULL`,
+				// false: its last seen is hidden from others, and theirs from it.
+				`ALTER TABLE users ADD COLUMN show_last_seen BOOLEAN NOT NULL DEFAULT true`,
+			]),
+		down: ({ context }) => sql(context, ["ALTER TABLE users DROP COLUMN show_last_seen", "ALTER TABLE users DROP COLUMN last_seen_at"]),
+	},
 ];

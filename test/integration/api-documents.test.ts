@@ -18,7 +18,7 @@ import { http, startBroker, tempDir, type RunningSystem } from "../helpers/syste
 const UPDATE = process.env.UPDATE_API_DOCS === "1";
 
 /**
- * The contract's REST routes (v1 and the safety changes of v1.1), and the extras this server had
+ * The contract's REST routes (v1, and v1.1's safety changes, reactions and pins), and the extras this server had
  * when this list was made. A route added since needs no entry here: the snapshot shows it.
  */
 const CONTRACT_ROUTES = [
@@ -36,6 +36,9 @@ const CONTRACT_ROUTES = [
 	"GET /notifications", "GET /notifications/unread/count", "PATCH /notifications/read-all", "POST /notifications/broadcast",
 	"GET /notifications/{notificationId}", "POST /notifications/{notificationId}/read", "PATCH /notifications/{notificationId}/read", "DELETE /notifications/{notificationId}",
 	"GET /health", "GET /docs", "GET /docs/init.js", "GET /docs/openapi.json", "GET /docs/asyncapi.json", "GET /docs/asyncapi",
+	// v1.1: reactions, pins
+	"POST /messages/{messageId}/reactions", "DELETE /messages/{messageId}/reactions/{emoji}",
+	"POST /messages/{messageId}/pin", "DELETE /messages/{messageId}/pin", "GET /conversations/{conversationId}/pins",
 ];
 
 const CONTRACT_EVENTS = {
@@ -46,11 +49,15 @@ const CONTRACT_EVENTS = {
 			"conversation:demote-moderator", "conversation:update", "conversation:update-avatar", "conversation:delete", "conversation:mark-read",
 			"message:send", "message:edit", "message:delete", "message:read", "message:delivered", "message:list", "message:search",
 			"typing", "user:block", "user:unblock", "auth:refresh",
+			// v1.1
+			"message:react", "message:unreact", "message:pin", "message:unpin", "conversation:pins", "presence:subscribe", "presence:unsubscribe",
 		],
 		out: [
 			"message:created", "message:updated", "message:deleted", "message:read", "message:status", "conversation:created", "conversation:invited",
 			"conversation:updated", "conversation:deleted", "members:added", "members:removed", "conversation:member-added", "conversation:member-removed",
 			"conversation:moderator-updated", "request:accepted", "request:declined", "typing", "user:blocked", "user:unblocked", "session:ended",
+			// v1.1
+			"message:reactions", "message:pinned", "message:unpinned", "presence:changed",
 		],
 	},
 	notifications: {

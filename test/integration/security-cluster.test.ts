@@ -1,13 +1,15 @@
 /**
  * Session ends and socket limits across two gateway nodes and a users node over RabbitMQ, with
  * PostgreSQL: a login that ends on one gateway ends its sockets on every gateway within 2 s, a
- * gateway that starts later still refuses the ended login, and the gateways' own actions are not
- * callable from other nodes.
+ * gateway that starts later still refuses the ended login, the gateways' own actions are not
+ * callable from other nodes, and the cap of 20 sockets per user holds per node, or across the
+ * gateways with Redis.
  */
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { connectSocket, emitAck, sleep, type TestSocket } from "../helpers/sockets";
+import { TEST_REDIS_URL, skipWithoutRedis } from "../helpers/users-cache";
 import { createTestDatabase, http, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, type RunningSystem, waitFor, waitUntilKnown } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres;
@@ -137,5 +139,44 @@ describe("security across two gateway nodes over RabbitMQ", { skip }, () => {
 		assert.ok(on2.connected, "the socket on the other gateway stays");
 		assert.ok(on1.slice(1).every(s => s.connected));
 		assert.equal((await emitAck(on2, "auth:refresh", {})).error?.code, "VALIDATION_ERROR", "still serves events");
+	});
+
+	it("with REDIS_URL holds at most 20 sockets per user per namespace across the gateways: the oldest goes, wherever it is", { skip: skipWithoutRedis }, async () => {
+		process.env.REDIS_URL = TEST_REDIS_URL;
+		process.env.NAMESPACE = shared.namespace as string;
+		const shared1 = await startBroker(["api"], shared);
+		const shared2 = await startBroker(["api"], shared);
+		delete process.env.REDIS_URL;
+		delete process.env.NAMESPACE;
+		try {
+			for (const gw of [shared1, shared2]) await gw.broker.waitForServices(["users"], 30_000);
+			await waitUntilKnown(shared1, [shared2]);
+			await waitUntilKnown(shared2, [shared1]);
+			const u = await registerUser(shared1.baseUrl, "clshared");
+			const on1: Watched[] = [];
+			for (let i = 0; i < 20; i++) on1.push(await watch(shared1.baseUrl, u.accessToken));
+			await sleep(300);
+			assert.ok(on1.every(s => s.connected), "20 sockets are fine");
+			// The 21st, on the other gateway: the oldest, on the first gateway, is ended by it.
+			const on2 = await watch(shared2.baseUrl, u.accessToken);
+			assert.equal((await within(on1[0], 2000)).reason, "too_many_sockets");
+			await sleep(300);
+			assert.ok(on2.connected && on1.slice(1).every(s => s.connected), "only the oldest went");
+			// Another on the second gateway: the next oldest goes, and the newest stay.
+			const more = await watch(shared2.baseUrl, u.accessToken);
+			assert.equal((await within(on1[1], 2000)).reason, "too_many_sockets");
+			await sleep(300);
+			assert.ok(on2.connected && more.connected && on1.slice(2).every(s => s.connected));
+			// A socket that closes frees its place: one more comes in and nobody goes.
+			more.close();
+			await sleep(300);
+			const last = await watch(shared1.baseUrl, u.accessToken);
+			await sleep(500);
+			assert.ok(last.connected && on2.connected && on1.slice(2).every(s => s.connected), "20 again, nobody ended");
+		} finally {
+			for (const s of sockets) s.close();
+			await shared1.stop();
+			await shared2.stop();
+		}
 	});
 });

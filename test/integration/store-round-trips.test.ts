@@ -91,6 +91,29 @@ for (const mode of ["embedded", "mongo"] as const) {
 			const flushes = Math.ceil((Date.now() - started) / 250) + 1;
 			assert.ok((ops["messages.updateMany"] ?? 0) <= Math.min(flushes, burst), `${JSON.stringify(ops)} in ${Date.now() - started} ms`);
 			console.log(`${mode}: before the ack ${senderPath}; a burst of ${burst} messages to 4 recipients: ${JSON.stringify(ops)}`);
+
+			// A reply that mentions someone pays for what it uses, and only that: the original read
+			// once, one write of the mention on the memberships, the root's reply_count recounted
+			// (count, set, count again). The members' names come from the cache.
+			await sleep(500);
+			const root = (await call(sa, "message:send", { conversationId, content: "root", clientId: "root" })) as { id: string };
+			await sleep(500);
+			resetStoreOps();
+			const reply = await emitAck<{ mentions: number[]; reply_to: { id: string } }>(sa, "message:send", {
+				conversationId,
+				content: `@${others[0].username} see above`,
+				clientId: "reply",
+				replyTo: root.id,
+			});
+			assert.equal(reply.ok, true, JSON.stringify(reply.error));
+			assert.deepEqual(reply.data?.mentions, [others[0].id]);
+			const replyOps = storeOps();
+			assert.equal(replyOps["messages.insert"], 1);
+			assert.equal(replyOps["messages.findById"] ?? 0, 1, `the original, read once: ${JSON.stringify(replyOps)}`);
+			assert.equal(replyOps["memberships.updateMany"] ?? 0, 1, `one mention write: ${JSON.stringify(replyOps)}`);
+			assert.ok((replyOps["messages.count"] ?? 0) <= 2 * 5, `reply_count recounted: ${JSON.stringify(replyOps)}`);
+			assert.equal(sum(replyOps, ["users", "blocks"]), 0, `names from the cache: ${JSON.stringify(replyOps)}`);
+			console.log(`${mode}: a reply with a mention, up to its ack: ${JSON.stringify(replyOps)}`);
 		});
 	});
 }

@@ -100,11 +100,11 @@ for (const kind of ["memory", "redis"] as CacheKind[]) {
 			assert.equal(sql.count, 0, sql.describe());
 		});
 
-		it("the cache holds the profile and roles: no password hash, no counters, no presence", async () => {
+		it("the cache holds the profile, roles and stored last seen: no password hash, no counters, no live status", async () => {
 			const u = await registerUser(base, "shape");
 			await resolve(sys.broker, [u.id]);
-			const entry = (await sys.broker.cacher!.get(`users.profile.v1.${u.id}`)) as Record<string, unknown>;
-			assert.deepEqual(Object.keys(entry).sort(), ["at", "avatar_url", "bio", "created_at", "email", "id", "roles", "updated_at", "username"]);
+			const entry = (await sys.broker.cacher!.get(`users.profile.v2.${u.id}`)) as Record<string, unknown>;
+			assert.deepEqual(Object.keys(entry).sort(), ["at", "avatar_url", "bio", "created_at", "email", "id", "last_seen_at", "roles", "show_last_seen", "updated_at", "username"]);
 		});
 
 		it("presents a cached row per caller, with live presence", async () => {
@@ -207,8 +207,8 @@ for (const kind of ["memory", "redis"] as CacheKind[]) {
 		it("a new account replaces whatever a cache held for its id (a Redis that outlived its database)", async () => {
 			const last = await registerUser(base, "prev");
 			const nextId = last.id + 1;
-			const bogus = { id: nextId, username: "ghost", email: "ghost@example.test", avatar_url: null, bio: "stale", roles: ["admin"], created_at: new Date(0).toISOString(), updated_at: new Date(0).toISOString(), at: Date.now() };
-			await sys.broker.cacher!.set(`users.profile.v1.${nextId}`, bogus, 60);
+			const bogus = { id: nextId, username: "ghost", email: "ghost@example.test", avatar_url: null, bio: "stale", roles: ["admin"], last_seen_at: null, show_last_seen: true, created_at: new Date(0).toISOString(), updated_at: new Date(0).toISOString(), at: Date.now() };
+			await sys.broker.cacher!.set(`users.profile.v2.${nextId}`, bogus, 60);
 			const u = await registerUser(base, "next");
 			assert.equal(u.id, nextId, "ids are handed out in order here");
 			const me = await http(base, "GET", "/users/me", { token: u.accessToken });

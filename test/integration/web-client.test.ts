@@ -1,7 +1,8 @@
 /**
  * The web client in public/, served by the gateway, driven in a real (headless) Chromium by two
  * people: register, find each other, the message request, live messages both ways, read
- * receipts, an image attachment, the notification badge, and a reload that keeps the session.
+ * receipts, an image attachment, the notification badge, and a reload that keeps the session;
+ * reactions, replies and threads, @mentions, pinned messages and presence between two pages.
  * Also its session: under the Content-Security-Policy with no violation, no failed request, the
  * refresh token only in its cookie, sockets that outlive many short access tokens, and a login
  * ended elsewhere ending the page's session.
@@ -259,11 +260,26 @@ describe("web client in a real browser", { skip }, () => {
 		await eve.waitForSelector("#add-member:not([hidden])");
 		await eve.fill("#text", "zebra crossing at noon");
 		await eve.press("#text", "Enter");
+		// A moderator may pin; the admin may call @all, and is offered it.
+		await eve.waitForSelector("#messages .message.mine .pin-button");
+		await dana.click("#text");
+		await dana.keyboard.type("@");
+		await dana.waitForSelector("#mention-list:not([hidden])");
+		assert.deepEqual(await dana.$$eval("#mention-list li", nodes => nodes.map(n => n.textContent)), ["@all", "@eve", "@finn"]);
+		await dana.keyboard.press("Escape");
+		assert.equal(await dana.isVisible("#mention-list"), false);
+		await dana.fill("#text", "");
 		// Finn finds it by searching.
 		await finn.waitForSelector("#conversations li[title=Trio]");
 		await finn.fill("#message-search", "ZEBRA");
 		await finn.press("#message-search", "Enter");
-		await finn.waitForSelector("#message-results .found:text('zebra crossing at noon')");
+		await finn.click("#message-results .found:text('zebra crossing at noon')");
+		await finn.waitForSelector("#chat-title:text-is('Trio')");
+		// A plain member reacts but does not pin, and sees who of the group is online.
+		await finn.waitForSelector("#messages .message .react-button");
+		assert.equal(await finn.locator("#messages .pin-button").count(), 0, "no Pin for a plain member");
+		await finn.waitForSelector("#chat-members .dot.online >> nth=1");
+		assert.equal(await finn.textContent("#chat-presence"), "2 others online");
 		// Blocking in a private chat: the page says what failed and what to do.
 		await finn.fill("#search", "dana");
 		await finn.click("#search-results li[data-username=dana] button:text('Chat')");
@@ -371,6 +387,118 @@ describe("web client in a real browser", { skip }, () => {
 		await page.waitForLoadState("networkidle");
 		assert.equal(log.refreshCalls, before.refreshes, "no /auth/refresh once the session is over");
 		assert.deepEqual(log.failed.slice(before.failed), [], "no failed request after the session ended");
+		assert.deepEqual(cspViolations, [], "no Content-Security-Policy violation");
+	});
+
+	it("reactions, replies and threads, @mentions, pinned messages and presence between two pages", async () => {
+		const [mia, noah] = await chatting("mia", "noah");
+		const messageOf = (text: string) => `#messages .message:has(> .content:text-is('${text}'))`;
+
+		// Presence: each sees the other online, on the list's avatar and in the chat header.
+		for (const page of [mia, noah]) {
+			await page.waitForSelector("#chat-avatar .dot.online");
+			await page.waitForSelector("#conversations li .dot.online");
+			assert.equal(await page.textContent("#chat-presence"), "online");
+		}
+
+		// Reactions: Noah picks 👍 under Mia's message, Mia sees the count and adds hers.
+		const hello = messageOf("Hello noah");
+		await noah.hover(hello);
+		await noah.click(`${hello} .react-button`);
+		await noah.click(`${hello} .picker button:text-is('👍')`);
+		await noah.waitForSelector(`${hello} .reaction.me[data-emoji='👍']:text-is('👍 1')`);
+		const chip = await mia.waitForSelector(`${hello} .reaction[data-emoji='👍']:text-is('👍 1')`);
+		assert.equal(await chip.getAttribute("aria-pressed"), "false", "not Mia's own reaction");
+		assert.match((await chip.getAttribute("title")) ?? "", /noah reacted with 👍/);
+		await chip.click();
+		await mia.waitForSelector(`${hello} .reaction.me[data-emoji='👍']:text-is('👍 2')`);
+		await noah.waitForSelector(`${hello} .reaction.me[data-emoji='👍']:text-is('👍 2')`);
+
+		// A reply: the quote above the composer, then on the message, on both pages.
+		await say(noah, "Lunch at noon?");
+		const lunch = messageOf("Lunch at noon?");
+		await mia.hover(lunch);
+		await mia.click(`${lunch} .reply-button`);
+		assert.equal(await mia.textContent("#reply-excerpt"), "Lunch at noon?");
+		await say(mia, "Yes, see you there");
+		assert.equal(await mia.isVisible("#reply-bar"), false, "the reply bar goes once the reply is sent");
+		const answer = messageOf("Yes, see you there");
+		await noah.waitForSelector(`${answer} .quote:has-text('Lunch at noon?')`);
+		// The original counts its replies (message:updated) and opens its thread.
+		await noah.click(`${lunch} .thread-link:text-is('1 reply')`);
+		await noah.waitForSelector("#thread:not([hidden]) #thread-root .message .content:text-is('Lunch at noon?')");
+		await noah.waitForSelector("#thread-messages .message .content:text-is('Yes, see you there')");
+		await noah.fill("#thread-text", "Great, the usual place");
+		await noah.press("#thread-text", "Enter");
+		await noah.waitForSelector("#thread-messages .message.mine .content:text-is('Great, the usual place')");
+		await mia.waitForSelector(`${lunch} .thread-link:text-is('2 replies')`);
+		await noah.screenshot({ path: path.join(SCREENSHOT_DIR, "7-thread.png") });
+		// On a phone the thread takes the whole screen, its close button leads back to the chat.
+		await noah.setViewportSize({ width: 390, height: 760 });
+		assert.equal(await noah.isVisible("#messages"), false);
+		assert.equal(await noah.isVisible("#thread-text"), true);
+		await noah.screenshot({ path: path.join(os.tmpdir(), "parley-thread-phone.png") });
+		await noah.click("#thread-close");
+		assert.equal(await noah.isVisible("#messages"), true);
+		await noah.setViewportSize({ width: 1200, height: 760 });
+
+		// A pin: either party of a private chat; the bar appears on both pages.
+		await mia.hover(lunch);
+		await mia.click(`${lunch} .pin-button`);
+		for (const page of [mia, noah]) {
+			await page.waitForSelector("#pinned-bar:not([hidden]) #pinned-text:has-text('Lunch at noon?')");
+			await page.waitForSelector("#messages .message.system:has-text('pinned a message')");
+		}
+
+		// An @mention: Noah is away from the chat (a reload opens none); Mia picks him from the list.
+		await noah.reload();
+		await noah.waitForSelector("#connection.online");
+		await mia.click("#text");
+		await mia.keyboard.type("@no");
+		await mia.waitForSelector("#mention-list:not([hidden]) li.active:text-is('@noah')");
+		await mia.keyboard.press("Enter");
+		assert.equal(await mia.inputValue("#text"), "@noah ", "the pick goes into the text, the form is not sent");
+		await mia.keyboard.type("bring the umbrella");
+		await mia.keyboard.press("Enter");
+		// (Its text is in several nodes now: the mention is marked.)
+		const umbrella = "#messages .message:has(> .content:has-text('bring the umbrella'))";
+		await mia.waitForSelector(`${umbrella} .mention:not(.me):text-is('@noah')`);
+		// Noah's list shows the mention badge, his notifications the mention.
+		await noah.waitForSelector("#conversations li .mention-badge:text-is('@')");
+		await noah.click("#bell");
+		await noah.waitForSelector("#notification-list li.mention:has-text('mia mentioned you')");
+		await noah.click("#bell");
+		await noah.click("#conversations li[title=mia]");
+		await noah.waitForSelector(`${umbrella} .mention.me:text-is('@noah')`);
+		await noah.waitForSelector("#conversations li .mention-badge", { state: "detached" });
+		await noah.screenshot({ path: path.join(SCREENSHOT_DIR, "5-reactions-replies.png") });
+
+		// Presence: Noah closes his page, Mia sees him go offline, "last seen" just now.
+		await noah.context().close();
+		await mia.waitForSelector("#chat-avatar .dot.offline", { timeout: 5_000 });
+		assert.match((await mia.textContent("#chat-presence")) ?? "", /^last seen (just now|now|\d+ seconds? ago)$/);
+		await mia.click("#pinned-all");
+		await mia.waitForSelector("#pins-list:not([hidden]) li:has-text('Lunch at noon?')");
+		await mia.screenshot({ path: path.join(SCREENSHOT_DIR, "6-pins-presence.png") });
+		await mia.click("#pinned-all");
+		// Hiding her own last seen hides his from her too.
+		await mia.click("#settings-button");
+		assert.equal(await mia.isChecked("#show-last-seen"), true);
+		const [patched] = await Promise.all([mia.waitForResponse(res => new URL(res.url()).pathname === "/users/me" && res.request().method() === "PATCH"), mia.uncheck("#show-last-seen")]);
+		assert.equal(patched.status(), 200);
+		await mia.waitForSelector("#chat-presence:text-is('offline')");
+		await mia.click("#settings-close");
+		// He comes back: online again on her page.
+		const back = await openPage("noah-2");
+		await back.goto(`${sys.baseUrl}/`);
+		await back.fill("#login-form [name=login]", "noah");
+		await back.fill("#login-form [name=password]", "a long password");
+		await back.click("#login-form button");
+		await back.waitForSelector("#connection.online");
+		await mia.waitForSelector("#chat-avatar .dot.online", { timeout: 5_000 });
+		assert.equal(await mia.textContent("#chat-presence"), "online");
+		assert.deepEqual(logOf(mia).failed, []);
+		assert.deepEqual(pageErrors, [], "no script errors in the page");
 		assert.deepEqual(cspViolations, [], "no Content-Security-Policy violation");
 	});
 

@@ -53,8 +53,8 @@ describe("contracts between services", () => {
 			const svc = null as unknown as PublisherThis;
 			// @ts-expect-error: message.deleted names the message
 			void svc.publishEvent(CHANNELS.messageDeleted, { eventId: "e" });
-			// @ts-expect-error: a recipient is notified of a message or a message request, nothing else
-			void svc.publishEvent(CHANNELS.messageCreated, { eventId: "e", conversationId: "c", conversationType: "group", conversationName: null, senderId: 1, senderName: "a", senderAvatar: null, content: "", messageType: "text", recipients: [{ userId: 2, type: "mention" }] });
+			// @ts-expect-error: a recipient is notified of a message, a message request or a mention, nothing else
+			void svc.publishEvent(CHANNELS.messageCreated, { eventId: "e", conversationId: "c", conversationType: "group", conversationName: null, senderId: 1, senderName: "a", senderAvatar: null, content: "", messageType: "text", recipients: [{ userId: 2, type: "reaction" }] });
 		};
 		assert.equal(typeof typeChecks, "function");
 	});
