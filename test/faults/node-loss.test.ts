@@ -48,6 +48,8 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 	const nodes: Record<string, NodeProcess> = {};
 	const bases: Record<string, string> = {};
 	const sockets: Socket[] = [];
+	/** Set when the suite is over, passed or not: the senders' retry loops end, so the process can exit. */
+	let ended = false;
 
 	before(async () => {
 		cluster = await faultCluster("parley-fn");
@@ -64,6 +66,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 	});
 
 	after(async () => {
+		ended = true;
 		for (const s of sockets) s.close();
 		await cluster?.teardown(Object.values(nodes));
 	});
@@ -138,10 +141,10 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		let retries = 0;
 		let stop = false;
 		const sender = (async () => {
-			for (let i = 0; !stop; i++) {
+			for (let i = 0; !stop && !ended; i++) {
 				const clientId = `rr-${i}`;
-				for (;;) {
-					const ack = await emitWithin(sa, "message:send", { conversationId: conv.id, content: `rr ${i}`, clientId });
+				while (!ended) {
+					const ack = await emitWithin(sa, "message:send", { conversationId: conv.id, content: `rr ${i}`, clientId }, 10_000);
 					if (ack.ok) {
 						acked.set(clientId, ack.data.id);
 						break;
