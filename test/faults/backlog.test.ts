@@ -11,7 +11,7 @@ import { after, before, describe, it } from "node:test";
 import amqplib from "amqplib";
 import { io, type Socket } from "socket.io-client";
 import { CHANNELS, prefixed } from "../../lib/durable-events";
-import { emitWithin, type FaultCluster, faultCluster } from "../helpers/fault-cluster";
+import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { http, registerUser, skipWithoutAmqp, skipWithoutPostgres, TEST_AMQP_URL, tempDir, waitFor } from "../helpers/system";
 
@@ -49,7 +49,7 @@ describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, 
 		await cluster?.teardown(Object.values(nodes));
 	});
 
-	it("queues each event once, drains the backlog when the node is back, and notifies each message once", async () => {
+	it("queues each event once, drains the backlog when the node is back, and notifies each message once", withNodeLogs(nodes, async () => {
 		const a = await registerUser(base, "qa");
 		const b = await registerUser(base, "qb");
 		const sa = io(`${base}/chat`, { auth: { token: a.accessToken }, transports: ["websocket"], forceNew: true });
@@ -114,5 +114,5 @@ describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, 
 		} finally {
 			await connection.close();
 		}
-	});
+	}));
 });

@@ -17,7 +17,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { io, type Socket } from "socket.io-client";
-import { emitWithin, type FaultCluster, faultCluster } from "../helpers/fault-cluster";
+import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { http, registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
@@ -71,7 +71,7 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 		await cluster?.teardown(Object.values(nodes));
 	});
 
-	it(`${MESSAGES} messages with RabbitMQ down for ${OUTAGE_MS / 1000} s: each once, seq without a gap, one notification each, no node lost`, async () => {
+	it(`${MESSAGES} messages with RabbitMQ down for ${OUTAGE_MS / 1000} s: each once, seq without a gap, one notification each, no node lost`, withNodeLogs(nodes, async () => {
 		const [base1, base2] = bases;
 		const a = await registerUser(base1, "fa");
 		const b = await registerUser(base2, "fb");
@@ -90,6 +90,11 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 		let startedAt = 0;
 		let firstOkAfterStart = 0;
 		const acked = new Map<string, string>(); // clientId -> message id
+		const refusals = new Map<string, number>(); // error code of a refused or unanswered send -> times
+		/** Where the sending stands, for a wait that times out. */
+		const progress = (what: string) => (err: Error) => {
+			throw new Error(`${err.message} waiting for ${what}: ${acked.size} sends acknowledged, ${retries} retried, refusals ${JSON.stringify(Object.fromEntries(refusals))}`);
+		};
 
 		/**
 		 * The careful client: the same clientId again until the send is acknowledged, waiting 10 s for
@@ -105,6 +110,8 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 					return;
 				}
 				retries++;
+				const code = ack.error?.code ?? "?";
+				refusals.set(code, (refusals.get(code) ?? 0) + 1);
 				await new Promise(r => setTimeout(r, 250));
 			}
 		}
@@ -117,9 +124,9 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 		})();
 
 		// The outage, in the middle of the conversation, with a burst still being notified.
-		await waitFor(async () => acked.size >= 10, 30_000, 50);
+		await waitFor(async () => acked.size >= 10, 30_000, 50).catch(progress("10 acknowledged sends"));
 		const burst = Promise.all(Array.from({ length: BURST }, (_, i) => sendUntilAcked(`burst-${i}`)));
-		await waitFor(async () => acked.size >= 10 + BURST / 2, 90_000, 5);
+		await waitFor(async () => acked.size >= 10 + BURST / 2, 90_000, 5).catch(progress("half the burst acknowledged"));
 		const stoppedAt = Date.now();
 		try {
 			rabbitmqctl("stop_app");
@@ -172,5 +179,5 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 				`${retries} retried sends; ${live.size}/${MESSAGES} delivered live, the rest by catch-up; ` +
 				`notifications complete ${Date.now() - notifiedAt - 3_000} ms after the last send`,
 		);
-	});
+	}));
 });

@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { io, type Socket } from "socket.io-client";
-import { emitWithin, type FaultCluster, faultCluster } from "../helpers/fault-cluster";
+import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
@@ -80,7 +80,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		return { a, b, sa, conv };
 	}
 
-	it("gateway loss: the recipient's client reconnects to the other gateway and catches up, every message once", async () => {
+	it("gateway loss: the recipient's client reconnects to the other gateway and catches up, every message once", withNodeLogs(nodes, async () => {
 		const { b, sa, conv } = await chatPair("gl");
 		let sb = await connect(bases.api2, b.accessToken);
 		sockets.push(sb);
@@ -129,9 +129,9 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		const seqs = [...held.keys()].sort((x, y) => x - y);
 		assert.deepEqual(seqs, Array.from({ length: N }, (_, i) => seqs[0] + i), "seq without a gap");
 		console.log(`  gateway killed; the recipient reconnected and caught up in ${caughtUpAt - killedAt} ms`);
-	});
+	}));
 
-	it("rolling redeploy: SIGTERM of each chat node in turn while messages flow; no acknowledged message lost or stored twice", async () => {
+	it("rolling redeploy: SIGTERM of each chat node in turn while messages flow; no acknowledged message lost or stored twice", withNodeLogs(nodes, async () => {
 		const { b, sa, conv } = await chatPair("rr");
 		const sb = await connect(bases.api1, b.accessToken);
 		sockets.push(sb);
@@ -175,5 +175,5 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		const seqs = stored.map(m => m.seq).sort((x, y) => x - y);
 		assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => seqs[0] + i), "seq without a gap");
 		console.log(`  rolling redeploy of both chat nodes: ${acked.size} messages acknowledged, ${retries} sends retried, none lost or doubled`);
-	});
+	}));
 });

@@ -14,7 +14,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { io, type Socket } from "socket.io-client";
-import { emitWithin, type FaultCluster, faultCluster } from "../helpers/fault-cluster";
+import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { http, registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
@@ -71,7 +71,7 @@ describe("fault: PostgreSQL restarts under a running cluster", { skip }, () => {
 		await cluster?.teardown(Object.values(nodes));
 	});
 
-	it("503 fast while it is down, chats keep flowing, everything back within 30 s of its return", async () => {
+	it("503 fast while it is down, chats keep flowing, everything back within 30 s of its return", withNodeLogs(nodes, async () => {
 		const a = await registerUser(base, "pa");
 		const b = await registerUser(base, "pb");
 		const sa = await clientSocket(base, a.accessToken);
@@ -146,5 +146,5 @@ describe("fault: PostgreSQL restarts under a running cluster", { skip }, () => {
 				`users node /health/ready failing ${JSON.stringify(readyFailing)}; ${sentDuring.length} messages sent and delivered meanwhile; ` +
 				`login back ${loginBack} ms and the users node ready ${readyBack} ms after PostgreSQL started`,
 		);
-	});
+	}));
 });

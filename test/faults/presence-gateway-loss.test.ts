@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { io, type Socket } from "socket.io-client";
-import { emitWithin, type FaultCluster, faultCluster } from "../helpers/fault-cluster";
+import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
@@ -47,7 +47,7 @@ describe("faults: the gateway holding a user's socket is killed", { skip }, () =
 		await cluster?.teardown(Object.values(nodes));
 	});
 
-	it("a subscriber on the other gateway gets offline within 30 s of the SIGKILL", async () => {
+	it("a subscriber on the other gateway gets offline within 30 s of the SIGKILL", withNodeLogs(nodes, async () => {
 		const a = await registerUser(bases.api1, "fpa");
 		const b = await registerUser(bases.api1, "fpb");
 		const sa = await connect(bases.api1, a.accessToken);
@@ -75,5 +75,5 @@ describe("faults: the gateway holding a user's socket is killed", { skip }, () =
 		// GET /users/:id agrees.
 		const res = await fetch(`${bases.api1}/users/${b.id}`, { headers: { authorization: `Bearer ${a.accessToken}` } });
 		assert.equal(((await res.json()) as { status: string }).status, "offline");
-	});
+	}));
 });

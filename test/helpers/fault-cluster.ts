@@ -54,3 +54,27 @@ export function emitWithin(socket: Socket, event: string, payload: unknown, time
 		});
 	});
 }
+
+/**
+ * A fault test's body that, when it fails, first prints each node's last warnings and errors: CI
+ * keeps nothing but the test output, and a node's log usually says why.
+ */
+export function withNodeLogs(nodes: Record<string, NodeProcess>, body: () => Promise<void>): () => Promise<void> {
+	return async () => {
+		try {
+			await body();
+		} catch (err) {
+			for (const [name, node] of Object.entries(nodes)) {
+				let lines: string[] = [];
+				try {
+					lines = node.log().split("\n").filter(line => /\b(WARN|ERROR|FATAL)\b/.test(line)).slice(-15);
+				} catch {
+					// no log file: nothing to show
+				}
+				console.log(`--- ${name} (exit ${node.child.exitCode ?? node.child.signalCode ?? "running"}): last warnings and errors of ${node.logFile}`);
+				for (const line of lines) console.log(`    ${line.slice(0, 400)}`);
+			}
+			throw err;
+		}
+	};
+}
