@@ -7,7 +7,7 @@
  *   of either is sent, batched, as a numbered PresenceDelta to every users node.
  * - Every users node keeps the cluster's view (ClusterPresence below): per user, its state on each
  *   gateway; the status is derived (online if active on any gateway, away if idle on all, else
- *   offline). A gateway that leaves (`$node.disconnected`, 15 s after a SIGKILL) takes its users'
+ *   offline). A gateway that leaves (`$node.disconnected`, 10 to 18 s after a SIGKILL) takes its users'
  *   entries with it. A users node pulls a gateway's full state only when it meets it, when its
  *   numbering has a gap, or after a transporter reconnect: never periodically.
  * - One users node (the oldest) fans a change of X out: to the gateways with subscribers of X and
