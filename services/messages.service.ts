@@ -97,6 +97,7 @@ interface MessagesThis extends DocsMixinThis<"messages" | "reactions">, PushThis
 	withLock<T>(key: string, fn: () => Promise<T>): Promise<T>;
 	withLocks<T>(keys: string[], fn: () => Promise<T>): Promise<T>;
 	audience(ctx: Ctx<unknown>, conversationId: string, userId: number, either: boolean): Promise<number[]>;
+	pushReactions(ctx: Ctx<unknown>, msg: MessageDoc, reactorId: number, rows: ReactionRow[]): Promise<void>;
 	hideReceiptsFor(ctx: Ctx<unknown>, msgs: Presented[], viewerId: number): Promise<Presented[]>;
 	releaseFiles(ctx: Ctx<unknown>, refs: string[]): void;
 	maxSeq(conversationId: string): Promise<number>;
@@ -629,11 +630,7 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 					}
 					return { added: inserted, rows: stored };
 				});
-				if (added) {
-					// Like a receipt, a reaction says the reactor is here: not to anyone with a block with it.
-					const rooms = (await this.audience(ctx, conv._id, me.id, true)).map(userRoom);
-					await this.push(ctx, [{ rooms, event: "message:reactions", payload: { conversationId: conv._id, messageId: msg._id, reactions: summarize(rows).summary } }]);
-				}
+				if (added) await this.pushReactions(ctx, msg, me.id, rows);
 				ctx.meta.$statusCode = 201;
 				const [presented] = await this.present(ctx, [msg], { rows: new Map([[msg._id, rows]]) });
 				return presented;
@@ -659,13 +656,10 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 			async handler(this: MessagesThis, ctx: Ctx<{ messageId: string; emoji: string }>) {
 				const me = userOf(ctx);
 				const emoji = normalizeEmoji(ctx.params.emoji);
-				const { msg, conv } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
+				const { msg } = await this.loadOwnMessage(ctx, ctx.params.messageId, me.id);
 				const removed = await this.stores.reactions.removeMany({ reaction_key: reactionKey(msg._id, me.id, emoji) });
 				const rows = (await this.stores.reactions.find({ message_id: msg._id })) as ReactionRow[];
-				if (removed > 0 && !msg.deleted) {
-					const rooms = (await this.audience(ctx, conv._id, me.id, true)).map(userRoom);
-					await this.push(ctx, [{ rooms, event: "message:reactions", payload: { conversationId: conv._id, messageId: msg._id, reactions: summarize(rows).summary } }]);
-				}
+				if (removed > 0 && !msg.deleted) await this.pushReactions(ctx, msg, me.id, rows);
 				const [presented] = await this.present(ctx, [msg], { rows: new Map([[msg._id, rows]]) });
 				return presented;
 			},
@@ -881,6 +875,15 @@ const MessagesService: ServiceSchema<ServiceSettingSchema, MessagesThis> = {
 		/** fn after all work queued on these keys, and before any queued on them later. */
 		withLocks<T>(this: MessagesThis, keys: string[], fn: () => Promise<T>): Promise<T> {
 			return this.locks.run(keys, fn);
+		},
+
+		/**
+		 * `message:reactions` with the message's reactions now (rows), after reactorId changed them.
+		 * Like a receipt, a reaction says the reactor is here: not to anyone with a block with it.
+		 */
+		async pushReactions(this: MessagesThis, ctx: Ctx<unknown>, msg: MessageDoc, reactorId: number, rows: ReactionRow[]) {
+			const rooms = (await this.audience(ctx, msg.conversation_id, reactorId, true)).map(userRoom);
+			await this.push(ctx, [{ rooms, event: "message:reactions", payload: { conversationId: msg.conversation_id, messageId: msg._id, reactions: summarize(rows).summary } }]);
 		},
 
 		/** Who hears of userId's action (see conversations.audience). */

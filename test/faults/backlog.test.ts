@@ -9,9 +9,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import amqplib from "amqplib";
-import { io, type Socket } from "socket.io-client";
+import type { Socket } from "socket.io-client";
 import { CHANNELS, prefixed } from "../../lib/durable-events";
-import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
+import { emitWithin, type FaultCluster, faultCluster, faultSocket, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { http, registerUser, skipWithoutAmqp, skipWithoutPostgres, TEST_AMQP_URL, tempDir, waitFor } from "../helpers/system";
 
@@ -52,13 +52,11 @@ describe(`fault: the notifications node down for ${DOWN_SECONDS} s of traffic`, 
 	it("queues each event once, drains the backlog when the node is back, and notifies each message once", withNodeLogs(nodes, async () => {
 		const a = await registerUser(base, "qa");
 		const b = await registerUser(base, "qb");
-		const sa = io(`${base}/chat`, { auth: { token: a.accessToken }, transports: ["websocket"], forceNew: true });
+		const sa = await faultSocket(base, a.accessToken, true);
 		sockets.push(sa);
-		await new Promise<void>(resolve => sa.once("connect", () => resolve()));
 		const conv = (await emitWithin(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
-		const sb = io(`${base}/chat`, { auth: { token: b.accessToken }, transports: ["websocket"], forceNew: true });
+		const sb = await faultSocket(base, b.accessToken, true);
 		sockets.push(sb);
-		await new Promise<void>(resolve => sb.once("connect", () => resolve()));
 		assert.ok((await emitWithin(sb, "conversation:accept", { conversationId: conv.id })).ok);
 
 		await nodes.notifications.stop("SIGKILL");

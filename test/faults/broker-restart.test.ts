@@ -16,8 +16,8 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { after, before, describe, it } from "node:test";
-import { io, type Socket } from "socket.io-client";
-import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
+import type { Socket } from "socket.io-client";
+import { emitWithin, type FaultCluster, faultCluster, faultSocket, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { http, registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
@@ -30,15 +30,6 @@ const OUTAGE_MS = 8_000;
 
 const rabbitmqctl = (...args: string[]) => execFileSync("rabbitmqctl", args, { stdio: "pipe", timeout: 60_000 });
 
-
-/** A socket that reconnects by itself, as the web client's does. */
-function clientSocket(base: string, token: string, nsp = "/chat"): Promise<Socket> {
-	return new Promise((resolve, reject) => {
-		const socket = io(base + nsp, { auth: { token }, transports: ["websocket"], reconnection: true, reconnectionDelay: 200, forceNew: true });
-		socket.once("connect", () => resolve(socket));
-		socket.once("connect_error", reject);
-	});
-}
 
 
 describe("fault: RabbitMQ restarts while two users chat across gateways", { skip }, () => {
@@ -75,8 +66,8 @@ describe("fault: RabbitMQ restarts while two users chat across gateways", { skip
 		const [base1, base2] = bases;
 		const a = await registerUser(base1, "fa");
 		const b = await registerUser(base2, "fb");
-		const sa = await clientSocket(base1, a.accessToken);
-		const sb = await clientSocket(base2, b.accessToken);
+		const sa = await faultSocket(base1, a.accessToken, true);
+		const sb = await faultSocket(base2, b.accessToken, true);
 		sockets.push(sa, sb);
 		const conv = (await emitWithin(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
 		assert.ok((await emitWithin(sb, "conversation:accept", { conversationId: conv.id })).ok);

@@ -11,22 +11,14 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { io, type Socket } from "socket.io-client";
-import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
+import type { Socket } from "socket.io-client";
+import { emitWithin, type FaultCluster, faultCluster, faultSocket, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres || (process.env.TEST_MONGO_URL ? false : "TEST_MONGO_URL is not set: two chat nodes need a shared store");
 
 type Msg = { id: string; seq: number; conversation_id: string; client_id?: string | null };
-
-function connect(base: string, token: string): Promise<Socket> {
-	return new Promise((resolve, reject) => {
-		const socket = io(`${base}/chat`, { auth: { token }, transports: ["websocket"], reconnection: false, forceNew: true });
-		socket.once("connect", () => resolve(socket));
-		socket.once("connect_error", reject);
-	});
-}
 
 
 /** Everything after `after`, by seq, a page at a time: the catch-up of the web client. */
@@ -74,7 +66,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 	async function chatPair(prefix: string) {
 		const a = await registerUser(bases.api1, `${prefix}a`);
 		const b = await registerUser(bases.api1, `${prefix}b`);
-		const sa = await connect(bases.api1, a.accessToken);
+		const sa = await faultSocket(bases.api1, a.accessToken, false);
 		sockets.push(sa);
 		const conv = (await emitWithin(sa, "conversation:create", { type: "private", participants: [b.id] })).data;
 		return { a, b, sa, conv };
@@ -82,7 +74,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 
 	it("gateway loss: the recipient's client reconnects to the other gateway and catches up, every message once", withNodeLogs(nodes, async () => {
 		const { b, sa, conv } = await chatPair("gl");
-		let sb = await connect(bases.api2, b.accessToken);
+		let sb = await faultSocket(bases.api2, b.accessToken, false);
 		sockets.push(sb);
 		assert.ok((await emitWithin(sb, "conversation:accept", { conversationId: conv.id })).ok);
 
@@ -114,7 +106,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 		const killedAt = Date.now();
 		await nodes.api2.stop("SIGKILL");
 		// The web client: on disconnect, connect again (here the other gateway), then ask for what came after.
-		sb = await connect(bases.api1, b.accessToken);
+		sb = await faultSocket(bases.api1, b.accessToken, false);
 		sockets.push(sb);
 		sb.on("message:created", hold);
 		const lastSeq = Math.max(0, ...held.keys());
@@ -133,7 +125,7 @@ describe("faults: a node lost while messages flow", { skip }, () => {
 
 	it("rolling redeploy: SIGTERM of each chat node in turn while messages flow; no acknowledged message lost or stored twice", withNodeLogs(nodes, async () => {
 		const { b, sa, conv } = await chatPair("rr");
-		const sb = await connect(bases.api1, b.accessToken);
+		const sb = await faultSocket(bases.api1, b.accessToken, false);
 		sockets.push(sb);
 		assert.ok((await emitWithin(sb, "conversation:accept", { conversationId: conv.id })).ok);
 

@@ -13,8 +13,8 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import { after, before, describe, it } from "node:test";
-import { io, type Socket } from "socket.io-client";
-import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
+import type { Socket } from "socket.io-client";
+import { emitWithin, type FaultCluster, faultCluster, faultSocket, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { http, registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
@@ -34,14 +34,6 @@ const pgctl = (action: "start" | "stop") =>
 	execFileSync("pg_ctlcluster", ["--skip-systemctl-redirect", version!, "main", action, ...(action === "stop" ? ["-m", "fast"] : [])], { stdio: "pipe", timeout: 60_000 });
 
 const OUTAGE_MS = 10_000;
-
-function clientSocket(base: string, token: string): Promise<Socket> {
-	return new Promise((resolve, reject) => {
-		const socket = io(`${base}/chat`, { auth: { token }, transports: ["websocket"], reconnection: true, reconnectionDelay: 200, forceNew: true });
-		socket.once("connect", () => resolve(socket));
-		socket.once("connect_error", reject);
-	});
-}
 
 describe("fault: PostgreSQL restarts under a running cluster", { skip }, () => {
 	const logDir = tempDir("parley-fault-pg-");
@@ -74,8 +66,8 @@ describe("fault: PostgreSQL restarts under a running cluster", { skip }, () => {
 	it("503 fast while it is down, chats keep flowing, everything back within 30 s of its return", withNodeLogs(nodes, async () => {
 		const a = await registerUser(base, "pa");
 		const b = await registerUser(base, "pb");
-		const sa = await clientSocket(base, a.accessToken);
-		const sb = await clientSocket(base, b.accessToken);
+		const sa = await faultSocket(base, a.accessToken, true);
+		const sb = await faultSocket(base, b.accessToken, true);
 		sockets.push(sa, sb);
 		// The chat node may not have met the gateway node's users service yet: a careful client retries.
 		const conv = await waitFor(async () => {

@@ -7,22 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { io, type Socket } from "socket.io-client";
-import { emitWithin, type FaultCluster, faultCluster, withNodeLogs } from "../helpers/fault-cluster";
+import type { Socket } from "socket.io-client";
+import { emitWithin, type FaultCluster, faultCluster, faultSocket, withNodeLogs } from "../helpers/fault-cluster";
 import { freePort, startNode, waitForHealth, type NodeProcess } from "../helpers/processes";
 import { registerUser, skipWithoutAmqp, skipWithoutPostgres, tempDir, waitFor } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres;
 
 type Entry = { userId: number; status: string; last_seen_at: string | null };
-
-function connect(base: string, token: string): Promise<Socket> {
-	return new Promise((resolve, reject) => {
-		const socket = io(`${base}/chat`, { auth: { token }, transports: ["websocket"], reconnection: false, forceNew: true });
-		socket.once("connect", () => resolve(socket));
-		socket.once("connect_error", reject);
-	});
-}
 
 describe("faults: the gateway holding a user's socket is killed", { skip }, () => {
 	const logDir = tempDir("parley-fault-presence-");
@@ -50,7 +42,7 @@ describe("faults: the gateway holding a user's socket is killed", { skip }, () =
 	it("a subscriber on the other gateway gets offline within 30 s of the SIGKILL", withNodeLogs(nodes, async () => {
 		const a = await registerUser(bases.api1, "fpa");
 		const b = await registerUser(bases.api1, "fpb");
-		const sa = await connect(bases.api1, a.accessToken);
+		const sa = await faultSocket(bases.api1, a.accessToken, false);
 		sockets.push(sa);
 		const heard: { entry: Entry; at: number }[] = [];
 		sa.on("presence:changed", (entry: Entry) => heard.push({ entry, at: Date.now() }));
@@ -58,7 +50,7 @@ describe("faults: the gateway holding a user's socket is killed", { skip }, () =
 		assert.ok(ack.ok, JSON.stringify(ack.error));
 		// The users node must know api2 before b connects there (it pulls its state when it meets it).
 		await waitFor(async () => {
-			const sb = await connect(bases.api2, b.accessToken);
+			const sb = await faultSocket(bases.api2, b.accessToken, false);
 			sockets.push(sb);
 			const seen = await waitFor(async () => heard.some(h => h.entry.userId === b.id && h.entry.status === "online"), 3_000, 50).catch(() => false);
 			if (!seen) sb.close();

@@ -4,7 +4,7 @@
  * throws (a missing ack is an answer too when nodes are being killed).
  */
 import crypto from "node:crypto";
-import type { Socket } from "socket.io-client";
+import { io, type Socket } from "socket.io-client";
 import { removeNamespaceTopology } from "../../lib/durable-events";
 import type { NodeProcess } from "./processes";
 import { createTestDatabase, mongoUrlForTest, TEST_AMQP_URL } from "./system";
@@ -42,6 +42,15 @@ export async function faultCluster(prefix: string): Promise<FaultCluster> {
 			await removeNamespaceTopology(TEST_AMQP_URL, namespace).catch(() => undefined);
 		},
 	};
+}
+
+/** A client's socket on /chat; with `reconnect` it connects again by itself, as the web client's does. */
+export function faultSocket(base: string, token: string, reconnect: boolean): Promise<Socket> {
+	return new Promise((resolve, reject) => {
+		const socket = io(`${base}/chat`, { auth: { token }, transports: ["websocket"], reconnection: reconnect, reconnectionDelay: 200, forceNew: true });
+		socket.once("connect", () => resolve(socket));
+		socket.once("connect_error", reject);
+	});
 }
 
 /** Emit with an ack; no ack within `timeoutMs` is answered `NO_ACK`. */

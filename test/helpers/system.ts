@@ -59,18 +59,34 @@ export function amqpCluster(prefix: string) {
 	};
 }
 
-/**
- * The environment a cluster suite starts its brokers in: a fresh PostgreSQL database for users,
- * a temp DATA_DIR, quick bcrypt, no rate limits, and this JWT secret. Returns the database's drop.
- */
-export async function clusterTestEnv(jwtSecret: string): Promise<() => Promise<void>> {
-	const db = await createTestDatabase();
-	process.env.DATABASE_URL = db.url;
-	process.env.DATA_DIR = tempDir();
+/** What every test system starts with: this JWT secret, quick bcrypt, no rate limits, a fresh DATA_DIR. */
+export function baseTestEnv(jwtSecret: string): void {
 	process.env.JWT_SECRET = jwtSecret;
 	process.env.BCRYPT_ROUNDS = "4";
 	process.env.RATE_LIMIT = "0";
 	process.env.RATE_LIMIT_AUTH = "0";
+	process.env.DATA_DIR = tempDir();
+}
+
+/**
+ * A one-node suite on the document store under test: baseTestEnv, users on the embedded
+ * PostgreSQL, conversations and messages on MongoDB at mongoUrl or else on the embedded store.
+ */
+export function storeTestEnv(jwtSecret: string, mongoUrl: string | null | undefined): void {
+	baseTestEnv(jwtSecret);
+	delete process.env.DATABASE_URL;
+	if (mongoUrl) process.env.MONGO_URL = mongoUrl;
+	else delete process.env.MONGO_URL;
+}
+
+/**
+ * The environment a cluster suite starts its brokers in: baseTestEnv and a fresh PostgreSQL
+ * database for users. Returns the database's drop.
+ */
+export async function clusterTestEnv(jwtSecret: string): Promise<() => Promise<void>> {
+	const db = await createTestDatabase();
+	process.env.DATABASE_URL = db.url;
+	baseTestEnv(jwtSecret);
 	return db.drop;
 }
 

@@ -9,7 +9,7 @@ import jwt from "jsonwebtoken";
 import { ServiceBroker, type ServiceSchema } from "moleculer";
 import type { SessionRevocation } from "../../lib/session-revocations";
 import { connectSocket, call as socketCall, type TestSocket, waitForEvent } from "../helpers/sockets";
-import { createTestDatabase, http, newIdentity, registerUser, startBroker, tempDir, waitFor, type RunningSystem } from "../helpers/system";
+import { baseTestEnv, createTestDatabase, http, newIdentity, registerUser, startBroker, tempDir, waitFor, type RunningSystem } from "../helpers/system";
 
 export const TEST_JWT_SECRET = "integration-test-secret-0123456789";
 const ADMIN = { email: "root@example.test", password: "admin password 1", username: "rootadmin" };
@@ -84,14 +84,10 @@ export function runAuthUsersSuite(mode: "embedded" | "postgres", skip: string | 
 		let adminToken: string;
 
 		before(async () => {
-			process.env.JWT_SECRET = TEST_JWT_SECRET;
-			process.env.BCRYPT_ROUNDS = "4";
-			process.env.RATE_LIMIT = "0";
-			process.env.RATE_LIMIT_AUTH = "0";
+			baseTestEnv(TEST_JWT_SECRET);
 			process.env.ADMIN_EMAIL = ADMIN.email;
 			process.env.ADMIN_PASSWORD = ADMIN.password;
 			process.env.ADMIN_USERNAME = ADMIN.username;
-			process.env.DATA_DIR = tempDir();
 			if (mode === "postgres") {
 				const db = await createTestDatabase();
 				process.env.DATABASE_URL = db.url;

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { http, registerUser, startBroker, tempDir, type RunningSystem, waitFor } from "../helpers/system";
+import { http, registerUser, startBroker, type RunningSystem, waitFor, storeTestEnv } from "../helpers/system";
 import { call, connectSocket, countEvents, emitAck, sleep, type TestSocket, waitForEvent } from "../helpers/sockets";
 
 type User = Awaited<ReturnType<typeof registerUser>>;
@@ -48,14 +48,7 @@ export function runChatSuite(mode: "embedded" | "mongo", mongoUrl: string | null
 		};
 
 		before(async () => {
-			process.env.JWT_SECRET = "chat-suite-secret-0123456789";
-			process.env.BCRYPT_ROUNDS = "4";
-			process.env.RATE_LIMIT = "0";
-			process.env.RATE_LIMIT_AUTH = "0";
-			process.env.DATA_DIR = tempDir();
-			delete process.env.DATABASE_URL;
-			if (mongoUrl) process.env.MONGO_URL = mongoUrl;
-			else delete process.env.MONGO_URL;
+			storeTestEnv("chat-suite-secret-0123456789", mongoUrl);
 			// files: group pictures and attachments are checked against real uploads.
 			sys = await startBroker(["api", "users", "conversations", "messages", "files"]);
 			base = sys.baseUrl;

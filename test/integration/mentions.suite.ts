@@ -8,7 +8,7 @@ import { after, before, describe, it } from "node:test";
 import type { MembershipDoc } from "../../lib/chat";
 import type { DocsMixinThis } from "../../mixins/docs.mixin";
 import { call, connectSocket, countEvents, emitAck, sleep, type TestSocket, waitForEvent } from "../helpers/sockets";
-import { http, registerUser, startBroker, tempDir, type RunningSystem, waitFor } from "../helpers/system";
+import { http, registerUser, startBroker, type RunningSystem, waitFor, storeTestEnv } from "../helpers/system";
 
 type User = Awaited<ReturnType<typeof registerUser>>;
 
@@ -40,15 +40,8 @@ export function runMentionsSuite(mode: "embedded" | "mongo", mongoUrl: string | 
 		};
 
 		before(async () => {
-			process.env.JWT_SECRET = "mentions-suite-secret-0123456789";
-			process.env.BCRYPT_ROUNDS = "4";
-			process.env.RATE_LIMIT = "0";
-			process.env.RATE_LIMIT_AUTH = "0";
-			process.env.DATA_DIR = tempDir();
-			delete process.env.DATABASE_URL;
+			storeTestEnv("mentions-suite-secret-0123456789", mongoUrl);
 			delete process.env.TRANSPORTER;
-			if (mongoUrl) process.env.MONGO_URL = mongoUrl;
-			else delete process.env.MONGO_URL;
 			sys = await startBroker(["api", "users", "conversations", "messages", "notifications"]);
 			base = sys.baseUrl;
 		});

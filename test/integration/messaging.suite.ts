@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import type { MessageDoc } from "../../lib/chat";
 import { type DocsMixinThis, resetStoreOps, storeOps } from "../../mixins/docs.mixin";
 import { call, connectSocket, countEvents, emitAck, sleep, type TestSocket, waitForEvent } from "../helpers/sockets";
-import { http, registerUser, startBroker, tempDir, type RunningSystem } from "../helpers/system";
+import { http, registerUser, startBroker, type RunningSystem, storeTestEnv } from "../helpers/system";
 
 type User = Awaited<ReturnType<typeof registerUser>>;
 
@@ -43,14 +43,7 @@ export function runMessagingSuite(mode: "embedded" | "mongo", mongoUrl: string |
 		};
 
 		before(async () => {
-			process.env.JWT_SECRET = "messaging-suite-secret-0123456789";
-			process.env.BCRYPT_ROUNDS = "4";
-			process.env.RATE_LIMIT = "0";
-			process.env.RATE_LIMIT_AUTH = "0";
-			process.env.DATA_DIR = tempDir();
-			delete process.env.DATABASE_URL;
-			if (mongoUrl) process.env.MONGO_URL = mongoUrl;
-			else delete process.env.MONGO_URL;
+			storeTestEnv("messaging-suite-secret-0123456789", mongoUrl);
 			sys = await startBroker(["api", "users", "conversations", "messages"]);
 			base = sys.baseUrl;
 		});

@@ -7,7 +7,7 @@ import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { CHANNELS } from "../../lib/durable-events";
 import { call, connectSocket, countEvents, emitAck, sleep, type TestSocket, waitForEvent } from "../helpers/sockets";
-import { http, registerUser, startBroker, tempDir, waitFor, type RunningSystem } from "../helpers/system";
+import { http, registerUser, startBroker, waitFor, type RunningSystem, storeTestEnv } from "../helpers/system";
 
 type User = Awaited<ReturnType<typeof registerUser>>;
 const ADMIN = { email: "notif-admin@example.test", password: "notif admin pw" };
@@ -33,17 +33,10 @@ export function runNotificationsSuite(mode: "embedded" | "mongo", mongoUrl: stri
 		const unread = async (u: User) => (await http(base, "GET", "/notifications/unread/count", { token: u.accessToken })).body.count as number;
 
 		before(async () => {
-			process.env.JWT_SECRET = "notifications-suite-secret-0123";
-			process.env.BCRYPT_ROUNDS = "4";
-			process.env.RATE_LIMIT = "0";
-			process.env.RATE_LIMIT_AUTH = "0";
+			storeTestEnv("notifications-suite-secret-0123", mongoUrl);
 			process.env.ADMIN_EMAIL = ADMIN.email;
 			process.env.ADMIN_PASSWORD = ADMIN.password;
-			process.env.DATA_DIR = tempDir();
-			delete process.env.DATABASE_URL;
 			delete process.env.TRANSPORTER;
-			if (mongoUrl) process.env.MONGO_URL = mongoUrl;
-			else delete process.env.MONGO_URL;
 			sys = await startBroker(["api", "users", "conversations", "messages", "notifications"]);
 			base = sys.baseUrl;
 			adminToken = (await http(base, "POST", "/auth/login", { body: ADMIN })).body.accessToken;

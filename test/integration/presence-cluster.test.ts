@@ -6,11 +6,10 @@
  * nothing changes, a handful per change.
  */
 import assert from "node:assert/strict";
-import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { Middleware } from "moleculer";
 import { connectSocket, emitAck, sleep, type TestSocket } from "../helpers/sockets";
-import { createTestDatabase, registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, TEST_AMQP_URL, tempDir, type RunningSystem, waitFor, waitUntilKnown } from "../helpers/system";
+import { registerUser, skipWithoutAmqp, skipWithoutPostgres, startBroker, type RunningSystem, waitFor, waitUntilKnown, amqpCluster, clusterTestEnv } from "../helpers/system";
 
 const skip = skipWithoutAmqp || skipWithoutPostgres;
 
@@ -57,21 +56,10 @@ describe("presence across two gateways and two users nodes over RabbitMQ", { ski
 	const sockets: TestSocket[] = [];
 
 	before(async () => {
-		const db = await createTestDatabase();
-		dropDb = db.drop;
-		process.env.DATABASE_URL = db.url;
-		process.env.DATA_DIR = tempDir();
+		dropDb = await clusterTestEnv("presence-cluster-secret-0123456789");
 		delete process.env.MONGO_URL;
 		delete process.env.PRESENCE_AWAY_SECONDS;
-		process.env.JWT_SECRET = "presence-cluster-secret-0123456789";
-		process.env.BCRYPT_ROUNDS = "4";
-		process.env.RATE_LIMIT = "0";
-		process.env.RATE_LIMIT_AUTH = "0";
-		const shared = {
-			namespace: `parley-presence-${crypto.randomBytes(4).toString("hex")}`,
-			transporter: { type: "AMQP", options: { url: TEST_AMQP_URL, socketOptions: { noDelay: true }, prefetch: 100, autoDeleteQueues: 60_000 } },
-			middlewares: [countPresencePackets],
-		};
+		const shared = { ...amqpCluster("parley-presence"), middlewares: [countPresencePackets] };
 		// The chat services (blocks, partners) live with the first users node (embedded document store: one node).
 		users1 = await startBroker(["users", "conversations", "messages"], shared);
 		users2 = await startBroker(["users"], shared);

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { Sequelize } from "sequelize";
 import { connectSocket, emitAck, sleep, type TestSocket } from "../helpers/sockets";
-import { createTestDatabase, http, registerUser, startBroker, tempDir, waitFor, type RunningSystem } from "../helpers/system";
+import { createTestDatabase, http, registerUser, startBroker, waitFor, type RunningSystem, baseTestEnv } from "../helpers/system";
 
 const ADMIN = { email: "presence-root@example.test", password: "admin password 1", username: "presenceroot" };
 const AWAY_SECONDS = 2;
@@ -26,15 +26,11 @@ export function runPresenceSuite(mode: "embedded" | "postgres", skip: string | f
 		const sockets: TestSocket[] = [];
 
 		before(async () => {
-			process.env.JWT_SECRET = "presence-test-secret-0123456789";
-			process.env.BCRYPT_ROUNDS = "4";
-			process.env.RATE_LIMIT = "0";
-			process.env.RATE_LIMIT_AUTH = "0";
+			baseTestEnv("presence-test-secret-0123456789");
 			process.env.PRESENCE_AWAY_SECONDS = String(AWAY_SECONDS);
 			process.env.ADMIN_EMAIL = ADMIN.email;
 			process.env.ADMIN_PASSWORD = ADMIN.password;
 			process.env.ADMIN_USERNAME = ADMIN.username;
-			process.env.DATA_DIR = tempDir();
 			delete process.env.MONGO_URL;
 			if (mode === "postgres") {
 				const db = await createTestDatabase();

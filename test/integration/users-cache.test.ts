@@ -9,7 +9,7 @@ import crypto from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { ServiceBroker } from "moleculer";
 import { connectSocket, type TestSocket } from "../helpers/sockets";
-import { http, registerUser, startBroker, tempDir, waitFor, type RunningSystem } from "../helpers/system";
+import { http, registerUser, startBroker, storeTestEnv, waitFor, type RunningSystem } from "../helpers/system";
 import { countUsersSql, nodeCacher, skipWithoutRedis, type CacheKind, type SqlCounter } from "../helpers/users-cache";
 
 const ADMIN = { email: "cacheadmin@example.test", password: "admin password 1", username: "cacheadmin" };
@@ -28,16 +28,10 @@ for (const kind of ["memory", "redis"] as CacheKind[]) {
 		const sockets: TestSocket[] = [];
 
 		before(async () => {
-			process.env.JWT_SECRET = "users-cache-secret-0123456789";
-			process.env.BCRYPT_ROUNDS = "4";
-			process.env.RATE_LIMIT = "0";
-			process.env.RATE_LIMIT_AUTH = "0";
+			storeTestEnv("users-cache-secret-0123456789", null);
 			process.env.ADMIN_EMAIL = ADMIN.email;
 			process.env.ADMIN_PASSWORD = ADMIN.password;
 			process.env.ADMIN_USERNAME = ADMIN.username;
-			process.env.DATA_DIR = tempDir();
-			delete process.env.DATABASE_URL;
-			delete process.env.MONGO_URL;
 			// Keys of this run only: the embedded store's ids start at 1 in every test process.
 			sys = await startBroker(["api", "users", "files"], { cacher: nodeCacher(kind, `parley-test-${crypto.randomBytes(4).toString("hex")}`) });
 			base = sys.baseUrl;
