@@ -123,14 +123,19 @@ const iso = (d: Date | string | null | undefined) => (d ? new Date(d).toISOStrin
  */
 export function unreadCount(conv: ConversationDoc, m: MembershipDoc | null): number {
 	if (!m) return 0;
-	return Math.max(0, conv.last_seq - Math.max(m.last_read_seq, m.cleared_seq, conv.sent_seq?.[String(m.user_id)] ?? 0));
+	return Math.max(0, conv.last_seq - readPosition(conv, m));
 }
 
 /** How many of a member's unread messages mention it: counted from positions, like unreadCount. */
 export function unreadMentions(conv: ConversationDoc, m: MembershipDoc | null): number {
 	if (!m?.mention_seqs?.length) return 0;
-	const read = Math.max(m.last_read_seq, m.cleared_seq, conv.sent_seq?.[String(m.user_id)] ?? 0);
+	const read = readPosition(conv, m);
 	return m.mention_seqs.filter(seq => seq > read).length;
+}
+
+/** The seq up to which a member has read: what it marked read, cleared, or sent itself. */
+function readPosition(conv: ConversationDoc, m: MembershipDoc): number {
+	return Math.max(m.last_read_seq, m.cleared_seq, conv.sent_seq?.[String(m.user_id)] ?? 0);
 }
 
 /**

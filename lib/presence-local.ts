@@ -148,8 +148,4 @@ export class LocalPresence {
 		for (const [target, subs] of this.pairs) for (const subscriber of subs.keys()) watches.push([target, subscriber]);
 		return { epoch: this.epoch, seq: this.seq, users, watches };
 	}
-
-	get size(): number {
-		return this.users.size;
-	}
 }

@@ -213,12 +213,7 @@ export class ClusterPresence {
 		const changed: number[] = [];
 		for (const userId of [...(this.usersOn.get(gateway) ?? [])]) if (this.setUser(gateway, [userId, "absent", now], now)) changed.push(userId);
 		this.usersOn.delete(gateway);
-		for (const target of this.watchedOn.get(gateway) ?? []) {
-			const byGateway = this.watchers.get(target);
-			byGateway?.delete(gateway);
-			if (byGateway?.size === 0) this.watchers.delete(target);
-		}
-		this.watchedOn.delete(gateway);
+		this.dropWatchesOn(gateway);
 		return changed;
 	}
 
@@ -230,14 +225,19 @@ export class ClusterPresence {
 			if (!listed.has(userId) && this.setUser(gateway, [userId, "absent", now], now)) changed.add(userId);
 		}
 		for (const change of state.users) if (this.setUser(gateway, change, now)) changed.add(change[0]);
-		for (const target of [...(this.watchedOn.get(gateway) ?? [])]) {
+		this.dropWatchesOn(gateway);
+		for (const pair of state.watches) this.watch(gateway, pair);
+		return [...changed];
+	}
+
+	/** Every subscription held through this gateway goes. */
+	private dropWatchesOn(gateway: string): void {
+		for (const target of this.watchedOn.get(gateway) ?? []) {
 			const byGateway = this.watchers.get(target);
 			byGateway?.delete(gateway);
 			if (byGateway?.size === 0) this.watchers.delete(target);
 		}
 		this.watchedOn.delete(gateway);
-		for (const pair of state.watches) this.watch(gateway, pair);
-		return [...changed];
 	}
 
 	/** Forget offline times older than `before` (their profiles have them by now). */

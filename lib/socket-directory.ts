@@ -38,6 +38,12 @@ export interface DirectoryChange {
 
 const USER_ROOM = /^user:(\d+)$/;
 
+/** The nodes that run the gateway (`api`) and are available now. */
+export function gatewayNodes(broker: ServiceBroker): string[] {
+	const services = broker.registry.getServiceList({ onlyAvailable: true }) as { name: string; nodeID: string }[];
+	return [...new Set(services.filter(s => s.name === "api").map(s => s.nodeID))];
+}
+
 export class SocketDirectory {
 	private readonly usersOf = new Map<string, Set<number>>();
 	/** Gateways whose full list we have, and when it came. */
@@ -62,10 +68,7 @@ export class SocketDirectory {
 	}
 
 	gateways(): string[] {
-		if (!this.gatewayList) {
-			const services = this.broker.registry.getServiceList({ onlyAvailable: true }) as { name: string; nodeID: string }[];
-			this.gatewayList = [...new Set(services.filter(s => s.name === "api").map(s => s.nodeID))];
-		}
+		if (!this.gatewayList) this.gatewayList = gatewayNodes(this.broker);
 		return this.gatewayList;
 	}
 

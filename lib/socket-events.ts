@@ -8,11 +8,10 @@
  */
 import { type Obj, schema } from "./api-schemas";
 import type { PresentedConversation, PresentedMessage } from "./chat";
+import type { ReactionSummary } from "./reactions";
 
 type ConversationEvent = { conversationId: string; conversation?: PresentedConversation };
 type MemberEvent = { conversationId: string; userId: number };
-/** One emoji's reactions on a message, as every participant sees it (`me` is each client's own to derive). */
-export type ReactionSummary = { emoji: string; count: number; user_ids: number[] };
 export type PresenceStatus = "online" | "away" | "offline";
 export type PresenceEntry = { userId: number; status: PresenceStatus; last_seen_at: string | null };
 

@@ -52,6 +52,8 @@ const META_TTL_SECONDS = 600;
 /** The same for a user's private-chat partners (forgotten when a private chat is accepted or an account goes). */
 const PARTNERS_TTL_SECONDS = 600;
 
+/** The members a message mentions (messages.service parses them; at most every member of a group). */
+const mentionsRule = { type: "array", max: MAX_GROUP_SIZE, items: userIdRule } as const;
 /** The documents' words for the conversationId param (components.parameters.ConversationId). */
 const CONVERSATION_ID_TEXT = "The conversation's id. A conversation the caller is not a member of answers 404, like one that does not exist.";
 /** What a `member` check leaves here: the Authorize middleware calls this service's own loadForMember, so the full documents. */
@@ -1086,7 +1088,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				seq: { type: "number", integer: true, positive: true },
 				senderId: userIdRule,
 				lastMessage: "object",
-				mentions: { type: "array", optional: true, max: MAX_GROUP_SIZE, items: userIdRule },
+				mentions: { ...mentionsRule, optional: true },
 			},
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; seq: number; senderId: number; lastMessage: Record<string, unknown>; mentions?: number[] }>) {
 				const { conversationId, seq, senderId, lastMessage, mentions } = ctx.params;
@@ -1133,7 +1135,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 				conversationId: idRule,
 				seq: { type: "number", integer: true, positive: true },
 				senderId: userIdRule,
-				mentions: { type: "array", max: MAX_GROUP_SIZE, items: userIdRule },
+				mentions: mentionsRule,
 			},
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; seq: number; senderId: number; mentions: number[] }>) {
 				const { conversationId, seq, senderId, mentions } = ctx.params;
@@ -1177,7 +1179,7 @@ const ConversationsService: ServiceSchema<ServiceSettingSchema, ConvThis> = {
 		 */
 		notificationTargets: {
 			visibility: "public",
-			params: { conversationId: idRule, senderId: userIdRule, mentions: { type: "array", optional: true, max: MAX_GROUP_SIZE, items: userIdRule } },
+			params: { conversationId: idRule, senderId: userIdRule, mentions: { ...mentionsRule, optional: true } },
 			async handler(this: ConvThis, ctx: Ctx<{ conversationId: string; senderId: number; mentions?: number[] }>): Promise<ActionResult<"conversations.notificationTargets">> {
 				const { conversationId, senderId, mentions } = ctx.params;
 				const meta = await this.metaOf(conversationId);

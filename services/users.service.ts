@@ -35,7 +35,7 @@ import {
 	type PresenceFanout,
 	presenceFor,
 } from "../lib/presence";
-import { broadcastToNodes } from "../lib/socket-directory";
+import { broadcastToNodes, gatewayNodes } from "../lib/socket-directory";
 import type { PresenceEntry, PresenceStatus } from "../lib/socket-events";
 import { createSqlMixin, type SqlMixinThis } from "../mixins/sql.mixin";
 import { userOf } from "../middlewares/authorize.middleware";
@@ -1183,9 +1183,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 			} catch (err) {
 				// Gone, or not a gateway after all: nothing to know of it. Still there: pulled again on its next delta.
 				this.presenceSync.delete(gateway);
-				const node = this.broker.registry.nodes.get(gateway);
-				const services = this.broker.registry.getServiceList({ onlyAvailable: true }) as { name: string; nodeID: string }[];
-				if (node?.available && services.some(s => s.name === "api" && s.nodeID === gateway)) {
+				if (this.broker.registry.nodes.get(gateway)?.available && gatewayNodes(this.broker).includes(gateway)) {
 					this.logger.warn(`Presence: no state from gateway ${gateway} (${(err as Error).message}); asked again in 2 s`);
 					setTimeout(() => this.presenceSync.has(gateway) || void this.presenceSyncGateway(gateway), 2_000).unref();
 				}
@@ -1209,8 +1207,7 @@ const UsersService: ServiceSchema<ServiceSettingSchema, UsersThis> = {
 
 		/** Every gateway of the cluster not met yet: its state is pulled (at start, and as gateways come). */
 		presenceSyncAll(this: UsersThis) {
-			const services = this.broker.registry.getServiceList({ onlyAvailable: true }) as { name: string; nodeID: string }[];
-			for (const s of services) if (s.name === "api" && !this.presenceSync.has(s.nodeID)) void this.presenceSyncGateway(s.nodeID);
+			for (const gateway of gatewayNodes(this.broker)) if (!this.presenceSync.has(gateway)) void this.presenceSyncGateway(gateway);
 		},
 
 		presenceGatewayLeft(this: UsersThis, gateway: string) {
